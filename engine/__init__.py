@@ -1,0 +1,1 @@
+"""LatentLab engine: stores, models, capture and every computation, free of Qt."""

@@ -1,0 +1,223 @@
+"""Capture: run a model over a source and write activations at chosen hook points into an
+HDF5 store, in one pass that stops at the deepest hook point, resumable after a kill."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from engine.errors import LatentLabError, StoreError
+from engine.hooks import check_hooks
+from engine.jobs import JobContext
+from engine.models.base import ModelAdapter
+from engine.models.registry import cached_model
+from engine.sources import Source, load_source
+from engine.store import ActivationStore, StoreMeta, join_shards
+
+
+class CaptureResult(NamedTuple):
+    path: str
+    rows: int  # committed rows in the store
+    added: int  # rows this run wrote
+    seconds: float
+
+
+@dataclass
+class Unit:
+    """One forward-pass input (a token window or an image) and the rows it contributes:
+    kept positions ``lo:hi`` of its window (a resumed or capped window stores a slice)."""
+
+    sample: int
+    start: int  # position of the window's first token in its document
+    item: object  # token ids or an image
+    lo: int
+    hi: int
+    labels: dict[str, int]
+
+    @property
+    def rows(self) -> int:
+        return self.hi - self.lo
+
+
+def iter_units(model: ModelAdapter, source: Source, ctx_len: int, rank: int = 0,
+               world: int = 1) -> Iterator[tuple[Unit, str | None, np.ndarray | None]]:
+    """Every unit of this rank's share of the source, in a fixed order, with the document
+    text or image of the unit's sample when the unit is the sample's first."""
+    span = ctx_len - model.n_special
+    if source.kind == "text" and span < 1:
+        raise LatentLabError(f"--ctx-len {ctx_len} leaves no room beside {model.n_special} special tokens")
+    for sample, ex in enumerate(source):
+        if sample % world != rank:
+            continue
+        if source.kind == "image":
+            yield Unit(sample, 0, ex.image, 0, 1, ex.labels), None, ex.image
+            continue
+        ids = model.tokenize(ex.text)
+        for k, start in enumerate(range(0, len(ids), span)):
+            window = ids[start:start + span]
+            n = 1 if model.pooling == "mean" else len(window)
+            yield Unit(sample, start, window, 0, n, ex.labels), ex.text if k == 0 else None, None
+
+
+def _plan(units: Iterator, skip: int, quota: int | None) -> Iterator:
+    """Drop the first ``skip`` rows (already committed) and stop after ``quota`` rows."""
+    seen = 0
+    for unit, text, image in units:
+        if quota is not None and seen >= quota:
+            return
+        begin, end = seen, seen + unit.rows
+        seen = end
+        if end <= skip:
+            continue
+        unit.lo += max(0, skip - begin)
+        if quota is not None and end > quota:
+            unit.hi -= end - quota
+        yield unit, text, image
+
+
+def _rows_of(model: ModelAdapter, batch, units: Sequence[Unit], hooks: Sequence[str]):
+    """Forward a batch; return stored rows per hook with tokens, sample and position."""
+    if batch.keep is not None and model.pooling != "mean":
+        keep = batch.keep.clone()
+        for i, u in enumerate(units):  # keep only positions lo:hi of each window
+            cols = torch.nonzero(keep[i]).flatten()
+            keep[i] = False
+            keep[i, cols[u.lo:u.hi]] = True
+        batch.keep = keep
+    acts = model.forward(batch, hooks)
+    if batch.keep is None or model.pooling == "mean":
+        tokens = np.full(len(units), -1, np.int32)
+        sample = np.array([u.sample for u in units], np.int32)
+        position = np.array([u.start for u in units], np.int32)
+        return acts, tokens, sample, position, [u.labels for u in units]
+    tokens = np.concatenate([np.asarray(u.item[u.lo:u.hi], np.int32) for u in units])
+    sample = np.concatenate([np.full(u.rows, u.sample, np.int32) for u in units])
+    position = np.concatenate([np.arange(u.start + u.lo, u.start + u.hi, dtype=np.int32) for u in units])
+    labels = [lab for u in units for lab in [u.labels] * u.rows]
+    return acts, tokens, sample, position, labels
+
+
+def _open_store(out: Path, meta: StoreMeta, source: Source, resume: bool) -> ActivationStore:
+    if out.exists():
+        if not resume:
+            raise StoreError(f"{out}: already exists; pass --resume to continue it or choose another --out")
+        store = ActivationStore.open_append(out)
+        why = store.meta.mismatch(meta)
+        if why:
+            store.close()
+            raise StoreError(f"{out}: refusing to append: the store's {why} asked for now")
+        return store
+    return ActivationStore.create(out, meta, labels=source.label_names, images_shape=source.image_shape)
+
+
+def capture(ctx: JobContext, model: str | ModelAdapter, source: str | Source, hooks: Sequence[str],
+            out: str | os.PathLike, max_tokens: int | None = None, resume: bool = False,
+            batch_size: int = 8, ctx_len: int = 128, dtype: str = "float16",
+            rank: int = 0, world: int = 1) -> CaptureResult:
+    """Capture ``hooks`` of ``model`` over ``source`` into the store ``out``.
+
+    ``max_tokens`` caps the rows (tokens, or examples for image models and pooled
+    encoders); with ``resume`` an existing store continues from its committed rows."""
+    t0 = time.perf_counter()
+    out = Path(out)
+    ctx.progress(0, 0, "loading model")
+    adapter = cached_model(model) if isinstance(model, str) else model
+    adapter.to(ctx.device)
+    hooks = list(dict.fromkeys(hooks))
+    if not hooks:
+        raise LatentLabError("no hook points given (--hooks)")
+    check_hooks(hooks, adapter.hook_points(), adapter.model_id)
+    src = load_source(source) if isinstance(source, str) else source
+    if src.kind == "text" and adapter.kind in ("classifier", "module"):
+        raise LatentLabError(f"model {adapter.model_id} takes images, but source {src.source_id} is text")
+    if src.kind == "image" and adapter.kind in ("causal-lm", "encoder"):
+        raise LatentLabError(f"model {adapter.model_id} takes text, but source {src.source_id} holds images")
+    ctx_len = min(ctx_len, adapter.max_context)
+    params = {"ctx_len": ctx_len, "pooling": adapter.pooling or "none", "world": world}
+    if world > 1:
+        params["rank"] = rank
+    if getattr(src, "label_classes", None):
+        params["label_classes"] = src.label_classes
+    meta = StoreMeta(adapter.model_id, adapter.weight_hash(), src.source_id, tuple(hooks),
+                     adapter.hook_dims(hooks), dtype, params)
+    quota = None if max_tokens is None else max_tokens // world + (rank < max_tokens % world)
+    with _open_store(out, meta, src, resume) as store:
+        start = store.n_rows
+        _capture_into(ctx, adapter, store, _plan(iter_units(adapter, src, ctx_len, rank, world),
+                                                 start, quota), hooks, batch_size, quota)
+        return CaptureResult(str(out), store.n_rows, store.n_rows - start, time.perf_counter() - t0)
+
+
+def _capture_into(ctx: JobContext, adapter: ModelAdapter, store: ActivationStore, plan: Iterator,
+                  hooks: Sequence[str], batch_size: int, quota: int | None) -> None:
+    np_dtype = np.dtype(store.meta.dtype)
+    label_names = store.label_names
+    total = quota or 0
+    pending: list[Unit] = []
+
+    def flush() -> None:
+        batch = adapter.make_batch([u.item for u in pending])
+        acts, tokens, sample, position, labels = _rows_of(adapter, batch, pending, hooks)
+        rows = {h: a.to("cpu", torch.float32).numpy().astype(np_dtype, copy=False) for h, a in acts.items()}
+        lab = {n: np.array([d.get(n, -1) for d in labels], np.int32) for n in label_names}
+        done = store.append(rows, tokens, sample, position, lab)
+        ctx.progress(done, max(total, done), f"{store.path.name}")
+        pending.clear()
+
+    for unit, text, image in plan:
+        if text is not None:
+            store.put_documents(unit.sample, [text])
+        if image is not None:
+            store.put_images(unit.sample, np.asarray(image, np.float32)[None])
+        pending.append(unit)
+        if len(pending) == batch_size:
+            ctx.check_cancelled()
+            flush()
+    if pending:
+        ctx.check_cancelled()
+        flush()
+
+
+def shard_path(out: Path, rank: int, world: int) -> Path:
+    """Where rank ``rank`` of ``world`` writes its shard of the store ``out``."""
+    return out.with_name(f"{out.stem}.rank{rank}-of-{world}{out.suffix or '.h5'}")
+
+
+def capture_distributed(ctx: JobContext, out: str | os.PathLike, **params) -> CaptureResult:
+    """Capture under ``torchrun``: each rank writes its shard of the source, then rank 0
+    joins the shards into ``out`` (HDF5 virtual datasets), which reads like one store."""
+    import torch.distributed as dist
+    out = Path(out)
+    backend = "nccl" if ctx.device.type == "cuda" else "gloo"
+    dist.init_process_group(backend)
+    try:
+        rank, world = dist.get_rank(), dist.get_world_size()
+        if ctx.device.type == "cuda":
+            ctx.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
+        shard = shard_path(out, rank, world)
+        failure = None
+        try:
+            result = capture(ctx, out=shard, rank=rank, world=world, **params)
+        except Exception as exc:  # every rank must reach the barrier, or the others hang
+            failure, result = exc, None
+        flags = [None] * world
+        dist.all_gather_object(flags, failure is None)
+        if failure is not None:
+            raise failure
+        if not all(flags):
+            raise LatentLabError(f"another rank failed; shard {shard} keeps its committed rows")
+        if rank == 0:
+            joined = join_shards(out, [shard_path(out, r, world) for r in range(world)])
+            rows = joined.n_rows
+            joined.close()
+        dist.barrier()
+        return CaptureResult(str(out), rows if rank == 0 else result.rows, result.added, result.seconds)
+    finally:
+        dist.destroy_process_group()

@@ -1,0 +1,83 @@
+"""Named hook points: where a canonical name attaches in a torch module, and a context
+that records activations there (stopping the forward pass once all are recorded)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+from engine.errors import HookError
+
+
+@dataclass(frozen=True)
+class HookSite:
+    """A module and whether the hook point is its input (first argument) or its output."""
+
+    module: nn.Module
+    where: Literal["input", "output"] = "output"
+
+
+class StopForward(Exception):
+    """Raised inside a hook to end a forward pass early, once every wanted hook has fired."""
+
+
+def _first_tensor(value: object) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, (tuple, list)) and value and isinstance(value[0], torch.Tensor):
+        return value[0]
+    if hasattr(value, "last_hidden_state"):
+        return value.last_hidden_state
+    raise TypeError(f"hook saw a {type(value).__name__}, not a tensor")
+
+
+def check_hooks(names: Sequence[str], available: Sequence[str], model_id: str) -> None:
+    """Raise HookError naming the first unknown hook point and listing the valid ones."""
+    known = set(available)
+    for name in names:
+        if name not in known:
+            shown = ", ".join(available[:12]) + (f", ... ({len(available)} in all)" if len(available) > 12 else "")
+            raise HookError(f"unknown hook point {name!r} for model {model_id}; valid: {shown}")
+
+
+@contextmanager
+def recording(sites: Mapping[str, HookSite], stop_early: bool = True) -> Iterator[dict[str, torch.Tensor]]:
+    """Record the tensors at ``sites`` into the yielded dict during a forward pass.
+
+    With ``stop_early`` the pass is ended (StopForward) as soon as all sites have fired, so
+    nothing after the deepest hook point runs; the caller catches StopForward."""
+    out: dict[str, torch.Tensor] = {}
+    handles = []
+    wanted = set(sites)
+
+    def make(name: str, where: str):
+        def save(value: object) -> None:
+            out[name] = _first_tensor(value).detach()
+            if stop_early and wanted.issubset(out):
+                raise StopForward()
+
+        if where == "input":
+            def pre_hook(module, args, kwargs):
+                save(args[0] if args else next(iter(kwargs.values())))
+            return pre_hook
+
+        def hook(module, args, output):
+            save(output)
+        return hook
+
+    try:
+        for name, site in sites.items():
+            fn = make(name, site.where)
+            if site.where == "input":
+                handles.append(site.module.register_forward_pre_hook(fn, with_kwargs=True))
+            else:
+                handles.append(site.module.register_forward_hook(fn))
+        yield out
+    finally:
+        for h in handles:
+            h.remove()

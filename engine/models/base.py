@@ -1,0 +1,139 @@
+"""The one interface every model adapter offers: canonical hook points, batching of
+inputs, a forward pass that returns activations as rows, and decoding where there is one."""
+
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from engine.hooks import HookSite, StopForward, check_hooks, recording
+
+
+@dataclass
+class ModelBatch:
+    """Model inputs plus which positions become stored rows.
+
+    ``keep`` (batch, seq) marks token rows to store; None means one row per example."""
+
+    inputs: dict[str, torch.Tensor]
+    keep: torch.Tensor | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def to(self, device: torch.device) -> ModelBatch:
+        inputs = {k: v.to(device) for k, v in self.inputs.items()}
+        keep = None if self.keep is None else self.keep.to(device)
+        return ModelBatch(inputs, keep, self.meta)
+
+
+def weight_fingerprint(module: nn.Module) -> str:
+    """A short hash of a module's weights: names, shapes, dtypes and a strided sample of
+    every tensor's values. Cheap for a 100M-parameter model, and it changes with any
+    retraining, pruning or quantisation that touches the sampled values."""
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        flat = t.detach().reshape(-1)
+        if flat.numel():
+            step = max(1, flat.numel() // 4096)
+            h.update(flat[::step].float().cpu().numpy().tobytes())
+            h.update(np.float64(flat.float().sum().item()).tobytes())
+    return h.hexdigest()[:16]
+
+
+class ModelAdapter(ABC):
+    """A model LatentLab can capture from, steer and compare."""
+
+    model_id: str
+    kind: str  # "causal-lm", "encoder", "classifier" or "module"
+    module: nn.Module
+    tokenizer: Any = None
+    pooling: str | None = None  # "mean": one row per example (encoders)
+
+    # ---------------------------------------------------------------- identity
+    def weight_hash(self) -> str:
+        if not hasattr(self, "_weight_hash"):
+            self._weight_hash = weight_fingerprint(self.module)
+        return self._weight_hash
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.module.parameters()).device
+
+    def to(self, device: torch.device | str) -> ModelAdapter:
+        self.module.to(device)
+        return self
+
+    # ---------------------------------------------------------------- hook points
+    @abstractmethod
+    def hook_sites(self) -> Mapping[str, HookSite]:
+        """Canonical hook-point name -> where it attaches, in forward order."""
+
+    def hook_points(self) -> list[str]:
+        return list(self.hook_sites())
+
+    def hook_dims(self, names: Sequence[str]) -> dict[str, int]:
+        """Row width of each hook point, found by a one-example forward pass."""
+        probe = self.example_batch()
+        rows = self.forward(probe, names)
+        return {n: int(r.shape[-1]) for n, r in rows.items()}
+
+    # ---------------------------------------------------------------- running
+    @abstractmethod
+    def make_batch(self, items: Sequence[Any]) -> ModelBatch:
+        """Stack a list of inputs (token-id lists, images) into one ModelBatch."""
+
+    @abstractmethod
+    def example_batch(self) -> ModelBatch:
+        """A tiny valid batch (used to probe shapes)."""
+
+    @abstractmethod
+    def run(self, batch: ModelBatch) -> Any:
+        """Call the underlying module on the batch's inputs."""
+
+    def to_rows(self, act: torch.Tensor, batch: ModelBatch) -> torch.Tensor:
+        """Turn a hook tensor into stored rows (n, d)."""
+        if batch.keep is not None and act.ndim >= 3 and act.shape[:2] == batch.keep.shape:
+            act = act.reshape(*act.shape[:2], -1)
+            if self.pooling == "mean":
+                w = batch.keep.to(act.dtype).unsqueeze(-1)
+                return (act * w).sum(1) / w.sum(1).clamp_min(1)
+            return act[batch.keep]
+        return act.reshape(act.shape[0], -1)
+
+    def forward(self, batch: ModelBatch, hooks: Sequence[str], stop_early: bool = True) -> dict[str, torch.Tensor]:
+        """Activations at ``hooks`` as rows (n, d); the pass stops after the deepest one."""
+        sites = self.hook_sites()
+        check_hooks(hooks, list(sites), self.model_id)
+        batch = batch.to(self.device)
+        with torch.inference_mode(), recording({h: sites[h] for h in hooks}, stop_early) as got:
+            try:
+                self.run(batch)
+            except StopForward:
+                pass
+        return {h: self.to_rows(got[h], batch) for h in hooks}
+
+    # ---------------------------------------------------------------- text
+    def tokenize(self, text: str) -> list[int]:
+        raise NotImplementedError(f"{self.model_id} takes no text")
+
+    def decode(self, ids: Sequence[int]) -> list[str]:
+        """One string per token id (for showing contexts)."""
+        if self.tokenizer is None:
+            return [str(i) for i in ids]
+        return [self.tokenizer.decode([int(i)]) for i in ids]
+
+    @property
+    def n_special(self) -> int:
+        """Special tokens (BOS, CLS, SEP) ``make_batch`` adds around each text window."""
+        return 0
+
+    @property
+    def max_context(self) -> int:
+        return 1 << 30

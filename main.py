@@ -1,0 +1,183 @@
+"""LatentLab entry point: no sub-command opens the app on the demo workspace; a
+sub-command runs the same engine job headless with a terminal progress bar."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+DEMO_HOOK = "blocks.15.hook_resid_post"
+
+
+def _csv(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in _csv(text)]
+
+
+def _floats(text: str) -> list[float]:
+    return [float(x) for x in _csv(text)]
+
+
+def default_workspace() -> Path:
+    from platformdirs import user_data_dir
+    return Path(os.environ.get("LATENTLAB_WORKSPACE") or Path(user_data_dir("latentlab")) / "demo")
+
+
+def cmd_capture(args: argparse.Namespace) -> int:
+    from engine.capture import capture, capture_distributed
+    from engine.jobs import run_cli
+    params = dict(model=args.model, source=args.source, hooks=_csv(args.hooks), out=args.out,
+                  max_tokens=args.max_tokens, resume=args.resume, batch_size=args.batch_size,
+                  ctx_len=args.ctx_len, dtype=args.dtype)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    job = capture_distributed if world > 1 else capture
+    result = run_cli(job, device=args.device, quiet=args.quiet or rank != 0, **params)
+    if rank == 0:
+        print(f"{result.path}: {result.rows} rows committed ({result.added} added in {result.seconds:.1f} s)")
+    return 0
+
+
+def cmd_store_info(args: argparse.Namespace) -> int:
+    from engine.store import ActivationStore
+    with ActivationStore.open(args.store) as store:
+        info = store.summary()
+        if args.context is not None:
+            ids, at = store.context(args.context)
+            info["context"] = {"row": args.context, "tokens": ids.tolist(), "at": at}
+            if args.decode:
+                from engine.models.registry import load_model
+                info["context"]["text"] = load_model(store.meta.model_id).decode(ids)
+    print(json.dumps(info, indent=2))
+    return 0
+
+
+def cmd_hooks(args: argparse.Namespace) -> int:
+    from engine.models.registry import load_model
+    model = load_model(args.model)
+    for name in model.hook_points():
+        print(name)
+    return 0
+
+
+def cmd_zoo_train(args: argparse.Namespace) -> int:
+    from engine.jobs import run_cli
+    from engine.models.digits_zoo import train_zoo
+    folders = run_cli(train_zoo, device=args.device, out=args.out, arch=args.arch,
+                      widths=tuple(_ints(args.widths)), depths=tuple(_ints(args.depths)),
+                      seeds=tuple(_ints(args.seeds)), epochs=args.epochs)
+    print("\n".join(folders))
+    return 0
+
+
+def cmd_zoo_prune(args: argparse.Namespace) -> int:
+    from engine.jobs import run_cli
+    from engine.models.digits_zoo import prune_zoo
+    folders = run_cli(prune_zoo, device=args.device, model=args.model, out=args.out,
+                      methods=tuple(_csv(args.methods)), sparsities=tuple(_floats(args.sparsities)),
+                      seed=args.seed)
+    print("\n".join(folders))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Build (or reuse) the demo workspace's capture: smollm2 over the demo corpus."""
+    from engine.capture import capture
+    from engine.jobs import run_cli
+    from engine.store import ActivationStore
+    ws = Path(args.workspace) if args.workspace else default_workspace()
+    out = ws / "stores" / "demo_smollm2.h5"
+    print(f"workspace {ws}", file=sys.stderr)
+    run_cli(capture, device=args.device, model="smollm2", source="demo", hooks=[DEMO_HOOK],
+            out=out, max_tokens=args.max_tokens, resume=True)
+    with ActivationStore.open(out) as store:
+        print(json.dumps(store.summary(), indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="latentlab", description=__doc__)
+    p.add_argument("--workspace", help="workspace folder (default: the demo workspace)")
+    p.add_argument("--device", default="auto", help="torch device: auto (GPU if present), cpu, cuda, cuda:1")
+    sub = p.add_subparsers(dest="command")
+
+    c = sub.add_parser("capture", help="capture activations into an HDF5 store")
+    c.add_argument("--model", required=True, help="smollm2, hf:PATH, hf-encoder:PATH?pooling=mean, "
+                   "a digits-zoo folder, file.py:factory")
+    c.add_argument("--source", required=True, help="demo, digits[:train|test], FILE.txt, FILE.jsonl?field=text, FOLDER")
+    c.add_argument("--hooks", required=True, help="comma-separated hook points, e.g. blocks.15.hook_resid_post")
+    c.add_argument("--out", required=True, help="store file to write (.h5)")
+    c.add_argument("--max-tokens", type=int, default=None, help="rows to capture (default: the whole source)")
+    c.add_argument("--resume", action="store_true", help="continue an existing store from its committed rows")
+    c.add_argument("--batch-size", type=int, default=8, help="windows (or images) per forward pass")
+    c.add_argument("--ctx-len", type=int, default=128, help="tokens per window, special tokens included")
+    c.add_argument("--dtype", choices=("float16", "float32"), default="float16")
+    c.add_argument("--quiet", action="store_true", help="no progress bar")
+    c.set_defaults(func=cmd_capture)
+
+    s = sub.add_parser("store-info", help="validate a store and print its summary as JSON")
+    s.add_argument("store")
+    s.add_argument("--context", type=int, default=None, help="also print the tokens around this row")
+    s.add_argument("--decode", action="store_true", help="decode the context with the store's model")
+    s.set_defaults(func=cmd_store_info)
+
+    h = sub.add_parser("hooks", help="list a model's hook points")
+    h.add_argument("--model", required=True)
+    h.set_defaults(func=cmd_hooks)
+
+    z = sub.add_parser("zoo-train", help="train digits-zoo models (MLP/CNN on scikit-learn digits)")
+    z.add_argument("--out", required=True)
+    z.add_argument("--arch", choices=("mlp", "cnn"), default="mlp")
+    z.add_argument("--widths", default="64")
+    z.add_argument("--depths", default="2")
+    z.add_argument("--seeds", default="0")
+    z.add_argument("--epochs", type=int, default=None)
+    z.set_defaults(func=cmd_zoo_train)
+
+    zp = sub.add_parser("zoo-prune", help="magnitude-, random- and structured-pruned variants of a zoo model")
+    zp.add_argument("--model", required=True, help="a digits-zoo model folder")
+    zp.add_argument("--out", required=True)
+    zp.add_argument("--methods", default="magnitude,random,structured")
+    zp.add_argument("--sparsities", default="0.5,0.8,0.9")
+    zp.add_argument("--seed", type=int, default=0)
+    zp.set_defaults(func=cmd_zoo_prune)
+
+    d = sub.add_parser("demo", help="build the demo workspace's capture (smollm2 over the demo corpus)")
+    d.add_argument("--max-tokens", type=int, default=50_000)
+    d.set_defaults(func=cmd_demo)
+    for parser in (d, c, z, zp):  # accept --workspace/--device after the sub-command too
+        parser.add_argument("--workspace", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        parser.add_argument("--device", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from engine.errors import LatentLabError
+    from engine.jobs import Cancelled
+    try:
+        if args.command is None:  # the GUI is not built yet: build the demo workspace
+            args = build_parser().parse_args([*(argv or sys.argv[1:]), "demo"])
+        return args.func(args)
+    except LatentLabError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (Cancelled, KeyboardInterrupt):
+        print("cancelled: committed rows are kept; rerun with --resume to continue", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

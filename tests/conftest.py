@@ -1,0 +1,82 @@
+"""Shared fixtures: tiny randomly initialised Hugging Face models (llama, gpt2, gpt-neox,
+bert) with a small BPE tokenizer trained on the demo corpus, saved as real model folders."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _train_tokenizer(kind: str):
+    """A byte-level BPE tokenizer (vocab ~400) trained on the demo corpus; ``kind`` picks
+    its special-token template: llama adds <s>, bert wraps in [CLS] ... [SEP], gpt2 none."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from engine.sources.text import DemoCorpus
+    specials = ["[PAD]", "[CLS]", "[SEP]", "<s>", "</s>"]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    texts = [e.text for e in DemoCorpus()][:30]
+    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=400, special_tokens=specials,
+                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    if kind == "llama":
+        tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 3)])
+    elif kind == "bert":
+        tok.post_processor = processors.TemplateProcessing(
+            single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 1), ("[SEP]", 2)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", bos_token="<s>",
+                                   eos_token="</s>", cls_token="[CLS]", sep_token="[SEP]")
+
+
+def _config(family: str, vocab: int):
+    import transformers as tf
+    if family == "llama":
+        return tf.LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                              architectures=["LlamaForCausalLM"])
+    if family == "gpt2":
+        return tf.GPT2Config(vocab_size=vocab, n_embd=32, n_layer=3, n_head=4, n_positions=256,
+                             architectures=["GPT2LMHeadModel"])
+    if family == "gpt_neox":
+        return tf.GPTNeoXConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                                num_attention_heads=4, max_position_embeddings=256,
+                                architectures=["GPTNeoXForCausalLM"])
+    return tf.BertConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, max_position_embeddings=256, architectures=["BertModel"])
+
+
+def build_tiny_model(family: str, folder: Path) -> Path:
+    """Save a randomly initialised tiny ``family`` model and its tokenizer into ``folder``."""
+    import torch
+    import transformers as tf
+    tok = _train_tokenizer("bert" if family == "bert" else ("llama" if family == "llama" else "gpt2"))
+    cfg = _config(family, len(tok))
+    torch.manual_seed(0)
+    cls = tf.BertModel if family == "bert" else tf.AutoModelForCausalLM
+    model = cls(cfg) if family == "bert" else cls.from_config(cfg)
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> dict[str, Path]:
+    """Folders of tiny llama, gpt2, gpt-neox (causal) and bert (encoder) models."""
+    root = tmp_path_factory.mktemp("tiny_models")
+    return {f: build_tiny_model(f, root / f) for f in ("llama", "gpt2", "gpt_neox", "bert")}
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tiny_models) -> Path:
+    return tiny_models["llama"]
