@@ -74,8 +74,21 @@ def _open_h5(path: Path, mode: str) -> h5py.File:
         raise StoreError(f"{path}: is a folder, not an activation store file")
     try:
         if mode == "r":
+            # A plain open checks the file's length against its header (truncation); a
+            # file a writer holds (live or killed) opens only as a SWMR reader.
+            try:
+                return h5py.File(path, "r", libver="latest")
+            except OSError as exc:
+                if "already open for write" not in str(exc) and "unable to lock" not in str(exc):
+                    raise
             return h5py.File(path, "r", libver="latest", swmr=True)
-        return h5py.File(path, mode, libver="latest")
+        for attempt in range(50):  # a reader opening at this instant holds a brief lock
+            try:
+                return h5py.File(path, mode, libver="latest")
+            except OSError as exc:
+                if "unable to lock" not in str(exc) or attempt == 49:
+                    raise
+                time.sleep(0.1)
     except OSError as exc:
         text = str(exc)
         if "signature not found" in text:
@@ -167,8 +180,13 @@ class ActivationStore:
             if images_shape is not None:
                 f.create_dataset("images", (0, *images_shape), maxshape=(None, *images_shape),
                                  dtype="float32", chunks=(256, *images_shape))
+        # Enter SWMR mode before the file appears under its name: a reader that opens it
+        # at once must not hold a lock that keeps the writer out.
+        store = cls._open_writer(tmp)
         os.replace(tmp, path)
-        return cls._open_writer(path)
+        _lock_path(tmp).replace(_lock_path(path))
+        store.path = path
+        return store
 
     @classmethod
     def open(cls, path: str | os.PathLike) -> ActivationStore:
@@ -334,7 +352,7 @@ class ActivationStore:
         inside a buffer of several chunks, so batches mix distant parts of the corpus."""
         ds = self._f[f"acts/{self._hook(hook)}"]
         lo, hi = self._bounds(start, stop)
-        step = ds.chunks[0]
+        step = ds.chunks[0] if ds.chunks else chunk_rows_for(ds.shape[1] * ds.dtype.itemsize)
         starts = np.arange(lo - lo % step, hi, step)
         rng = np.random.default_rng(seed)
         if shuffle:

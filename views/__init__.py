@@ -1,0 +1,1 @@
+"""One module per view; each reads AppState and asks the engine for work."""
