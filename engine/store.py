@@ -9,6 +9,8 @@ Layout (format version 1):
   /tokens /sample /position  (n,) int32   token id (-1 for images), document, position
   /labels/<name>             (n,) int32   per-row labels (e.g. the digit class)
   /text                      (n_docs,) UTF-8 documents, indexed by /sample
+  /n_committed               (1,) int64   the committed count again, as a dataset: a SWMR
+                                          reader can refresh a dataset but not a root attribute
   /images                    (n_samples, h, w) float32, indexed by /sample (image sources)
 """
 
@@ -30,6 +32,7 @@ from engine.errors import StoreError
 
 FORMAT_VERSION = 1
 INDEX_FIELDS = ("tokens", "sample", "position")
+_COMMITTED = "n_committed"  # dataset mirroring the root attribute of that name
 _STR = h5py.string_dtype("utf-8")
 
 
@@ -100,6 +103,24 @@ def _open_h5(path: Path, mode: str) -> h5py.File:
         raise StoreError(f"{path}: cannot open as HDF5 ({text})") from None
 
 
+def _committed(f: h5py.File) -> int:
+    """Committed rows. HDF5 never re-reads the root group's attributes for a SWMR reader
+    (its cached copy of ``n_committed`` stays at the value it opened with), so writers also
+    keep the count in the dataset /n_committed, which a reader refreshes; stores without
+    it (older files) fall back to the attribute."""
+    if _COMMITTED in f and isinstance(f[_COMMITTED], h5py.Dataset):
+        ds = f[_COMMITTED]
+        if f.mode == "r":
+            ds.refresh()
+        return int(ds[0])
+    return int(f.attrs["n_committed"])
+
+
+def _add_committed(f: h5py.File, n: int) -> None:
+    """Create /n_committed (before SWMR mode: no new objects after it) holding ``n``."""
+    f.create_dataset(_COMMITTED, data=np.array([n], np.int64), maxshape=(1,), chunks=(1,))
+
+
 def _check_layout(path: Path, f: h5py.File) -> int:
     """Validate a store's attributes and datasets; return its committed row count."""
     if "format_version" not in f.attrs:
@@ -112,7 +133,10 @@ def _check_layout(path: Path, f: h5py.File) -> int:
     for name in ("model_id", "model_hash", "source_id", "hooks", "dims", "dtype", "n_committed"):
         if name not in f.attrs:
             raise StoreError(f"{path}: missing root attribute {name!r}")
-    n = int(f.attrs["n_committed"])
+    if _COMMITTED in f and (not isinstance(f[_COMMITTED], h5py.Dataset)
+                            or f[_COMMITTED].shape != (1,)):
+        raise StoreError(f"{path}: /{_COMMITTED} is not a one-element dataset")
+    n = _committed(f)
     hooks = json.loads(f.attrs["hooks"])
     dims = json.loads(f.attrs["dims"])
     for name in INDEX_FIELDS:
@@ -145,7 +169,7 @@ class ActivationStore:
         self.path = path
         self._f = f
         self.writable = writable
-        self._n = int(f.attrs["n_committed"])
+        self._n = _committed(f)
         self.meta = StoreMeta(
             model_id=str(f.attrs["model_id"]), model_hash=str(f.attrs["model_hash"]),
             source_id=str(f.attrs["source_id"]), hooks=tuple(json.loads(f.attrs["hooks"])),
@@ -177,6 +201,7 @@ class ActivationStore:
             for name in (*INDEX_FIELDS, *(f"labels/{lab}" for lab in labels)):
                 f.create_dataset(name, (0,), maxshape=(None,), dtype="int32", chunks=(16384,))
             f.create_dataset("text", (0,), maxshape=(None,), dtype=_STR, chunks=(256,))
+            _add_committed(f, 0)
             if images_shape is not None:
                 f.create_dataset("images", (0, *images_shape), maxshape=(None, *images_shape),
                                  dtype="float32", chunks=(256, *images_shape))
@@ -222,6 +247,9 @@ class ActivationStore:
             for name in _row_datasets(f):  # drop rows written after the last commit
                 if f[name].shape[0] != n:
                     f[name].resize(n, axis=0)
+            if _COMMITTED not in f:  # a store from before /n_committed
+                _add_committed(f, n)
+            f.attrs["n_committed"] = np.int64(n)
             f.swmr_mode = True
         except Exception:
             f.close()
@@ -272,9 +300,10 @@ class ActivationStore:
 
     def refresh(self) -> int:
         """Re-read the committed count (a reader following a live writer); return it."""
+        n = _committed(self._f)  # first: the row datasets the writer grew before committing
         for name in _row_datasets(self._f):
             self._f[name].refresh()
-        self._n = int(self._f.attrs["n_committed"])
+        self._n = n
         return self._n
 
     def summary(self) -> dict[str, Any]:
@@ -340,8 +369,10 @@ class ActivationStore:
         tokens = self._f["tokens"][lo:hi]
         c = row - lo
         same = (sample == sample[c]) & (position - position[c] == np.arange(lo, hi) - row)
-        keep = np.flatnonzero(same)
-        return tokens[keep], int(np.searchsorted(keep, c))
+        breaks = np.flatnonzero(~same)  # keep only the unbroken run of rows around ``row``
+        first = int(breaks[breaks < c].max(initial=-1)) + 1
+        last = int(breaks[breaks > c].min(initial=len(same)))
+        return tokens[first:last], c - first
 
     def iter_batches(self, hook: str, batch_size: int, *, shuffle: bool = True, seed: int = 0,
                      start: int = 0, stop: int | None = None, buffer_rows: int = 65536,
@@ -413,15 +444,23 @@ class ActivationStore:
         for name, value in columns.items():
             if len(value) != n_new:
                 raise StoreError(f"{self.path}: append got {len(value)} rows for /{name}, expected {n_new}")
-        if set(columns) != set(_row_datasets(self._f)):
-            missing = set(_row_datasets(self._f)) - set(columns)
-            raise StoreError(f"{self.path}: append is missing {sorted(missing)}")
+        for h, a in acts.items():
+            shape, d = np.shape(a), self.dim(h)
+            if len(shape) != 2 or shape[1] != d:
+                raise StoreError(f"{self.path}: append got shape {shape} for /acts/{h}, expected ({n_new}, {d})")
+        expected = set(_row_datasets(self._f))
+        if set(columns) != expected:
+            missing, unknown = sorted(expected - set(columns)), sorted(set(columns) - expected)
+            problems = [f"is missing {missing}"] if missing else []
+            problems += [f"got columns the store does not have: {unknown}"] if unknown else []
+            raise StoreError(f"{self.path}: append {' and '.join(problems)}")
         lo, hi = self._n, self._n + n_new
         for name, value in columns.items():
             ds = self._f[name]
             ds.resize(hi, axis=0)
             ds[lo:hi] = value
         self._f.flush()
+        self._f[_COMMITTED][0] = hi
         self._f.attrs["n_committed"] = np.int64(hi)
         self._f.flush()
         self._n = hi
@@ -477,6 +516,7 @@ def recover(path: str | os.PathLike) -> int:
         n = _check_layout(path, src)
         with h5py.File(tmp, "w", libver="latest") as dst:
             dst.attrs.update(dict(src.attrs))
+            dst.attrs["n_committed"] = np.int64(n)
 
             def copy(name: str, obj: Any) -> None:
                 if not isinstance(obj, h5py.Dataset):
@@ -488,6 +528,10 @@ def recover(path: str | os.PathLike) -> int:
                     d[s:min(rows, s + 65536)] = obj[s:min(rows, s + 65536)]
 
             src.visititems(copy)
+            if _COMMITTED in dst:
+                dst[_COMMITTED][0] = n
+            else:
+                _add_committed(dst, n)
             for group in ("acts", "labels"):
                 if group in src and group not in dst:
                     dst.create_group(group)
@@ -518,6 +562,7 @@ def join_shards(path: str | os.PathLike, shards: Sequence[str | os.PathLike]) ->
             params["shards"] = [os.path.relpath(Path(s.path).resolve(), path.parent.resolve()) for s in opened]
             attrs.update(n_committed=np.int64(total), params=json.dumps(params, sort_keys=True))
             f.attrs.update(attrs)
+            _add_committed(f, total)
             for name in _row_datasets(first._f):
                 src0 = first._f[name]
                 layout = h5py.VirtualLayout(shape=(total, *src0.shape[1:]), dtype=src0.dtype)

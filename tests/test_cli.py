@@ -94,3 +94,34 @@ def test_device_not_available(tiny_llama, tmp_path):
     if proc.returncode == 0:
         pytest.skip("this machine has CUDA")
     assert_one_line_error(proc, "cuda:3")
+
+
+def test_ctrl_c_cancels_cleanly_and_resumes(tiny_llama, tmp_path):
+    import os
+    import signal
+    import time
+
+    from engine.store import ActivationStore
+    out = tmp_path / "c.h5"
+    args = [sys.executable, str(ROOT / "main.py"), "capture", "--model", str(tiny_llama), "--source", "demo",
+            "--hooks", "blocks.0.hook_resid_post", "--max-tokens", "6000", "--batch-size", "1", "--ctx-len", "16",
+            "--out", str(out), "--device", "cpu"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            with ActivationStore.open(out) as store:
+                if store.n_rows >= 500:
+                    break
+        except Exception:
+            pass
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "cancelled" in err and "Traceback" not in err
+    assert not out.with_name(out.name + ".lock").exists()
+    with ActivationStore.open(out) as store:
+        assert 500 <= store.n_rows < 6000
+    done = subprocess.run([*args, "--resume"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "6000 rows committed" in done.stdout, done.stderr

@@ -112,3 +112,19 @@ def test_weight_hash_tracks_weights(tiny_models):
     b._weight_hash = None
     del b._weight_hash
     assert a.weight_hash() != b.weight_hash()
+
+
+def test_offline_hf_cache_by_name(tiny_models, tmp_path, monkeypatch):
+    import shutil
+    repo = tmp_path / "hub" / "models--tiny-org--tiny-gpt2"
+    snapshot = repo / "snapshots" / "0123456789abcdef"
+    shutil.copytree(tiny_models["gpt2"], snapshot)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0123456789abcdef")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub.constants as hc
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    model = load_model("hf:tiny-org/tiny-gpt2")
+    assert model.kind == "causal-lm" and model.model_id == "hf:tiny-org/tiny-gpt2"
+    assert model.weight_hash() == load_model(str(tiny_models["gpt2"])).weight_hash()
