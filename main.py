@@ -103,7 +103,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     run_cli(capture, device=args.device, model="smollm2", source="demo", hooks=[DEMO_HOOK],
             out=out, max_tokens=args.max_tokens, resume=True)
     with ActivationStore.open(out) as store:
-        print(json.dumps(store.summary(), indent=2))
+        print(f"demo store {out}: {store.n_rows} rows of {store.dim(DEMO_HOOK)} at {DEMO_HOOK} "
+              f"from {store.n_documents} documents ({store.meta.model_id} over the demo corpus)")
     return 0
 
 
