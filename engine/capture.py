@@ -18,8 +18,9 @@ from engine.hooks import check_hooks
 from engine.jobs import JobContext
 from engine.models.base import ModelAdapter
 from engine.models.registry import cached_model
+from engine.shards import join_shards
 from engine.sources import Source, load_source
-from engine.store import ActivationStore, StoreMeta, join_shards
+from engine.store import ActivationStore, StoreMeta
 
 
 class CaptureResult(NamedTuple):

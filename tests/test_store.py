@@ -20,11 +20,11 @@ import numpy as np
 import pytest
 
 from engine.errors import StoreError
+from engine.shards import join_shards
 from engine.store import (
     FORMAT_VERSION,
     ActivationStore,
     StoreMeta,
-    join_shards,
     recover,
     validate,
 )
