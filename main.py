@@ -92,6 +92,24 @@ def cmd_zoo_prune(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_sae(args: argparse.Namespace) -> int:
+    from engine.jobs import run_cli
+    from engine.sae.train_job import train_sae, train_sae_distributed
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    options = {k: v for k, v in (("l1_coeff", args.l1_coeff), ("l0_coeff", args.l0_coeff)) if v is not None}
+    job = train_sae_distributed if world > 1 else train_sae
+    result = run_cli(job, device=args.device, quiet=args.quiet or rank != 0, store=args.store, hook=args.hook,
+                     out=args.out, arch=args.arch, expansion=args.expansion, k=args.k,
+                     batch_size=args.batch_size, steps=args.steps, epochs=args.epochs, lr=args.lr,
+                     holdout=args.holdout, resume=args.resume, seed=args.seed,
+                     checkpoint_every=args.checkpoint_every, eval_model=args.eval_model, **options)
+    if rank == 0:
+        shown = ", ".join(f"{k} {v:.4g}" for k, v in result.metrics.items())
+        print(f"{result.out}: {result.steps} steps; held-out {shown}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Build (or reuse) the demo workspace's capture: smollm2 over the demo corpus."""
     from engine.capture import capture
@@ -155,10 +173,31 @@ def build_parser() -> argparse.ArgumentParser:
     zp.add_argument("--seed", type=int, default=0)
     zp.set_defaults(func=cmd_zoo_prune)
 
+    t = sub.add_parser("train-sae", help="train a sparse autoencoder on one hook point of a store")
+    t.add_argument("--store", required=True)
+    t.add_argument("--hook", required=True)
+    t.add_argument("--out", required=True, help="folder for the SAE (SAELens layout), its curves and metrics")
+    t.add_argument("--arch", default="topk", help="relu, topk, batchtopk, jumprelu, mp, gtopk")
+    t.add_argument("--expansion", type=int, default=8, help="d_sae = expansion x d_in")
+    t.add_argument("--k", type=int, default=32, help="latents per row (topk, batchtopk, gtopk) or steps (mp)")
+    t.add_argument("--batch-size", type=int, default=4096)
+    t.add_argument("--steps", type=int, default=None, help="optimiser steps (default: --epochs over the rows)")
+    t.add_argument("--epochs", type=float, default=1.0)
+    t.add_argument("--lr", type=float, default=4e-4)
+    t.add_argument("--l1-coeff", type=float, default=None, help="relu: L1 weight")
+    t.add_argument("--l0-coeff", type=float, default=None, help="jumprelu: L0 weight")
+    t.add_argument("--holdout", type=float, default=0.05, help="held-out share (or row count) for metrics")
+    t.add_argument("--checkpoint-every", type=int, default=200)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+    t.add_argument("--eval-model", default=None, help="model spec for spliced-in loss (e.g. smollm2)")
+    t.add_argument("--quiet", action="store_true")
+    t.set_defaults(func=cmd_train_sae)
+
     d = sub.add_parser("demo", help="build the demo workspace's capture (smollm2 over the demo corpus)")
     d.add_argument("--max-tokens", type=int, default=50_000)
     d.set_defaults(func=cmd_demo)
-    for parser in (d, c, z, zp):  # accept --workspace/--device after the sub-command too
+    for parser in (d, c, z, zp, t):  # accept --workspace/--device after the sub-command too
         parser.add_argument("--workspace", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         parser.add_argument("--device", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return p

@@ -1,9 +1,10 @@
-"""Named hook points: where a canonical name attaches in a torch module, and a context
-that records activations there (stopping the forward pass once all are recorded)."""
+"""Named hook points: where a canonical name attaches in a torch module, a context that
+records activations there (stopping the forward pass once all are recorded), and one that
+replaces them (splicing in an SAE reconstruction, ablating)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal
@@ -81,3 +82,34 @@ def recording(sites: Mapping[str, HookSite], stop_early: bool = True) -> Iterato
     finally:
         for h in handles:
             h.remove()
+
+
+def _replace_first(value: object, fn: Callable[[torch.Tensor], torch.Tensor]) -> object:
+    """``value`` with its tensor (or first tuple/list element) replaced by ``fn`` of it."""
+    if isinstance(value, torch.Tensor):
+        return fn(value)
+    if isinstance(value, (tuple, list)) and value and isinstance(value[0], torch.Tensor):
+        return type(value)([fn(value[0]), *value[1:]])
+    raise TypeError(f"hook saw a {type(value).__name__}, not a tensor")
+
+
+@contextmanager
+def replacing(site: HookSite, fn: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[None]:
+    """During forward passes inside the block, the tensor at ``site`` (the module's output,
+    or its first input for ``where="input"``) becomes ``fn(tensor)``; a tuple output has
+    its first element replaced. ``fn`` must return a tensor of the same shape."""
+    if site.where == "input":
+        def pre_hook(module, args, kwargs):
+            if args:
+                return (_replace_first(args[0], fn), *args[1:]), kwargs
+            key = next(iter(kwargs))
+            return args, {**kwargs, key: _replace_first(kwargs[key], fn)}
+        handle = site.module.register_forward_pre_hook(pre_hook, with_kwargs=True)
+    else:
+        def hook(module, args, output):
+            return _replace_first(output, fn)
+        handle = site.module.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()

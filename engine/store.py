@@ -466,6 +466,32 @@ class ActivationStore:
         self._n = hi
         return hi
 
+    @classmethod
+    def write_group(cls, path: str | os.PathLike, group: str, arrays: Mapping[str, np.ndarray],
+                    attrs: Mapping[str, Any]) -> None:
+        """Replace the group ``group`` (e.g. ``features/<sae id>``) of a closed store with
+        ``arrays`` and ``attrs``. Opens the file as a plain (non-SWMR) writer, so no capture
+        may be writing it; readers opened before this do not see the new group."""
+        path = Path(path)
+        f = _open_h5(path, "r+")
+        try:
+            if group in f:
+                del f[group]
+            g = f.require_group(group)
+            for name, value in arrays.items():
+                g.create_dataset(name, data=np.asarray(value))
+            g.attrs.update(dict(attrs))
+        finally:
+            f.close()
+
+    def read_group(self, group: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """The datasets (as arrays) and attributes of a group ``write_group`` wrote."""
+        if group not in self._f or not isinstance(self._f[group], h5py.Group):
+            raise StoreError(f"{self.path}: no group /{group}")
+        g = self._f[group]
+        arrays = {k: v[()] for k, v in g.items() if isinstance(v, h5py.Dataset)}
+        return arrays, dict(g.attrs)
+
     def set_attr(self, name: str, value: Any) -> None:
         """Update a root attribute that already exists (SWMR allows no new objects)."""
         self._need_writer()

@@ -1,0 +1,317 @@
+"""Per-latent statistics of an SAE over a store, in one streaming pass that never holds all
+codes: firing density, mean and max activation, a histogram of log10 activations and
+quantiles read from it, the top activating rows (a running top-k merged per batch); then,
+from the weights alone, each latent's logit effects (causal LMs) and its nearest latents
+by decoder cosine. Results go into the store file under ``/features/<sae id>/``.
+
+Shapes: codes (batch, d_sae); W_dec (d_sae, d_in); W_U (vocab, d_model)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from engine.errors import LatentLabError
+from engine.jobs import JobContext
+from engine.models.base import ModelAdapter
+from engine.sae.base import SparseAutoencoder
+from engine.store import ActivationStore
+
+HIST_RANGE = (-5.0, 5.0)  # log10 |activation|; values outside land in the end bins
+HIST_BINS = 100  # 0.1 decade per bin
+N_LOGITS = 10  # promoted / suppressed tokens kept per latent
+N_NEIGHBOURS = 10
+BLOCK_ELEMENTS = 1 << 26  # bound on a (rows, d_sae) or (rows, vocab) block in the weight passes
+_SLICE_ELEMENTS = 1 << 22  # codes per histogram slice (bounds the nonzero index list)
+_FINAL_NORMS = ("norm", "ln_f", "final_layer_norm", "final_norm", "norm_f")
+
+
+class FeatureStatsResult(NamedTuple):
+    path: str
+    sae_id: str
+    group: str  # where the statistics live in the store file
+    n_rows: int
+    d_sae: int
+    seconds: float
+
+
+@dataclass
+class FeatureStats:
+    """The arrays ``feature_stats`` wrote, one row per latent (d_sae, ...)."""
+
+    sae_id: str
+    hook: str
+    n_rows: int
+    count: np.ndarray  # (d_sae,) int64 rows where the latent is nonzero
+    density: np.ndarray  # (d_sae,) count / n_rows
+    mean: np.ndarray  # (d_sae,) mean activation over firing rows (0 when dead)
+    max: np.ndarray  # (d_sae,) max activation over all rows
+    hist: np.ndarray  # (d_sae, bins) int64 counts of log10 |activation| of firing rows
+    hist_edges: np.ndarray  # (bins + 1,) log10 bin edges
+    quantile_levels: np.ndarray  # (q,)
+    quantiles: np.ndarray  # (d_sae, q) activation quantiles of firing rows, from hist
+    top_values: np.ndarray  # (d_sae, top_n) descending; 0 where fewer rows fire
+    top_rows: np.ndarray  # (d_sae, top_n) int64 store rows; -1 where fewer rows fire
+    neighbours: np.ndarray  # (d_sae, k) int64 latents of highest decoder cosine
+    neighbour_cos: np.ndarray  # (d_sae, k)
+    logit_top_ids: np.ndarray | None = None  # (d_sae, 10) most promoted token ids
+    logit_top_values: np.ndarray | None = None
+    logit_bottom_ids: np.ndarray | None = None  # (d_sae, 10) most suppressed token ids
+    logit_bottom_values: np.ndarray | None = None
+    sae_cfg: dict[str, Any] = field(default_factory=dict)
+
+
+class TopContext(NamedTuple):
+    row: int
+    tokens: np.ndarray  # token ids around the row, from its document
+    at: int  # where the row sits in ``tokens``
+    value: float  # the latent's activation on the row
+
+
+# ---------------------------------------------------------------- the streaming pass
+class _Running:
+    """Accumulators of the one pass over the rows, kept on the SAE's device."""
+
+    def __init__(self, d_sae: int, top_n: int, device: torch.device) -> None:
+        self.count = torch.zeros(d_sae, dtype=torch.int64, device=device)
+        self.sum = torch.zeros(d_sae, dtype=torch.float64, device=device)
+        self.max_fired = torch.full((d_sae,), -torch.inf, device=device)
+        self.hist = torch.zeros(d_sae * HIST_BINS, dtype=torch.int64, device=device)
+        self.top_values = torch.full((d_sae, top_n), -torch.inf, device=device)
+        self.top_rows = torch.full((d_sae, top_n), -1, dtype=torch.int64, device=device)
+        self.n = 0
+
+    def update(self, codes: torch.Tensor, first_row: int) -> None:
+        """Fold in a batch of codes (batch, d_sae) whose first row is store row ``first_row``."""
+        codes = codes.float()
+        step = max(1, _SLICE_ELEMENTS // codes.shape[1])
+        for s in range(0, len(codes), step):  # slices bound the nonzero index lists
+            self._fold_nonzero(codes[s:s + step])
+        self._update_top(codes, first_row)
+        self.n += len(codes)
+
+    def _fold_nonzero(self, codes: torch.Tensor) -> None:
+        """Counts, sums, maxima and histogram bins from the nonzero codes only (a sparse
+        batch costs its l0, not d_sae, per row)."""
+        row, latent = torch.nonzero(codes, as_tuple=True)
+        value = codes[row, latent]
+        self.count += torch.bincount(latent, minlength=len(self.count))
+        self.sum.index_add_(0, latent, value.double())
+        self.max_fired.scatter_reduce_(0, latent, value, "amax")
+        lo, hi = HIST_RANGE
+        bins = ((value.abs().log10() - lo) / ((hi - lo) / HIST_BINS)).floor()
+        bins = bins.clamp(0, HIST_BINS - 1).long()
+        self.hist += torch.bincount(latent * HIST_BINS + bins, minlength=self.hist.numel())
+
+    def _update_top(self, codes: torch.Tensor, first_row: int) -> None:
+        k = min(self.top_values.shape[1], len(codes))
+        values, rows = codes.topk(k, dim=0)  # (k, d_sae)
+        values = torch.cat([self.top_values, values.t()], 1)
+        rows = torch.cat([self.top_rows, rows.t() + first_row], 1)
+        self.top_values, pick = values.topk(self.top_values.shape[1], dim=1)
+        self.top_rows = rows.gather(1, pick)
+
+    def arrays(self, levels: np.ndarray) -> dict[str, np.ndarray]:
+        count = self.count.cpu().numpy()
+        hist = self.hist.view(-1, HIST_BINS).cpu().numpy()
+        top_values = self.top_values.cpu().numpy()
+        fired = top_values > 0  # rows beyond a latent's firing rows are not examples
+        mx = self.max_fired.cpu().numpy()  # a latent silent on some row also has max >= 0
+        mx = np.where(count < self.n, np.maximum(mx, 0), mx) if self.n else np.zeros_like(mx)
+        edges = np.linspace(*HIST_RANGE, HIST_BINS + 1)
+        return {"count": count, "density": (count / max(self.n, 1)).astype(np.float32),
+                "mean": (self.sum.cpu().numpy() / np.maximum(count, 1)).astype(np.float32),
+                "max": mx.astype(np.float32), "hist": hist, "hist_edges": edges,
+                "quantile_levels": levels, "quantiles": hist_quantiles(hist, edges, levels, mx),
+                "top_values": np.where(fired, top_values, 0).astype(np.float32),
+                "top_rows": np.where(fired, self.top_rows.cpu().numpy(), -1)}
+
+
+def hist_quantiles(hist: np.ndarray, edges: np.ndarray, levels: np.ndarray,
+                   mx: np.ndarray | None = None) -> np.ndarray:
+    """Quantiles (d_sae, q) of each row's histogram of log10 values, interpolating linearly
+    in log10 inside a bin; capped at ``mx`` when given, 0 for an empty histogram."""
+    count = hist.sum(1, keepdims=True)
+    cum = hist.cumsum(1)
+    out = np.zeros((len(hist), len(levels)), np.float64)
+    for j, q in enumerate(levels):
+        target = np.maximum(q * count, 1e-9)  # (d_sae, 1)
+        b = np.minimum((cum < target).sum(1), hist.shape[1] - 1)
+        rows = np.arange(len(hist))
+        inside = hist[rows, b]
+        frac = (target[:, 0] - (cum[rows, b] - inside)) / np.maximum(inside, 1)
+        out[:, j] = 10.0 ** (edges[b] + np.clip(frac, 0, 1) * (edges[b + 1] - edges[b]))
+    if mx is not None:
+        out = np.minimum(out, np.maximum(mx, 0)[:, None])
+    out[count[:, 0] == 0] = 0
+    return out.astype(np.float32)
+
+
+# ---------------------------------------------------------------- weights only
+def decoder_neighbours(W_dec: torch.Tensor, k: int = N_NEIGHBOURS,
+                       ctx: JobContext | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` latents whose decoder rows have the highest cosine with each latent's
+    (itself excluded): ids (d_sae, k) int64 and cosines, in blocks of rows (no d_sae^2)."""
+    w = W_dec.detach().float()
+    w = w / w.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    d_sae = len(w)
+    k = min(k, d_sae - 1)
+    step = max(1, min(4096, BLOCK_ELEMENTS // d_sae))
+    ids, cos = [], []
+    for s in range(0, d_sae, step):
+        if ctx is not None:
+            ctx.check_cancelled()
+        sim = w[s:s + step] @ w.t()  # (block, d_sae)
+        idx = torch.arange(len(sim), device=sim.device)
+        sim[idx, idx + s] = -torch.inf
+        values, top = sim.topk(k, dim=1)
+        ids.append(top.cpu())
+        cos.append(values.cpu())
+    return torch.cat(ids).numpy(), torch.cat(cos).numpy()
+
+
+def _final_norm(module: nn.Module) -> nn.Module | None:
+    """The norm applied before the unembedding (llama ``model.norm``, gpt2 ``ln_f``, ...)."""
+    base = getattr(module, "base_model", module)
+    for name in _FINAL_NORMS:
+        norm = getattr(base, name, None)
+        if isinstance(norm, nn.Module):
+            return norm
+    return None
+
+
+def unembed_directions(adapter: ModelAdapter) -> tuple[torch.Tensor, nn.Module | None] | None:
+    """W_U (vocab, d_model) and the final norm of a causal LM; None when it has none."""
+    if adapter.kind != "causal-lm" or not hasattr(adapter.module, "get_output_embeddings"):
+        return None
+    head = adapter.module.get_output_embeddings()
+    if head is None or getattr(head, "weight", None) is None:
+        return None
+    return head.weight.detach(), _final_norm(adapter.module)
+
+
+def fold_norm(dirs: torch.Tensor, norm: nn.Module | None) -> torch.Tensor:
+    """Decoder directions as the unembedding sees them through the final norm, dropping
+    its per-token scale (one positive number per token: it changes no ranking): a
+    LayerNorm removes the mean first; then its elementwise weight multiplies
+    (Gemma's RMSNorm multiplies by 1 + weight). A bias only shifts every latent alike
+    and is left out."""
+    if norm is None:
+        return dirs
+    if isinstance(norm, nn.LayerNorm):
+        dirs = dirs - dirs.mean(-1, keepdim=True)
+    weight = getattr(norm, "weight", None)
+    if isinstance(weight, torch.Tensor):
+        gain = weight.detach().float().to(dirs.device)
+        dirs = dirs * (1 + gain if "Gemma" in type(norm).__name__ else gain)
+    return dirs
+
+
+def logit_effects(sae: SparseAutoencoder, adapter: ModelAdapter, n: int = N_LOGITS,
+                  ctx: JobContext | None = None) -> dict[str, np.ndarray]:
+    """Each latent's direct effect on the logits, fold_norm(W_dec) @ W_U^T: the ``n``
+    most promoted and most suppressed token ids and values; {} if the model has no
+    unembedding of the SAE's width."""
+    found = unembed_directions(adapter)
+    if found is None or found[0].shape[1] != sae.d_in:
+        return {}
+    W_U, norm = found
+    W_U = W_U.float().to(sae.W_dec.device)
+    n = min(n, len(W_U))
+    step = max(1, min(4096, BLOCK_ELEMENTS // len(W_U)))
+    parts: dict[str, list[torch.Tensor]] = {k: [] for k in
+                                            ("top_values", "top_ids", "bottom_values", "bottom_ids")}
+    for s in range(0, sae.d_sae, step):
+        if ctx is not None:
+            ctx.check_cancelled()
+        eff = fold_norm(sae.W_dec[s:s + step].detach().float(), norm) @ W_U.t()  # (block, vocab)
+        for side, largest in (("top", True), ("bottom", False)):
+            values, ids = eff.topk(n, dim=1, largest=largest)
+            parts[f"{side}_values"].append(values.cpu())
+            parts[f"{side}_ids"].append(ids.cpu())
+    return {f"logit_{k}": torch.cat(v).numpy() for k, v in parts.items()}
+
+
+# ---------------------------------------------------------------- the job
+def _check_id(sae_id: str) -> str:
+    if not sae_id or "/" in sae_id or sae_id in (".", ".."):
+        raise LatentLabError(f"SAE id {sae_id!r} must be a non-empty name without '/'")
+    return sae_id
+
+
+@torch.inference_mode()
+def _stream(ctx: JobContext, store: ActivationStore, sae: SparseAutoencoder, hook: str,
+            batch_size: int, top_n: int) -> _Running:
+    """The one pass: encode each batch in row order and fold it into the accumulators."""
+    device = next(sae.parameters()).device
+    run = _Running(sae.d_sae, top_n, device)
+    total = store.n_rows
+    ctx.progress(0, total, "feature statistics")
+    for block in store.iter_batches(hook, batch_size, shuffle=False):
+        ctx.check_cancelled()
+        run.update(sae.encode(torch.from_numpy(block).to(device)), run.n)
+        ctx.progress(run.n, total, "feature statistics")
+    return run
+
+
+def feature_stats(ctx: JobContext, store_path: str | os.PathLike, sae: SparseAutoencoder,
+                  hook: str, sae_id: str, batch_size: int = 4096, top_n: int = 32,
+                  n_quantiles: int = 11, adapter: ModelAdapter | None = None) -> FeatureStatsResult:
+    """Job: per-latent statistics of ``sae`` over every row of ``hook`` in the store, written
+    into the store under ``/features/<sae_id>/`` (replacing an earlier group of that id).
+    Logit effects are computed when ``adapter`` is a causal LM (see ``logit_effects``).
+    Nothing is written if the job is cancelled. The SAE is moved to ``ctx.device``."""
+    t0 = time.perf_counter()
+    path = Path(store_path)
+    group = f"features/{_check_id(sae_id)}"
+    sae = sae.to(ctx.device).eval()
+    with ActivationStore.open(path) as store:
+        if sae.d_in != store.dim(hook):
+            raise LatentLabError(f"the SAE reads {sae.d_in}-wide rows, but {hook!r} in "
+                                 f"{path.name} is {store.dim(hook)} wide")
+        run = _stream(ctx, store, sae, hook, batch_size, top_n)
+    arrays = run.arrays(np.linspace(0.0, 1.0, n_quantiles))
+    ctx.progress(run.n, run.n, "decoder neighbours")
+    arrays["neighbours"], arrays["neighbour_cos"] = decoder_neighbours(sae.W_dec, ctx=ctx)
+    if adapter is not None and not hook.endswith("hook_z"):  # hook_z is not in the residual basis
+        ctx.progress(run.n, run.n, "logit effects")
+        arrays.update(logit_effects(sae, adapter, ctx=ctx))
+    ctx.check_cancelled()
+    cfg = {"architecture": type(sae).architecture, **sae.cfg.to_dict()}
+    attrs = {"hook": hook, "n_rows": run.n, "top_n": top_n, "sae_id": sae_id,
+             "sae_cfg": json.dumps(cfg, default=str),
+             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    ActivationStore.write_group(path, group, arrays, attrs)
+    return FeatureStatsResult(str(path), sae_id, group, run.n, sae.d_sae, time.perf_counter() - t0)
+
+
+# ---------------------------------------------------------------- reading
+def load_feature_stats(store: ActivationStore, sae_id: str) -> FeatureStats:
+    """The statistics ``feature_stats`` wrote for ``sae_id`` (open the store after writing)."""
+    arrays, attrs = store.read_group(f"features/{_check_id(sae_id)}")
+    known = set(FeatureStats.__dataclass_fields__)
+    return FeatureStats(sae_id=sae_id, hook=str(attrs["hook"]), n_rows=int(attrs["n_rows"]),
+                        sae_cfg=json.loads(attrs.get("sae_cfg", "{}")),
+                        **{k: v for k, v in arrays.items() if k in known})
+
+
+def top_contexts(store: ActivationStore, stats: FeatureStats, latent: int, n: int | None = None,
+                 before: int = 16, after: int = 8) -> list[TopContext]:
+    """The top ``n`` (default all kept) activating rows of ``latent`` with their context
+    tokens from the same document, strongest first."""
+    rows, values = stats.top_rows[latent], stats.top_values[latent]
+    out = []
+    for row, value in zip(rows[:n], values[:n], strict=True):
+        if row < 0:
+            break
+        tokens, at = store.context(int(row), before, after)
+        out.append(TopContext(int(row), tokens, at, float(value)))
+    return out

@@ -1,0 +1,36 @@
+"""ReLU SAE (Anthropic's April 2024 update): codes = ReLU(pre-activations), sparsity from an
+L1 penalty on each code weighted by its decoder row's norm (so shrinking W_dec cannot cheat)."""
+
+from __future__ import annotations
+
+import torch
+
+from engine.sae.base import SparseAutoencoder, TrainState, TrainStep, mse, register
+
+
+def weighted_l1(codes: torch.Tensor, W_dec: torch.Tensor) -> torch.Tensor:
+    """Mean over rows of sum_i |f_i| * ||W_dec_i||: the decoder-norm-weighted L1 penalty."""
+    return (codes.abs() * W_dec.norm(dim=1)).sum(-1).mean()  # codes (batch, d_sae)
+
+
+def mean_l0(codes: torch.Tensor) -> torch.Tensor:
+    """Mean number of nonzero latents per row (detached)."""
+    return (codes != 0).sum(-1).float().mean().detach()
+
+
+@register("relu")
+class ReLUSAE(SparseAutoencoder):
+    """codes = ReLU((x - b_dec) @ W_enc + b_enc); loss = mse + l1_coeff * weighted L1."""
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """(batch, d_sae) ReLU codes."""
+        return torch.relu(self.pre_acts(x))
+
+    def training_step(self, x: torch.Tensor, state: TrainState) -> TrainStep:
+        """Reconstruction plus the decoder-norm-weighted L1 penalty; parts l1 is unweighted."""
+        codes = self.encode(x)  # (batch, d_sae)
+        x_hat = self.decode(codes)  # (batch, d_in)
+        rec, l1 = mse(x_hat, x), weighted_l1(codes, self.W_dec)
+        loss = rec + self.cfg.l1_coeff * l1
+        parts = {"mse": rec.detach(), "l1": l1.detach(), "l0": mean_l0(codes)}
+        return TrainStep(loss, x_hat, codes, parts)
