@@ -110,6 +110,31 @@ def cmd_train_sae(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_feature_stats(args: argparse.Namespace) -> int:
+    from engine.features import feature_stats
+    from engine.jobs import run_cli
+    from engine.sae.io import load_sae
+    from engine.store import ActivationStore
+    sae = load_sae(args.sae)
+    hook = args.hook or sae.cfg.hook_name
+    with ActivationStore.open(args.store) as store:
+        model_id = store.meta.model_id
+    adapter = None
+    if not args.no_logits:
+        from engine.errors import ModelError
+        from engine.models.registry import cached_model
+        try:
+            adapter = cached_model(args.model or model_id)
+        except ModelError as exc:
+            print(f"note: no logit effects ({exc})", file=sys.stderr)
+    sae_id = args.sae_id or Path(args.sae).resolve().name
+    result = run_cli(feature_stats, device=args.device, store_path=args.store, sae=sae, hook=hook,
+                     sae_id=sae_id, batch_size=args.batch_size, top_n=args.top_n, adapter=adapter)
+    print(f"{result.path}: /features/{result.sae_id}: {result.d_sae} latents over {result.n_rows} rows "
+          f"in {result.seconds:.1f} s")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Build (or reuse) the demo workspace's capture: smollm2 over the demo corpus."""
     from engine.capture import capture
@@ -194,10 +219,21 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--quiet", action="store_true")
     t.set_defaults(func=cmd_train_sae)
 
+    f = sub.add_parser("feature-stats", help="per-latent statistics of an SAE over a store, written into it")
+    f.add_argument("--store", required=True)
+    f.add_argument("--sae", required=True, help="an SAE folder (cfg.json + sae_weights.safetensors)")
+    f.add_argument("--hook", default=None, help="default: the SAE's hook_name")
+    f.add_argument("--sae-id", default=None, help="name under /features/ (default: the SAE folder's name)")
+    f.add_argument("--model", default=None, help="model for logit effects (default: the store's model)")
+    f.add_argument("--no-logits", action="store_true", help="skip logit effects (no model load)")
+    f.add_argument("--batch-size", type=int, default=4096)
+    f.add_argument("--top-n", type=int, default=32)
+    f.set_defaults(func=cmd_feature_stats)
+
     d = sub.add_parser("demo", help="build the demo workspace's capture (smollm2 over the demo corpus)")
     d.add_argument("--max-tokens", type=int, default=50_000)
     d.set_defaults(func=cmd_demo)
-    for parser in (d, c, z, zp, t):  # accept --workspace/--device after the sub-command too
+    for parser in (d, c, z, zp, t, f):  # accept --workspace/--device after the sub-command too
         parser.add_argument("--workspace", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         parser.add_argument("--device", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return p

@@ -91,14 +91,14 @@ class SparseAutoencoder(nn.Module):
         w = torch.randn(d_sae, d_in)
         w = w / w.norm(dim=1, keepdim=True)
         self.W_dec = nn.Parameter(w.clone())  # (d_sae, d_in)
-        self.W_enc = nn.Parameter(w.t().clone())  # (d_in, d_sae), tied at init
+        self.W_enc = nn.Parameter(w.t().contiguous())  # (d_in, d_sae), tied at init
         self.b_enc = nn.Parameter(torch.zeros(d_sae))
         self.b_dec = nn.Parameter(torch.zeros(d_in))
 
     # ------------------------------------------------------------ the interface
     def pre_acts(self, x: torch.Tensor) -> torch.Tensor:
         """(batch, d_sae) encoder pre-activations."""
-        return (x - self.b_dec) @ self.W_enc + self.b_enc
+        return torch.addmm(self.b_enc, x - self.b_dec, self.W_enc)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """(batch, d_sae) latent codes at inference."""

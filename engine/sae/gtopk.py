@@ -26,12 +26,11 @@ class GradientTopKSAE(TopKSAE):
 
     needs_grad: ClassVar[bool] = True  # the trainer feeds (x, dLoss/dx) batches
 
-    def select(self, pre: torch.Tensor, state: TrainState) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per row the k best-scoring latents: ReLU(pre) values and indices, each (batch, k)."""
+    def select(self, pre: torch.Tensor, state: TrainState) -> torch.Tensor:
+        """Per row the indices (batch, k) of the k best-scoring latents."""
         if state.grad is None:
             raise LatentLabError("the g-SAE (gtopk) needs gradients from the model: train it on "
                                  "(activation, dLoss/dactivation) batches, state.grad was None")
         with torch.no_grad():
             scores = gradient_scores(pre, self.W_dec, state.grad.to(pre.dtype))
-            indices = scores.topk(min(self.cfg.k, self.d_sae), dim=-1, sorted=False).indices
-        return torch.relu(pre.gather(1, indices)), indices
+            return scores.topk(min(self.cfg.k, self.d_sae), dim=-1, sorted=False).indices
