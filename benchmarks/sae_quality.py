@@ -27,8 +27,8 @@ from engine.sae.train_job import train_sae  # noqa: E402
 SETTINGS = {
     "topk": dict(k=32),
     "batchtopk": dict(k=32),
-    "relu": dict(l1_coeff=2.0),
-    "jumprelu": dict(l0_coeff=20.0, jumprelu_init_threshold=1.0, jumprelu_bandwidth=1.0),
+    "relu": dict(l1_coeff=30.0),
+    "jumprelu": dict(l0_coeff=20.0, jumprelu_init_threshold=10.0, jumprelu_bandwidth=2.0),
     "mp": dict(k=32, epochs_scale=0.1),
     "gtopk": dict(k=32, epochs_scale=0.25),
 }
