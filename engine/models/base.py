@@ -32,6 +32,14 @@ class ModelBatch:
         return ModelBatch(inputs, keep, self.meta)
 
 
+def next_token_pairs(batch: ModelBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where position t predicts token t + 1 with both stored rows (special tokens and
+    padding excluded): the mask (batch, seq - 1) and the target ids at those places."""
+    keep = batch.keep
+    pred = keep[:, :-1] & keep[:, 1:]
+    return pred, batch.inputs["input_ids"][:, 1:][pred]
+
+
 def weight_fingerprint(module: nn.Module) -> str:
     """A short hash of a module's weights: names, shapes, dtypes and a strided sample of
     every tensor's values. Cheap for a 100M-parameter model, and it changes with any

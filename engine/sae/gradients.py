@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from engine.errors import LatentLabError
 from engine.hooks import replacing
-from engine.models.base import ModelAdapter
+from engine.models.base import ModelAdapter, next_token_pairs
 from engine.store import ActivationStore
 
 WINDOWS_PER_PASS = 8
@@ -37,16 +37,14 @@ def activations_and_grads(adapter: ModelAdapter, windows: Sequence[Sequence[int]
     try:
         with torch.enable_grad(), replacing(adapter.hook_sites()[hook], detach_leaf):
             logits = adapter.run(batch).logits
-            keep = batch.keep
-            pairs = keep[:, :-1] & keep[:, 1:]
-            targets = batch.inputs["input_ids"][:, 1:][pairs]
+            pairs, targets = next_token_pairs(batch)
             loss = F.cross_entropy(logits[:, :-1][pairs].float(), targets, reduction="sum")
             loss.backward()
     finally:
         for p in params:
             p.requires_grad_(True)
     x = leaf["x"]
-    return x.detach()[keep].float(), x.grad[keep].float()
+    return x.detach()[batch.keep].float(), x.grad[batch.keep].float()
 
 
 def gradient_batches(store: ActivationStore, hook: str, batch_size: int, stop: int, seed: int,

@@ -17,7 +17,7 @@ import torch
 from engine.errors import LatentLabError
 from engine.hooks import replacing
 from engine.jobs import JobContext
-from engine.models.base import ModelAdapter, ModelBatch
+from engine.models.base import ModelAdapter, ModelBatch, next_token_pairs
 from engine.sae.base import SparseAutoencoder
 from engine.store import ActivationStore
 
@@ -177,9 +177,7 @@ def spliced_loss(sae: SparseAutoencoder, adapter: ModelAdapter, store: Activatio
     for i in range(0, len(windows), batch_size):
         _progress(ctx, i, len(windows), "spliced loss")
         batch = adapter.make_batch([w[2].tolist() for w in windows[i:i + batch_size]]).to(adapter.device)
-        ids, keep = batch.inputs["input_ids"], batch.keep
-        pred = keep[:, :-1] & keep[:, 1:]  # (batch, seq - 1): position t predicts t + 1
-        target = ids[:, 1:][pred]
+        pred, target = next_token_pairs(batch)  # pred (batch, seq - 1): position t predicts t + 1
         count += int(pred.sum())
         for mode in MODES:
             logits = _run_spliced(adapter, batch, hook, sae, mode).logits[:, :-1][pred]
