@@ -115,7 +115,8 @@ def train_sae(ctx: JobContext, store: str | os.PathLike, hook: str, out: str | o
         tcfg = TrainConfig(lr=lr, batch_size=batch_size, total_steps=total, seed=seed,
                            checkpoint_every=checkpoint_every, b_dec_init=b_dec_init, autocast=autocast,
                            warmup_steps=min(50, max(1, total // 20)))
-        sae, history, state, opt_state = _start(ctx, st, hook, out, arch, expansion, k, tcfg, resume, sae_options)
+        sae, history, state, opt_state = _start(ctx, st, hook, out, arch, expansion, k, tcfg, resume, n_train,
+                                                sae_options)
         sae.to(ctx.device)
         opt = torch.optim.Adam(sae.parameters(), lr=lr, betas=tcfg.betas)
         if opt_state is not None:
@@ -137,7 +138,7 @@ def train_sae(ctx: JobContext, store: str | os.PathLike, hook: str, out: str | o
     return TrainResult(str(out), state.step, metrics)
 
 
-def _start(ctx, st, hook, out: Path, arch, expansion, k, tcfg, resume, options):
+def _start(ctx, st, hook, out: Path, arch, expansion, k, tcfg, resume, n_train, options):
     """A fresh SAE (seeded, b_dec at the data's centre) or the checkpointed one."""
     if (out / CHECKPOINT / "trainer_state.pt").is_file() and resume:
         sae, saved, state = _load_checkpoint(out, st.dim(hook), st, hook)
@@ -149,8 +150,7 @@ def _start(ctx, st, hook, out: Path, arch, expansion, k, tcfg, resume, options):
     check_finite(st, hook, ctx)
     torch.manual_seed(tcfg.seed)
     sae = build_sae(_sae_config(st, hook, arch, expansion, k, dict(options)))
-    sample = next(st.iter_batches(hook, 20_000, shuffle=True, seed=tcfg.seed + 10_000,
-                                  stop=st.n_rows - max(1, st.n_rows // 20)))
+    sample = next(st.iter_batches(hook, 20_000, shuffle=True, seed=tcfg.seed + 10_000, stop=n_train))
     init_b_dec(sae, torch.from_numpy(sample), tcfg.b_dec_init)
     out.mkdir(parents=True, exist_ok=True)
     return sae, [], TrainState(), None
