@@ -80,3 +80,10 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def tiny_llama(tiny_models) -> Path:
     return tiny_models["llama"]
+
+
+@pytest.fixture(scope="session")
+def llama(tiny_llama):
+    """The tiny llama folder loaded as a causal-LM adapter (shared by the SAE tests)."""
+    from engine.models import load_model
+    return load_model(str(tiny_llama))

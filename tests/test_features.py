@@ -17,7 +17,6 @@ from engine.features import (
     top_contexts,
 )
 from engine.jobs import Cancelled, JobContext
-from engine.models import load_model
 from engine.store import ActivationStore
 from tests.test_sae_metrics import random_sae
 
@@ -27,11 +26,6 @@ BATCH = 500
 TOP_N = 16
 D_SAE = 96
 CPU = torch.device("cpu")
-
-
-@pytest.fixture(scope="module")
-def llama(tiny_llama):
-    return load_model(str(tiny_llama))
 
 
 @pytest.fixture(scope="module")

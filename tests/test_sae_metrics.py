@@ -68,11 +68,6 @@ def zero_sae(d_in: int) -> ReluSAE:
 
 
 @pytest.fixture(scope="module")
-def llama(tiny_llama):
-    return load_model(str(tiny_llama))
-
-
-@pytest.fixture(scope="module")
 def llama_store(llama, tmp_path_factory):
     path = tmp_path_factory.mktemp("metrics") / "llama.h5"
     capture(JobContext(device=CPU), model=llama, source="demo", hooks=HOOKS, out=path,
