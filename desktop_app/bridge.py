@@ -1,0 +1,195 @@
+"""The engine bridge: one QThread that owns the torch device and runs engine jobs one at a
+time, turning their progress, partial results, results and errors into queued Qt signals.
+
+Jobs follow the engine's protocol (``fn(ctx, **params)``). A job submitted with a ``key``
+replaces any queued or running job of the same key (a stale request is cancelled and its
+answers dropped), which is how a view keeps only its latest request alive."""
+
+from __future__ import annotations
+
+import itertools
+import queue
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from PySide6.QtCore import QObject, QThread, Signal, Slot
+
+from engine.errors import LatentLabError
+from engine.jobs import Cancelled, JobContext, resolve_device
+
+QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
+
+
+@dataclass
+class Job:
+    """One request: what to run, its callbacks (called on the GUI thread) and its state."""
+
+    id: int
+    title: str
+    fn: Callable[..., Any]
+    params: dict[str, Any]
+    key: str | None = None
+    on_result: Callable[[Any], None] | None = None
+    on_partial: Callable[[Any], None] | None = None
+    on_error: Callable[[str, str], None] | None = None
+    ctx: JobContext | None = None
+    state: str = QUEUED
+    started: float = 0.0
+    seconds: float = 0.0
+    cancel_event: threading.Event = field(default_factory=threading.Event)
+    error: tuple[str, str] | None = None  # (sentence, details) once failed
+
+
+def describe_error(exc: BaseException) -> tuple[str, str]:
+    """One sentence for the user and the details on demand (the traceback)."""
+    details = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    if isinstance(exc, LatentLabError):
+        return str(exc), details
+    if isinstance(exc, MemoryError):
+        return "The job ran out of memory; try fewer rows or a smaller batch.", details
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    name = type(exc).__name__
+    return (f"The job failed with {name}: {text}" if text else f"The job failed with {name}."), details
+
+
+class _Worker(QThread):
+    """The engine thread: pops jobs off a queue and runs them in order."""
+
+    def __init__(self, bridge: EngineBridge, device: str | None) -> None:
+        super().__init__()
+        self.setObjectName("latentlab-engine")
+        self.bridge = bridge
+        self.device = resolve_device(device)
+        self.jobs: queue.Queue[Job | None] = queue.Queue()
+
+    def run(self) -> None:
+        while True:
+            job = self.jobs.get()
+            if job is None:
+                return
+            if job.cancel_event.is_set():
+                self.bridge._finish(job, CANCELLED, None)
+                continue
+            self._run(job)
+
+    def _run(self, job: Job) -> None:
+        last = [0.0, -1]
+
+        def progress(done: int, total: int, message: str = "") -> None:
+            now = time.perf_counter()  # at most ~20 updates a second, and each percent
+            pct = int(100 * done / total) if total else -1
+            if now - last[0] < 0.05 and pct == last[1] and done < total:
+                return
+            last[0], last[1] = now, pct
+            self.bridge.progress.emit(job.id, int(done), int(total), str(message))
+
+        job.ctx = JobContext(device=self.device, on_progress=progress,
+                             on_partial=lambda obj: self.bridge.partial.emit(job.id, obj),
+                             cancel_event=job.cancel_event)
+        job.state, job.started = RUNNING, time.perf_counter()
+        self.bridge.started.emit(job.id)
+        try:
+            result = job.fn(job.ctx, **job.params)
+        except Cancelled:
+            self.bridge._finish(job, CANCELLED, None)
+        except BaseException as exc:  # noqa: BLE001 - every failure becomes a message
+            self.bridge._finish(job, FAILED, describe_error(exc))
+        else:
+            self.bridge._finish(job, CANCELLED if job.cancel_event.is_set() else DONE, result)
+
+
+class EngineBridge(QObject):
+    """Submit engine jobs from the GUI thread; watch them through signals."""
+
+    submitted = Signal(int)  # job id
+    started = Signal(int)
+    progress = Signal(int, int, int, str)  # job id, done, total, message
+    partial = Signal(int, object)
+    finished = Signal(int, str)  # job id, final state (done / failed / cancelled)
+    _done = Signal(int, str, object)  # from the engine thread: job id, state, payload
+
+    def __init__(self, device: str | None = None, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self._ids = itertools.count(1)
+        self.jobs: dict[int, Job] = {}
+        self._worker = _Worker(self, device)
+        self.partial.connect(self._on_partial)
+        self._done.connect(self._on_done)
+        self._worker.start()
+
+    @property
+    def device(self) -> str:
+        return str(self._worker.device)
+
+    def submit(self, title: str, fn: Callable[..., Any], *, key: str | None = None,
+               on_result: Callable[[Any], None] | None = None,
+               on_partial: Callable[[Any], None] | None = None,
+               on_error: Callable[[str, str], None] | None = None,
+               **params: Any) -> int:
+        """Queue ``fn(ctx, **params)`` on the engine thread; returns the job id."""
+        if key is not None:
+            for other in self.jobs.values():
+                if other.key == key and other.state in (QUEUED, RUNNING):
+                    self.cancel(other.id)
+        job = Job(next(self._ids), title, fn, params, key, on_result, on_partial, on_error)
+        self.jobs[job.id] = job
+        self.submitted.emit(job.id)
+        self._worker.jobs.put(job)
+        return job.id
+
+    def cancel(self, job_id: int) -> None:
+        """Ask a job to stop at its next check; a queued job never starts."""
+        job = self.jobs.get(job_id)
+        if job is not None and job.state in (QUEUED, RUNNING):
+            job.cancel_event.set()
+
+    def cancel_all(self) -> None:
+        for job_id in list(self.jobs):
+            self.cancel(job_id)
+
+    def busy(self) -> bool:
+        return any(j.state in (QUEUED, RUNNING) for j in self.jobs.values())
+
+    def wait_idle(self, timeout: float = 30.0) -> bool:
+        """Process events until no job is queued or running (for tests and shutdown)."""
+        from PySide6.QtCore import QCoreApplication
+        end = time.perf_counter() + timeout
+        while self.busy() and time.perf_counter() < end:
+            QCoreApplication.processEvents()
+            time.sleep(0.005)
+        QCoreApplication.processEvents()
+        return not self.busy()
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        """Cancel everything and stop the engine thread."""
+        self.cancel_all()
+        self._worker.jobs.put(None)
+        self._worker.wait(int(timeout * 1000))
+
+    # ----------------------------------------------------------- engine thread -> GUI
+    def _finish(self, job: Job, state: str, payload: Any) -> None:
+        job.seconds = time.perf_counter() - job.started if job.started else 0.0
+        self._done.emit(job.id, state, payload)
+
+    @Slot(int, object)
+    def _on_partial(self, job_id: int, obj: Any) -> None:
+        job = self.jobs.get(job_id)
+        if job is not None and job.on_partial is not None and not job.cancel_event.is_set():
+            job.on_partial(obj)
+
+    @Slot(int, str, object)
+    def _on_done(self, job_id: int, state: str, payload: Any) -> None:
+        job = self.jobs[job_id]
+        job.state = state
+        try:
+            if state == DONE and job.on_result is not None:
+                job.on_result(payload)
+            elif state == FAILED and job.on_error is not None:
+                job.on_error(*payload)
+        finally:
+            job.error = payload if state == FAILED else None
+            self.finished.emit(job_id, state)

@@ -1,0 +1,68 @@
+"""Token display for views: a store's model spec -> a vocabulary that turns token ids into
+readable strings (whitespace made visible) without loading the model's weights."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+
+from engine.errors import ModelError
+
+_VISIBLE = {" ": "\u00b7", "\n": "\u21b5", "\t": "\u21e5"}  # middle dot, return, tab arrows
+
+
+class Vocab:
+    """Token ids -> display strings, from a Hugging Face tokenizer."""
+
+    def __init__(self, tokenizer: Any, model_id: str) -> None:
+        self.tokenizer = tokenizer
+        self.model_id = model_id
+        self._cache: dict[int, str] = {}
+
+    def decode(self, ids: np.ndarray | list[int]) -> str:
+        return self.tokenizer.decode([int(i) for i in ids])
+
+    def token(self, token_id: int) -> str:
+        """One token as text, exactly as it reads in context (leading space included)."""
+        token_id = int(token_id)
+        if token_id not in self._cache:
+            self._cache[token_id] = self.tokenizer.decode([token_id])
+        return self._cache[token_id]
+
+    def tokens(self, ids: np.ndarray | list[int]) -> list[str]:
+        return [self.token(i) for i in ids]
+
+    @staticmethod
+    def visible(text: str) -> str:
+        """Whitespace shown as symbols, for tables and labels."""
+        return "".join(_VISIBLE.get(c, c) for c in text)
+
+
+def _tokenizer_path(model_id: str) -> str:
+    if model_id == "smollm2":
+        from engine.models.smollm2 import ensure_cached
+        return str(ensure_cached())
+    from engine.models.hf import resolve_hf_path
+    from engine.models.registry import _PREFIXES, _split_options
+    body, _ = _split_options(model_id)
+    if body.startswith(_PREFIXES):
+        body = body.split(":", 1)[1]
+    return resolve_hf_path(body)
+
+
+@lru_cache(maxsize=8)
+def load_vocab(model_id: str) -> Vocab | None:
+    """The vocabulary of a store's model, or None for models without a tokenizer (images)."""
+    if not model_id or model_id.startswith(("digits", "zoo:")):
+        return None
+    from engine.models.hf import _load_tokenizer
+    try:
+        path = _tokenizer_path(model_id)
+    except ModelError:
+        return None
+    try:
+        return Vocab(_load_tokenizer(path, model_id), model_id)
+    except ModelError:
+        return None

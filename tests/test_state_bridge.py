@@ -1,0 +1,113 @@
+"""AppState's one-signal-per-field contract, selections and modes, and the engine bridge:
+jobs run in order on one thread, keyed jobs replace stale ones, cancellation and errors."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from desktop_app.bridge import CANCELLED, DONE, FAILED, EngineBridge
+from desktop_app.state import LATENTS, ROWS, AppState, Selection, and_not_mode, or_mode
+from engine.errors import StoreError
+from engine.project import Layout
+
+
+@pytest.fixture
+def bridge(qapp):
+    b = EngineBridge("cpu")
+    yield b
+    b.shutdown()
+
+
+def test_setters_emit_once_and_only_on_change(qapp):
+    state = AppState()
+    seen = []
+    state.focus_changed.connect(seen.append)
+    state.selection_changed.connect(seen.append)
+    state.set_focus(3)
+    state.set_focus((3,))
+    state.set_selection(Selection(ROWS, [5, 1, 5]))
+    state.set_selection(Selection(ROWS, [1, 5], "another way, same ids"))
+    assert seen[0] == (3,) and len(seen) == 2
+    assert seen[1].ids.tolist() == [1, 5]
+
+
+def test_batch_emits_each_changed_field_once_at_the_end(qapp):
+    state = AppState()
+    seen = []
+    state.focus_changed.connect(lambda v: seen.append(("focus", v)))
+    state.hook_changed.connect(lambda v: seen.append(("hook", v)))
+    with state.batch():
+        state.set_focus(1)
+        state.set_focus(2)
+        state.set_hook("h")
+        assert seen == []
+    assert sorted(seen) == [("focus", (2,)), ("hook", "h")]
+
+
+def test_new_store_or_sae_clears_what_belonged_to_the_old_one(qapp, tmp_path):
+    state = AppState()
+    state.set_store(tmp_path / "a.h5")
+    state.set_projection(Layout("rows/pca", np.zeros((2, 2), np.float32), np.arange(2)))
+    state.set_selection(Selection(ROWS, [1]))
+    state.set_store(tmp_path / "b.h5")
+    assert state.projections == {} and len(state.selection) == 0
+    state.set_sae(tmp_path / "sae")
+    state.set_focus(4)
+    state.set_selection(Selection(LATENTS, [4]))
+    state.set_sae(tmp_path / "sae2")
+    assert state.focus == () and len(state.selection) == 0 and state.selection.kind == LATENTS
+
+
+def test_selection_modes():
+    a, b = Selection(ROWS, [1, 2, 3]), Selection(ROWS, [3, 4])
+    assert or_mode(a, b).ids.tolist() == [1, 2, 3, 4]
+    assert and_not_mode(a, b).ids.tolist() == [1, 2]
+    assert a.as_mask(5).tolist() == [False, True, True, True, False]
+
+
+def _count(ctx, n, delay=0.01):
+    for i in range(n):
+        ctx.check_cancelled()
+        ctx.progress(i + 1, n, "counting")
+        ctx.partial(i)
+        time.sleep(delay)
+    return threading.get_ident()
+
+
+def test_jobs_run_in_order_on_the_engine_thread(bridge):
+    results, partials = [], []
+    bridge.submit("a", _count, n=3, on_result=results.append, on_partial=partials.append)
+    bridge.submit("b", _count, n=2, on_result=results.append)
+    assert bridge.wait_idle(10)
+    assert results[0] == results[1] != threading.get_ident()  # one thread, not the GUI's
+    assert partials == [0, 1, 2]
+
+
+def test_a_keyed_job_replaces_the_stale_one(bridge):
+    results = []
+    first = bridge.submit("slow", _count, key="k", n=500, on_result=results.append)
+    second = bridge.submit("fresh", _count, key="k", n=1, on_result=results.append)
+    assert bridge.wait_idle(10)
+    assert bridge.jobs[first].state == CANCELLED and bridge.jobs[second].state == DONE
+    assert len(results) == 1
+
+
+def test_errors_become_one_sentence_with_details(bridge):
+    errors = []
+
+    def broken(ctx):
+        raise StoreError("store.h5: no hook point 'x'")
+
+    def crash(ctx):
+        return {}["missing"]
+
+    bridge.submit("broken", broken, on_error=lambda s, d: errors.append((s, d)))
+    job = bridge.submit("crash", crash)
+    assert bridge.wait_idle(10)
+    assert errors[0][0] == "store.h5: no hook point 'x'" and "Traceback" in errors[0][1]
+    assert bridge.jobs[job].state == FAILED
+    assert bridge.jobs[job].error[0] == "The job failed with KeyError: 'missing'"
