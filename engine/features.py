@@ -2,7 +2,9 @@
 codes: firing density, mean and max activation, a histogram of log10 activations and
 quantiles read from it, the top activating rows (a running top-k merged per batch); then,
 from the weights alone, each latent's logit effects (causal LMs) and its nearest latents
-by decoder cosine. Results go into the store file under ``/features/<sae id>/``.
+by decoder cosine. When the store has label fields, the pass also counts, per latent and
+class of the first field, the firing rows of that class (``label_association`` reads them).
+Results go into the store file under ``/features/<sae id>/``.
 
 Shapes: codes (batch, d_sae); W_dec (d_sae, d_in); W_U (vocab, d_model)."""
 
@@ -11,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -32,6 +35,7 @@ N_NEIGHBOURS = 10
 BLOCK_ELEMENTS = 1 << 26  # bound on a (rows, d_sae) or (rows, vocab) block in the weight passes
 _SLICE_ELEMENTS = 1 << 22  # codes per histogram slice (bounds the nonzero index list)
 _FINAL_NORMS = ("norm", "ln_f", "final_layer_norm", "final_norm", "norm_f")
+MAX_LABEL_CELLS = 1 << 24  # bound on d_sae * n_classes: a label field with more is skipped
 
 
 class FeatureStatsResult(NamedTuple):
@@ -66,7 +70,20 @@ class FeatureStats:
     logit_top_values: np.ndarray | None = None
     logit_bottom_ids: np.ndarray | None = None  # (d_sae, 10) most suppressed token ids
     logit_bottom_values: np.ndarray | None = None
+    top_tokens: np.ndarray | None = None  # (d_sae, top_n) int32 token ids of top_rows; -1 none
+    label_name: str | None = None  # the label field counted in label_counts
+    label_classes: list[str] = field(default_factory=list)  # (n_classes,) class names
+    label_counts: np.ndarray | None = None  # (d_sae, n_classes) int64 firing rows per class
+    label_totals: np.ndarray | None = None  # (n_classes,) int64 rows per class
     sae_cfg: dict[str, Any] = field(default_factory=dict)
+
+
+class RowLabels(NamedTuple):
+    """The label field the pass counts: its name, class names and (n_rows,) values (-1 none)."""
+
+    name: str
+    classes: list[str]
+    values: np.ndarray
 
 
 class TopContext(NamedTuple):
@@ -80,7 +97,9 @@ class TopContext(NamedTuple):
 class _Running:
     """Accumulators of the one pass over the rows, kept on the SAE's device."""
 
-    def __init__(self, d_sae: int, top_n: int, device: torch.device) -> None:
+    def __init__(self, d_sae: int, top_n: int, device: torch.device, n_classes: int = 0) -> None:
+        self.n_classes = n_classes
+        self.label_counts = torch.zeros(d_sae * n_classes, dtype=torch.int64, device=device)
         self.count = torch.zeros(d_sae, dtype=torch.int64, device=device)
         self.sum = torch.zeros(d_sae, dtype=torch.float64, device=device)
         self.max_fired = torch.full((d_sae,), -torch.inf, device=device)
@@ -89,16 +108,18 @@ class _Running:
         self.top_rows = torch.full((d_sae, top_n), -1, dtype=torch.int64, device=device)
         self.n = 0
 
-    def update(self, codes: torch.Tensor, first_row: int) -> None:
-        """Fold in a batch of codes (batch, d_sae) whose first row is store row ``first_row``."""
+    def update(self, codes: torch.Tensor, first_row: int,
+               labels: torch.Tensor | None = None) -> None:
+        """Fold in a batch of codes (batch, d_sae) whose first row is store row ``first_row``;
+        ``labels`` (batch,) int64 class of each row (-1 none) when classes are counted."""
         codes = codes.float()
         step = max(1, _SLICE_ELEMENTS // codes.shape[1])
         for s in range(0, len(codes), step):  # slices bound the nonzero index lists
-            self._fold_nonzero(codes[s:s + step])
+            self._fold_nonzero(codes[s:s + step], None if labels is None else labels[s:s + step])
         self._update_top(codes, first_row)
         self.n += len(codes)
 
-    def _fold_nonzero(self, codes: torch.Tensor) -> None:
+    def _fold_nonzero(self, codes: torch.Tensor, labels: torch.Tensor | None = None) -> None:
         """Counts, sums, maxima and histogram bins from the nonzero codes only (a sparse
         batch costs its l0, not d_sae, per row)."""
         row, latent = torch.nonzero(codes, as_tuple=True)
@@ -110,6 +131,11 @@ class _Running:
         bins = ((value.abs().log10() - lo) / ((hi - lo) / HIST_BINS)).floor()
         bins = bins.clamp(0, HIST_BINS - 1).long()
         self.hist += torch.bincount(latent * HIST_BINS + bins, minlength=self.hist.numel())
+        if labels is not None and self.n_classes:
+            lab = labels[row]
+            keep = lab >= 0
+            cell = latent[keep] * self.n_classes + lab[keep]
+            self.label_counts += torch.bincount(cell, minlength=self.label_counts.numel())
 
     def _update_top(self, codes: torch.Tensor, first_row: int) -> None:
         k = min(self.top_values.shape[1], len(codes))
@@ -127,7 +153,9 @@ class _Running:
         mx = self.max_fired.cpu().numpy()  # a latent silent on some row also has max >= 0
         mx = np.where(count < self.n, np.maximum(mx, 0), mx) if self.n else np.zeros_like(mx)
         edges = np.linspace(*HIST_RANGE, HIST_BINS + 1)
-        return {"count": count, "density": (count / max(self.n, 1)).astype(np.float32),
+        out = {"label_counts": self.label_counts.view(-1, self.n_classes).cpu().numpy()} \
+            if self.n_classes else {}
+        return out | {"count": count, "density": (count / max(self.n, 1)).astype(np.float32),
                 "mean": (self.sum.cpu().numpy() / np.maximum(count, 1)).astype(np.float32),
                 "max": mx.astype(np.float32), "hist": hist, "hist_edges": edges,
                 "quantile_levels": levels, "quantiles": hist_quantiles(hist, edges, levels, mx),
@@ -247,19 +275,53 @@ def _check_id(sae_id: str) -> str:
     return sae_id
 
 
+def row_labels(store: ActivationStore, d_sae: int | None = None) -> RowLabels | None:
+    """The store's first label field with its class names (from the capture's
+    ``label_classes``, else the class numbers); None without labels, or when
+    d_sae * n_classes would exceed MAX_LABEL_CELLS."""
+    if not store.label_names:
+        return None
+    name = store.label_names[0]
+    values = np.asarray(store.index(name), dtype=np.int64)
+    classes = [str(c) for c in (store.meta.params.get("label_classes") or {}).get(name, [])]
+    n_classes = max(len(classes), int(values.max(initial=-1)) + 1)
+    if n_classes == 0 or (d_sae is not None and d_sae * n_classes > MAX_LABEL_CELLS):
+        return None
+    classes += [str(i) for i in range(len(classes), n_classes)]
+    return RowLabels(name, classes, values)
+
+
 @torch.inference_mode()
 def _stream(ctx: JobContext, store: ActivationStore, sae: SparseAutoencoder, hook: str,
-            batch_size: int, top_n: int) -> _Running:
+            batch_size: int, top_n: int, labels: RowLabels | None = None) -> _Running:
     """The one pass: encode each batch in row order and fold it into the accumulators."""
     device = next(sae.parameters()).device
-    run = _Running(sae.d_sae, top_n, device)
+    run = _Running(sae.d_sae, top_n, device, len(labels.classes) if labels else 0)
     total = store.n_rows
+    values = None if labels is None else torch.from_numpy(labels.values).to(device)
     ctx.progress(0, total, "feature statistics")
     for block in store.iter_batches(hook, batch_size, shuffle=False):
         ctx.check_cancelled()
-        run.update(sae.encode(torch.from_numpy(block).to(device)), run.n)
+        lab = None if values is None else values[run.n:run.n + len(block)]
+        run.update(sae.encode(torch.from_numpy(block).to(device)), run.n, lab)
         ctx.progress(run.n, total, "feature statistics")
     return run
+
+
+def _label_arrays(labels: RowLabels | None, n_rows: int) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """label_totals (n_classes,) and the attributes naming the field and its classes."""
+    if labels is None:
+        return {}, {}
+    values = labels.values[:n_rows]
+    totals = np.bincount(values[values >= 0], minlength=len(labels.classes)).astype(np.int64)
+    return {"label_totals": totals}, {"label_name": labels.name,
+                                      "label_classes": json.dumps(labels.classes)}
+
+
+def _top_tokens(store: ActivationStore, top_rows: np.ndarray) -> np.ndarray:
+    """(d_sae, top_n) int32 token ids of the top rows; -1 where there is no row."""
+    tokens = store.index("tokens")
+    return np.where(top_rows >= 0, tokens[np.maximum(top_rows, 0)], -1).astype(np.int32)
 
 
 def feature_stats(ctx: JobContext, store_path: str | os.PathLike, sae: SparseAutoencoder,
@@ -277,8 +339,12 @@ def feature_stats(ctx: JobContext, store_path: str | os.PathLike, sae: SparseAut
         if sae.d_in != store.dim(hook):
             raise LatentLabError(f"the SAE reads {sae.d_in}-wide rows, but {hook!r} in "
                                  f"{path.name} is {store.dim(hook)} wide")
-        run = _stream(ctx, store, sae, hook, batch_size, top_n)
-    arrays = run.arrays(np.linspace(0.0, 1.0, n_quantiles))
+        labels = row_labels(store, sae.d_sae)
+        run = _stream(ctx, store, sae, hook, batch_size, top_n, labels)
+        arrays = run.arrays(np.linspace(0.0, 1.0, n_quantiles))
+        arrays["top_tokens"] = _top_tokens(store, arrays["top_rows"])
+    label_totals, label_attrs = _label_arrays(labels, run.n)
+    arrays.update(label_totals)
     ctx.progress(run.n, run.n, "decoder neighbours")
     arrays["neighbours"], arrays["neighbour_cos"] = decoder_neighbours(sae.W_dec, ctx=ctx)
     if adapter is not None and not hook.endswith("hook_z"):  # hook_z is not in the residual basis
@@ -288,7 +354,7 @@ def feature_stats(ctx: JobContext, store_path: str | os.PathLike, sae: SparseAut
     cfg = {"architecture": type(sae).architecture, **sae.cfg.to_dict()}
     attrs = {"hook": hook, "n_rows": run.n, "top_n": top_n, "sae_id": sae_id,
              "sae_cfg": json.dumps(cfg, default=str),
-             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **label_attrs}
     ActivationStore.write_group(path, group, arrays, attrs)
     return FeatureStatsResult(str(path), sae_id, group, run.n, sae.d_sae, time.perf_counter() - t0)
 
@@ -298,8 +364,11 @@ def load_feature_stats(store: ActivationStore, sae_id: str) -> FeatureStats:
     """The statistics ``feature_stats`` wrote for ``sae_id`` (open the store after writing)."""
     arrays, attrs = store.read_group(f"features/{_check_id(sae_id)}")
     known = set(FeatureStats.__dataclass_fields__)
+    label_name = attrs.get("label_name")
     return FeatureStats(sae_id=sae_id, hook=str(attrs["hook"]), n_rows=int(attrs["n_rows"]),
                         sae_cfg=json.loads(attrs.get("sae_cfg", "{}")),
+                        label_name=None if label_name is None else str(label_name),
+                        label_classes=[str(c) for c in json.loads(attrs.get("label_classes", "[]"))],
                         **{k: v for k, v in arrays.items() if k in known})
 
 
@@ -315,3 +384,81 @@ def top_contexts(store: ActivationStore, stats: FeatureStats, latent: int, n: in
         tokens, at = store.context(int(row), before, after)
         out.append(TopContext(int(row), tokens, at, float(value)))
     return out
+
+
+# ---------------------------------------------------------------- labels
+def label_association(stats: FeatureStats) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per latent its best class (d_sae,) int64 (-1 for a dead latent or without labels),
+    precision (share of its labelled firing rows in that class) and lift (precision over
+    the class's share of all labelled rows); precision and lift are 0 where undefined."""
+    d_sae = len(stats.count)
+    if stats.label_counts is None or stats.label_totals is None or not stats.label_counts.size:
+        return np.full(d_sae, -1, np.int64), np.zeros(d_sae, np.float32), np.zeros(d_sae, np.float32)
+    counts = stats.label_counts.astype(np.float64)
+    fired = counts.sum(1)
+    best = counts.argmax(1)
+    precision = counts[np.arange(d_sae), best] / np.maximum(fired, 1)
+    share = stats.label_totals / max(int(stats.label_totals.sum()), 1)
+    base = share[best]
+    lift = np.divide(precision, base, out=np.zeros(d_sae), where=base > 0)
+    best = np.where(fired > 0, best, -1)
+    return best.astype(np.int64), precision.astype(np.float32), lift.astype(np.float32)
+
+
+class LatentTable(NamedTuple):
+    """Label columns of every latent, for tables."""
+
+    best: np.ndarray  # (d_sae,) best label class, -1 none
+    precision: np.ndarray  # (d_sae,)
+    association: np.ndarray  # (d_sae,) object str: "class 85%", "" without one
+    labels: np.ndarray  # (d_sae,) object str: auto_label of each latent
+
+
+def latent_table(stats: FeatureStats, vocab: Any, ctx: JobContext | None = None) -> LatentTable:
+    """Label association and auto-label of every latent (a few seconds for 100k latents)."""
+    best, precision, _ = label_association(stats)
+    assoc = np.array([f"{class_name(stats, int(c))} {p:.0%}" if c >= 0 else ""
+                      for c, p in zip(best, precision, strict=True)], dtype=object)
+    labels = np.empty(len(best), dtype=object)
+    for j in range(len(best)):
+        if ctx is not None and j % 2048 == 0:
+            ctx.check_cancelled()
+            ctx.progress(j, len(best), "labelling latents")
+        labels[j] = auto_label(stats, vocab, j)
+    return LatentTable(best, precision, assoc, labels)
+
+
+def class_name(stats: FeatureStats, cls: int) -> str:
+    """The name of class ``cls`` of the counted label field ("" for -1)."""
+    if cls < 0:
+        return ""
+    return stats.label_classes[cls] if cls < len(stats.label_classes) else str(cls)
+
+
+def _token_text(vocab: Any, token_id: int, width: int = 12) -> str:
+    """A token as a short visible string (whitespace shown), or #id without a vocabulary."""
+    if vocab is None:
+        return f"#{int(token_id)}"
+    text = vocab.visible(vocab.token(int(token_id))).strip() or f"#{int(token_id)}"
+    return text if len(text) <= width else text[:width - 1] + "\u2026"
+
+
+def auto_label(stats: FeatureStats, vocab: Any, latent: int, n: int = 3) -> str:
+    """A short name for ``latent``: its top promoted tokens when the stats have logit
+    effects, else the most frequent tokens among its top activating rows, else its best
+    label class, else its density; "dead" when it never fires. ``vocab`` is an
+    engine.tokens.Vocab or None."""
+    if stats.count[latent] == 0:
+        return "dead"
+    if stats.logit_top_ids is not None:
+        return "\u2192 " + ", ".join(_token_text(vocab, t) for t in stats.logit_top_ids[latent][:n])
+    if stats.top_tokens is not None:
+        tokens = stats.top_tokens[latent]
+        common = Counter(int(t) for t in tokens[tokens >= 0]).most_common(n)
+        if common:
+            return "on " + ", ".join(_token_text(vocab, t) for t, _ in common)
+    if stats.label_counts is not None and stats.label_counts[latent].sum() > 0:
+        counts = stats.label_counts[latent]
+        best = int(counts.argmax())
+        return f"{class_name(stats, best)} ({counts[best] / counts.sum():.0%})"
+    return f"fires on {stats.density[latent]:.2%}"

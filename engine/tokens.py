@@ -4,6 +4,7 @@ readable strings (whitespace made visible) without loading the model's weights."
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,13 +23,13 @@ class Vocab:
         self._cache: dict[int, str] = {}
 
     def decode(self, ids: np.ndarray | list[int]) -> str:
-        return self.tokenizer.decode([int(i) for i in ids])
+        return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=False)
 
     def token(self, token_id: int) -> str:
         """One token as text, exactly as it reads in context (leading space included)."""
         token_id = int(token_id)
         if token_id not in self._cache:
-            self._cache[token_id] = self.tokenizer.decode([token_id])
+            self._cache[token_id] = self.tokenizer.decode([token_id], skip_special_tokens=False)
         return self._cache[token_id]
 
     def tokens(self, ids: np.ndarray | list[int]) -> list[str]:
@@ -54,14 +55,20 @@ def _tokenizer_path(model_id: str) -> str:
 
 @lru_cache(maxsize=8)
 def load_vocab(model_id: str) -> Vocab | None:
-    """The vocabulary of a store's model, or None for models without a tokenizer (images)."""
-    if not model_id or model_id.startswith(("digits", "zoo:")):
+    """The vocabulary of a store's model, or None for models without a tokenizer (images).
+    A ``tokenizer.json`` is read with ``tokenizers`` alone (0.4 s instead of the seconds
+    that importing transformers takes)."""
+    if not model_id:
         return None
-    from engine.models.hf import _load_tokenizer
     try:
         path = _tokenizer_path(model_id)
     except ModelError:
         return None
+    fast = Path(path) / "tokenizer.json"
+    if fast.is_file():
+        from tokenizers import Tokenizer
+        return Vocab(Tokenizer.from_file(str(fast)), model_id)
+    from engine.models.hf import _load_tokenizer
     try:
         return Vocab(_load_tokenizer(path, model_id), model_id)
     except ModelError:

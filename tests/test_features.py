@@ -1,23 +1,31 @@
 """Feature statistics on a real store of a tiny random llama: every number against a
 brute-force computation over all codes, the written group read back, contexts of the top
-rows, and a cancelled pass that leaves the store as it was."""
+rows, label counts and auto-labels, and a cancelled pass that leaves the store as it was."""
 
 from __future__ import annotations
+
+import dataclasses
+import shutil
 
 import numpy as np
 import pytest
 import torch
 
+from engine import features
 from engine.capture import capture
 from engine.errors import StoreError
 from engine.features import (
     HIST_RANGE,
+    auto_label,
     feature_stats,
+    label_association,
     load_feature_stats,
+    row_labels,
     top_contexts,
 )
 from engine.jobs import Cancelled, JobContext
 from engine.store import ActivationStore
+from engine.tokens import load_vocab
 from tests.test_sae_metrics import random_sae
 
 HOOK = "blocks.1.hook_resid_post"
@@ -172,3 +180,76 @@ def test_cancelled_pass_leaves_the_store_as_it_was(computed, store_path, sae):
         after = load_feature_stats(store, "relu-test")
     np.testing.assert_array_equal(after.top_rows, before.top_rows)
     np.testing.assert_array_equal(after.count, before.count)
+
+
+# ---------------------------------------------------------------- labels and auto-labels
+def test_label_counts_match_brute_force(computed, codes):
+    _, stats, store = computed
+    labels = store.index("topic").astype(np.int64)
+    classes = store.meta.params["label_classes"]["topic"]
+    assert stats.label_name == "topic" and stats.label_classes == classes
+    fired = codes != 0
+    want = np.stack([fired[labels == c].sum(0) for c in range(len(classes))], 1)
+    assert stats.label_counts.shape == (D_SAE, len(classes)) and want.sum() > 0
+    np.testing.assert_array_equal(stats.label_counts, want)
+    np.testing.assert_array_equal(stats.label_totals, np.bincount(labels, minlength=len(classes)))
+    tokens = store.index("tokens")
+    np.testing.assert_array_equal(stats.top_tokens, np.where(stats.top_rows >= 0,
+                                                             tokens[stats.top_rows], -1))
+
+
+def test_label_association_matches_brute_force(computed, codes):
+    _, stats, store = computed
+    labels = store.index("topic").astype(np.int64)
+    best, precision, lift = label_association(stats)
+    assert best[0] == -1 and precision[0] == 0 and lift[0] == 0  # dead latent 0
+    for j in range(1, D_SAE):
+        on = labels[codes[:, j] != 0]
+        per_class = np.bincount(on, minlength=len(stats.label_classes))
+        c = int(np.argmax(per_class))
+        assert best[j] == c
+        assert precision[j] == pytest.approx(per_class[c] / len(on), rel=1e-6)
+        assert lift[j] == pytest.approx((per_class[c] / len(on)) / np.mean(labels == c), rel=1e-5)
+    assert lift.max() > 2  # some latent concentrates on a topic of this small store
+    unlabelled = dataclasses.replace(stats, label_counts=None, label_totals=None)
+    best, precision, lift = label_association(unlabelled)
+    assert (best == -1).all() and not precision.any() and not lift.any()
+
+
+def test_row_labels_skips_a_field_too_wide_to_count(computed, monkeypatch):
+    _, _, store = computed
+    assert row_labels(store, D_SAE).name == "topic"
+    monkeypatch.setattr(features, "MAX_LABEL_CELLS", D_SAE)
+    assert row_labels(store, D_SAE) is None and row_labels(store) is not None
+
+
+def test_auto_label_from_logits_then_top_tokens(computed, store_path, sae, tiny_llama, tmp_path):
+    _, stats, store = computed
+    vocab = load_vocab(str(tiny_llama))
+    assert vocab is not None
+    assert auto_label(stats, vocab, 0) == "dead"
+    for j in (1, 2, 50):  # promoted tokens first: the logit table's top 3, in order
+        label = auto_label(stats, vocab, j)
+        want = [vocab.visible(vocab.token(t)).strip() for t in stats.logit_top_ids[j][:3]]
+        assert label.startswith("\u2192 ") and [w[:11] for w in want] == \
+            [p.rstrip("\u2026")[:11] for p in label[2:].split(", ")]
+    copy = shutil.copy(store_path, tmp_path / "copy.h5")  # ``computed`` holds the store open
+    feature_stats(JobContext(device=CPU), copy, sae, HOOK, "no-logits",
+                  batch_size=BATCH, top_n=TOP_N)
+    with ActivationStore.open(copy) as fresh:
+        plain = load_feature_stats(fresh, "no-logits")
+        tokens = fresh.index("tokens")
+    assert plain.logit_top_ids is None
+    for j in range(1, D_SAE):  # then the most frequent tokens among the top rows
+        label = auto_label(plain, vocab, j)
+        ids, counts = np.unique(tokens[plain.top_rows[j][plain.top_rows[j] >= 0]],
+                                return_counts=True)
+        text = {int(i): (vocab.visible(vocab.token(i)).strip() or f"#{i}")[:11] for i in ids}
+        named = [n.rstrip("\u2026")[:11] for n in label.removeprefix("on ").split(", ")]
+        assert label.startswith("on ") and len(named) == min(3, len(ids))
+        got = sorted(max(c for i, c in zip(ids, counts, strict=True) if text[int(i)] == n)
+                     for n in named)
+        assert got == sorted(counts)[-len(named):]  # the most frequent ones
+    bare = dataclasses.replace(plain, top_tokens=None)
+    assert auto_label(bare, None, 2).endswith("%)")  # the best class and its precision
+    assert auto_label(dataclasses.replace(bare, label_counts=None), None, 2).startswith("fires on")

@@ -1,0 +1,272 @@
+"""SAE codes on store rows, for views: the activations of a few latents on any rows (to
+colour a scatter or shade a context), and the latents most characteristic of a selection.
+SAEs are loaded once per folder and kept while their files are unchanged (by mtime).
+
+Shapes: x (batch, d_in); codes (batch, d_sae); values (rows, latents)."""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from engine.errors import LatentLabError
+from engine.features import load_feature_stats
+from engine.jobs import JobContext
+from engine.sae.base import SparseAutoencoder
+from engine.sae.io import CFG_FILENAME, WEIGHTS_FILENAME, load_sae
+from engine.store import ActivationStore
+
+CACHE_SIZE = 3  # SAEs kept loaded (per folder and device)
+DENSE_ELEMENTS = 1 << 25  # bound on a dense (rows, d_sae) block: fewer rows per batch for wide SAEs
+_cache: OrderedDict[tuple[str, str], tuple[tuple, SparseAutoencoder]] = OrderedDict()
+_lock = threading.Lock()
+
+
+class Context(NamedTuple):
+    """A top activating row in its document, with the latent's activation on each token."""
+
+    row: int
+    tokens: np.ndarray  # token ids of consecutive store rows of one document
+    at: int  # where ``row`` sits in ``tokens``
+    values: np.ndarray | None  # (len(tokens),) the latent's activation; None when unknown
+    value: float  # the latent's activation on ``row``
+
+
+class RowLatents(NamedTuple):
+    """The latents most characteristic of a set of rows, best first."""
+
+    latents: np.ndarray  # (n,) int64
+    mean_on_rows: np.ndarray  # (n,) mean activation over the selected rows (zeros included)
+    frac_on_rows: np.ndarray  # (n,) share of the selected rows where the latent fires
+    mean_overall: np.ndarray  # (n,) mean activation over all rows of the store
+    lift: np.ndarray  # (n,) mean_on_rows / mean_overall (0 for a latent silent on the rows)
+
+
+# ---------------------------------------------------------------- the SAE cache
+def _stamp(folder: Path) -> tuple:
+    """(mtime_ns, size) of the SAE's files: a changed file means a reload."""
+    stamp = []
+    for name in (CFG_FILENAME, WEIGHTS_FILENAME):
+        try:
+            st = (folder / name).stat()
+        except OSError:
+            return ()
+        stamp.append((st.st_mtime_ns, st.st_size))
+    return tuple(stamp)
+
+
+def cached_sae(sae_path: str | Path, device: torch.device | str = "cpu") -> SparseAutoencoder:
+    """The SAE in ``sae_path`` on ``device`` in eval mode, loaded once while its files keep
+    their mtime and size (the CACHE_SIZE most recent are kept)."""
+    folder = Path(sae_path)
+    key = (str(folder.resolve()), str(device))
+    stamp = _stamp(folder)
+    with _lock:
+        hit = _cache.get(key)
+        if hit is not None and stamp and hit[0] == stamp:
+            _cache.move_to_end(key)
+            return hit[1]
+    sae = load_sae(folder).to(device).eval()
+    with _lock:
+        _cache[key] = (stamp, sae)
+        _cache.move_to_end(key)
+        while len(_cache) > CACHE_SIZE:
+            _cache.popitem(last=False)
+    return sae
+
+
+# ---------------------------------------------------------------- encoding columns
+def _dense_rows(sae: SparseAutoencoder, batch_size: int) -> int:
+    """Rows per batch when whole (batch, d_sae) codes are built."""
+    return max(1, min(batch_size, DENSE_ELEMENTS // sae.d_sae))
+
+
+def column_encoder(sae: SparseAutoencoder,
+                   latents: np.ndarray) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """x (batch, d_in) -> (batch, len(latents)) codes of those latents. ReLU, JumpReLU and
+    BatchTopK (inference) codes depend only on their own pre-activation, so only those
+    columns of W_enc are multiplied; TopK, g-SAE and matching pursuit codes depend on the
+    whole row: for those it returns None (encode whole rows and pick the columns)."""
+    from engine.sae.batchtopk import BatchTopKSAE
+    from engine.sae.jumprelu import JumpReLUSAE
+    from engine.sae.relu import ReLUSAE
+    cols = torch.as_tensor(latents, dtype=torch.long, device=sae.W_enc.device)
+    kind = type(sae)
+    if kind not in (ReLUSAE, JumpReLUSAE, BatchTopKSAE):
+        return None
+    W, b = sae.W_enc[:, cols].contiguous(), sae.b_enc[cols]
+    thr = sae.threshold[cols] if kind is JumpReLUSAE else getattr(sae, "threshold", None)
+
+    def encode(x: torch.Tensor) -> torch.Tensor:
+        pre = torch.addmm(b, x - sae.b_dec, W)  # (batch, len(latents))
+        if kind is ReLUSAE:
+            return torch.relu(pre)
+        if kind is JumpReLUSAE:
+            pre = torch.relu(pre)
+            return pre * (pre > thr)
+        return torch.relu(pre) * (pre > thr)
+    return encode
+
+
+def _read_sorted(store: ActivationStore, hook: str, idx: np.ndarray) -> np.ndarray:
+    """Rows ``idx`` (sorted) of a hook point: one slab read when they lie close together."""
+    lo, hi = int(idx[0]), int(idx[-1]) + 1
+    if hi - lo <= 4 * len(idx) + 1024:
+        return store.acts(hook, lo, hi)[idx - lo]
+    return store.rows(hook, idx)
+
+
+def _blocks(store: ActivationStore, hook: str, rows: np.ndarray | None,
+            batch_size: int) -> Iterator[tuple[np.ndarray | slice, np.ndarray]]:
+    """(where in the output, float32 rows) blocks: in store order, rows sorted before reading."""
+    if rows is None:
+        for s in range(0, store.n_rows, batch_size):
+            yield slice(s, s + batch_size), store.acts(hook, s, s + batch_size).astype(np.float32)
+        return
+    order = np.argsort(rows, kind="stable")
+    for s in range(0, len(rows), batch_size):
+        pos = order[s:s + batch_size]
+        yield pos, _read_sorted(store, hook, rows[pos]).astype(np.float32)
+
+
+def _check(store: ActivationStore, hook: str, sae: SparseAutoencoder,
+           rows: np.ndarray | None) -> np.ndarray | None:
+    """Validate the hook's width and the rows; rows as int64 (None: all)."""
+    if sae.d_in != store.dim(hook):
+        raise LatentLabError(f"the SAE reads {sae.d_in}-wide rows, but {hook!r} in "
+                             f"{store.path.name} is {store.dim(hook)} wide")
+    if rows is None:
+        return None
+    rows = np.asarray(rows, dtype=np.int64).ravel()
+    if rows.size and (rows.min() < 0 or rows.max() >= store.n_rows):
+        raise LatentLabError(f"row ids must lie in 0..{store.n_rows - 1} ({store.path.name})")
+    return rows
+
+
+def _encoded(ctx: JobContext, store: ActivationStore, hook: str, sae: SparseAutoencoder,
+             rows: np.ndarray | None, batch_size: int, encode: Callable[[torch.Tensor], torch.Tensor],
+             message: str) -> Iterator[tuple[np.ndarray | slice, torch.Tensor]]:
+    """(where, codes) per block, with progress and a cancellation check per batch."""
+    device, dtype = sae.W_enc.device, sae.W_enc.dtype
+    total, done = (store.n_rows if rows is None else len(rows)), 0
+    ctx.progress(0, total, message)
+    for pos, block in _blocks(store, hook, rows, batch_size):
+        ctx.check_cancelled()
+        yield pos, encode(torch.from_numpy(block).to(device, dtype))
+        done += len(block)
+        ctx.progress(done, total, message)
+
+
+@torch.inference_mode()
+def latent_values(ctx: JobContext, store_path: Path, hook: str, sae_path: Path,
+                  latents: list[int], rows: np.ndarray | None = None,
+                  batch_size: int = 8192) -> np.ndarray:
+    """Job: (len(rows) or n_rows, len(latents)) float32 activations of ``latents`` on the
+    store's rows of ``hook`` (all rows, or ``rows`` in their given order)."""
+    sae = cached_sae(sae_path, ctx.device)
+    cols = np.asarray(latents, dtype=np.int64).ravel()
+    if cols.size and (cols.min() < 0 or cols.max() >= sae.d_sae):
+        raise LatentLabError(f"latent ids must lie in 0..{sae.d_sae - 1}")
+    with ActivationStore.open(store_path) as store:
+        rows = _check(store, hook, sae, rows)
+        out = np.zeros((store.n_rows if rows is None else len(rows), len(cols)), np.float32)
+        encode = column_encoder(sae, cols)
+        if encode is None:
+            index = torch.as_tensor(cols, device=sae.W_enc.device)
+            encode, batch_size = (lambda x: sae.encode(x)[:, index]), _dense_rows(sae, batch_size)
+        for pos, codes in _encoded(ctx, store, hook, sae, rows, batch_size, encode,
+                                   "latent values"):
+            out[pos] = codes.float().cpu().numpy()
+    return out
+
+
+# ---------------------------------------------------------------- characteristic latents
+def _code_sums(ctx: JobContext, store: ActivationStore, hook: str, sae: SparseAutoencoder,
+               rows: np.ndarray | None, batch_size: int, message: str) -> tuple[np.ndarray, np.ndarray]:
+    """Sum of codes (d_sae,) float64 and firing counts (d_sae,) int64 over the rows."""
+    total = torch.zeros(sae.d_sae, dtype=torch.float64, device=sae.W_enc.device)
+    fired = torch.zeros(sae.d_sae, dtype=torch.int64, device=sae.W_enc.device)
+    batch_size = _dense_rows(sae, batch_size)
+    for _, codes in _encoded(ctx, store, hook, sae, rows, batch_size, sae.encode, message):
+        total += codes.double().sum(0)
+        fired += (codes != 0).sum(0)
+    return total.cpu().numpy(), fired.cpu().numpy()
+
+
+def _overall_mean(ctx: JobContext, store: ActivationStore, hook: str, sae: SparseAutoencoder,
+                  stats_id: str | None, batch_size: int) -> np.ndarray:
+    """(d_sae,) mean code over all rows: count * mean / n_rows from the stored statistics
+    when they fit this store and SAE, else one pass over the store."""
+    if stats_id:
+        stats = load_feature_stats(store, stats_id)
+        if stats.n_rows == store.n_rows and len(stats.count) == sae.d_sae and stats.hook == hook:
+            return stats.count * stats.mean.astype(np.float64) / max(stats.n_rows, 1)
+    total, _ = _code_sums(ctx, store, hook, sae, None, batch_size, "mean over all rows")
+    return total / max(store.n_rows, 1)
+
+
+def rank_latents(mean_on: np.ndarray, frac_on: np.ndarray, mean_overall: np.ndarray,
+                 n_selected: int, n_rows: int, n: int) -> RowLatents:
+    """The ``n`` best latents by lift x frac_on (so a latent seen on one selected row does
+    not outrank one that fires on all of them), ties by mean_on, then by id. Lift is
+    mean_on / mean_overall; 0 for a latent silent on the rows (dead ones included); a latent
+    active on the rows but not overall (stale statistics) gets the largest possible lift."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lift = np.where(mean_overall > 0, mean_on / mean_overall, 0.0)
+    lift = np.where((mean_on > 0) & (mean_overall <= 0), n_rows / max(n_selected, 1), lift)
+    score = lift * frac_on
+    order = np.lexsort((np.arange(len(score)), -mean_on, -score))[:n]
+    return RowLatents(order.astype(np.int64), mean_on[order].astype(np.float32),
+                      frac_on[order].astype(np.float32), mean_overall[order].astype(np.float32),
+                      lift[order].astype(np.float32))
+
+
+@torch.inference_mode()
+def latents_on_rows(ctx: JobContext, store_path: Path, hook: str, sae_path: Path,
+                    rows: np.ndarray, n: int = 50, stats_id: str | None = None,
+                    batch_size: int = 8192) -> RowLatents:
+    """Job: the ``n`` latents most characteristic of ``rows`` (unique store rows): most
+    active there relative to their mean over all rows (see ``rank_latents``). The overall
+    mean comes from the feature statistics ``stats_id`` when given, else from a full pass."""
+    sae = cached_sae(sae_path, ctx.device)
+    with ActivationStore.open(store_path) as store:
+        rows = np.unique(_check(store, hook, sae, rows))
+        if not rows.size:
+            empty = np.zeros(0, np.float32)
+            return RowLatents(np.zeros(0, np.int64), empty, empty, empty, empty)
+        total, fired = _code_sums(ctx, store, hook, sae, rows, batch_size, "codes on the selection")
+        overall = _overall_mean(ctx, store, hook, sae, stats_id, batch_size)
+        n_rows = store.n_rows
+    return rank_latents(total / len(rows), fired / len(rows), overall, len(rows), n_rows,
+                        min(n, sae.d_sae))
+
+
+# ---------------------------------------------------------------- shaded contexts
+def shaded_contexts(ctx: JobContext, store_path: Path, hook: str, sae_path: Path | None,
+                    latent: int, top_rows: np.ndarray, top_values: np.ndarray, n: int = 12,
+                    before: int = 12, after: int = 6) -> tuple[int, list[Context]]:
+    """Job: ``latent`` and its first ``n`` top rows (``top_rows`` -1 = none) in context, with
+    its activation on every context token (store.context keeps consecutive rows of one
+    document, so the rows of a context are row - at + 0..len-1). Without an SAE, or with
+    one that does not fit the store, the values are None."""
+    found = []
+    with ActivationStore.open(store_path) as store:
+        for row, value in zip(top_rows[:n], top_values[:n], strict=True):
+            if row >= 0:
+                tokens, at = store.context(int(row), before, after)
+                found.append((int(row), tokens, at, float(value)))
+    values: list[np.ndarray | None] = [None] * len(found)
+    if sae_path is not None and found:
+        rows = np.concatenate([np.arange(r - at, r - at + len(t)) for r, t, at, _ in found])
+        try:
+            flat = latent_values(ctx, store_path, hook, sae_path, [latent], rows=rows)[:, 0]
+            values = np.split(flat, np.cumsum([len(t) for _, t, _, _ in found])[:-1])
+        except LatentLabError:
+            pass
+    return latent, [Context(r, t, at, v, val) for (r, t, at, val), v in zip(found, values, strict=True)]

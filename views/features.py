@@ -1,0 +1,560 @@
+"""The feature browser: a sortable, searchable table of an SAE's latents (density, maximum,
+mean, label association, auto-label) and a detail pane for the focused latent (top
+activating contexts shaded by its activation, activation histogram, logit effects, nearest
+latents by decoder cosine). It follows AppState's stats, focus and selection: a row
+selection lists the latents most active on it; a latent selection filters the table."""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyqtgraph as pg
+from PySide6.QtCore import (
+    QAbstractTableModel,
+    QItemSelectionModel,
+    QModelIndex,
+    QPoint,
+    QRectF,
+    QSignalBlocker,
+    QSortFilterProxyModel,
+    Qt,
+)
+from PySide6.QtGui import QPainter, QRegion
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QLineEdit,
+    QListWidget,
+    QListWidgetItem,
+    QSplitter,
+    QStackedWidget,
+    QTableView,
+    QTableWidget,
+    QTableWidgetItem,
+    QTextBrowser,
+    QVBoxLayout,
+    QWidget,
+)
+from shiboken6 import isValid
+
+from desktop_app.state import LATENTS, ROWS, AppState, Selection
+from engine.encode import Context, RowLatents, latents_on_rows, shaded_contexts
+from engine.features import FeatureStats, LatentTable, latent_table, load_feature_stats
+from engine.jobs import JobContext
+from engine.store import ActivationStore
+from engine.tokens import Vocab, load_vocab
+
+COLUMNS = ("latent", "density", "max", "mean", "label association", "auto-label")
+SORT_ROLE = Qt.ItemDataRole.UserRole  # numbers for numeric columns, text for the others
+SHADE = (255, 140, 0)  # context shading colour; its alpha follows the activation
+
+
+# ---------------------------------------------------------------- the load job
+@dataclass
+class BrowserData:
+    """Everything the table shows, prepared off the GUI thread."""
+
+    stats: FeatureStats
+    vocab: Vocab | None
+    table: LatentTable
+    search_text: np.ndarray  # (d_sae,) str: lower-case label columns, for the search box
+
+
+def browser_data(stats: FeatureStats, vocab: Vocab | None, ctx: JobContext | None = None) -> BrowserData:
+    """The table's label columns and search text for every latent."""
+    table = latent_table(stats, vocab, ctx)
+    text = np.char.lower(np.array([f"{a}\t{b}" for a, b in zip(table.association, table.labels,
+                                                                strict=True)], dtype=str))
+    return BrowserData(stats, vocab, table, text)
+
+
+def load_browser(ctx: JobContext, store_path: Path, stats_id: str) -> BrowserData:
+    """Job: the statistics ``stats_id`` of the store and its model's vocabulary."""
+    with ActivationStore.open(store_path) as store:
+        stats = load_feature_stats(store, stats_id)
+        model_id = store.meta.model_id
+    ctx.progress(0, 0, "loading the vocabulary")
+    return browser_data(stats, load_vocab(model_id), ctx)
+
+
+# ---------------------------------------------------------------- display helpers
+def _token_html(vocab: Vocab | None, token_id: int) -> str:
+    if token_id < 0:
+        return "\u25a3"  # an image row
+    text = vocab.token(token_id) if vocab is not None else f" #{token_id}"
+    return html.escape(text.replace("\n", "\u21b5").replace("\t", "\u21e5")) or "\u2205"
+
+
+def context_html(contexts: list[Context], vocab: Vocab | None, vmax: float) -> str:
+    """One paragraph per context: each token's background alpha follows the activation
+    (relative to ``vmax``), the top token bold and outlined (under- and overlined)."""
+    if not contexts:
+        return "<p><i>never fires</i></p>"
+    r, g, b = SHADE
+    parts = []
+    for c in contexts:
+        values = c.values if c.values is not None else np.where(np.arange(len(c.tokens)) == c.at, c.value, 0)
+        spans = []
+        for i, (tok, v) in enumerate(zip(c.tokens, values, strict=True)):
+            alpha = float(np.clip(v / vmax, 0, 1)) if vmax > 0 else 0.0
+            style = f"background-color: rgba({r},{g},{b},{alpha:.2f});"
+            if i == c.at:
+                style += " font-weight: bold; text-decoration: underline overline;"
+            spans.append(f'<span style="{style}">{_token_html(vocab, int(tok))}</span>')
+        parts.append(f'<p style="white-space: pre-wrap; margin: 2px 0;"><span style="color: gray;">'
+                     f'{c.value:8.3g} </span>{"".join(spans)}</p>')
+    return "".join(parts)
+
+
+# ---------------------------------------------------------------- the table model
+class LatentTableModel(QAbstractTableModel):
+    """One row per latent; rows sort in numpy (``sort``) and filter by a precomputed mask."""
+
+    def __init__(self, parent: Any = None) -> None:
+        super().__init__(parent)
+        self.data_: BrowserData | None = None
+        self._order = np.zeros(0, np.int64)  # row -> latent
+        self._row_of = np.zeros(0, np.int64)  # latent -> row
+        self._accept: list[bool] = []  # per row
+        self._mask: np.ndarray | None = None  # (d_sae,) latents to show; None: all
+
+    def set_data(self, data: BrowserData | None) -> None:
+        self.beginResetModel()
+        self.data_, self._mask = data, None
+        n = 0 if data is None else len(data.stats.count)
+        self._order = np.arange(n)
+        self._row_of = np.arange(n)
+        self._accept = [True] * n
+        self.endResetModel()
+
+    def rowCount(self, parent: QModelIndex = QModelIndex()) -> int:  # noqa: B008
+        return 0 if parent.isValid() else len(self._order)
+
+    def columnCount(self, parent: QModelIndex = QModelIndex()) -> int:  # noqa: B008
+        return 0 if parent.isValid() else len(COLUMNS)
+
+    def headerData(self, section: int, orientation: Qt.Orientation, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
+        if orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.DisplayRole:
+            return COLUMNS[section]
+        return None
+
+    def data(self, index: QModelIndex, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
+        if not index.isValid() or self.data_ is None:
+            return None
+        j, col = int(self._order[index.row()]), index.column()
+        if role == Qt.ItemDataRole.DisplayRole:
+            return self._text(j, col)
+        if role == SORT_ROLE:
+            value = self.sort_key(col)[j]
+            return value.item() if isinstance(value, np.generic) else value
+        if role == Qt.ItemDataRole.TextAlignmentRole and col < 4:
+            return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+        return None
+
+    def _text(self, j: int, col: int) -> str:
+        d, s = self.data_, self.data_.stats
+        return (str(j), f"{s.density[j]:.3%}", f"{s.max[j]:.4g}", f"{s.mean[j]:.4g}",
+                d.table.association[j], d.table.labels[j])[col]
+
+    def sort_key(self, col: int) -> np.ndarray:
+        d = self.data_
+        s = d.stats
+        return (np.arange(len(s.count)), s.density, s.max, s.mean, d.table.precision, d.table.labels)[col]
+
+    def sort(self, column: int, order: Qt.SortOrder = Qt.SortOrder.AscendingOrder) -> None:
+        """Reorder rows by a column's values (numbers numerically), stable, in numpy."""
+        if self.data_ is None or not 0 <= column < len(COLUMNS):
+            return
+        key = self.sort_key(column)
+        _, rank = np.unique(np.char.lower(key.astype(str)) if key.dtype == object else key,
+                            return_inverse=True)
+        up = order == Qt.SortOrder.AscendingOrder
+        new = np.argsort(rank if up else -rank, kind="stable")  # ties keep latent order
+        self.layoutAboutToBeChanged.emit()
+        old_rows = [(i, int(self._order[i.row()])) for i in self.persistentIndexList()]
+        self._order = new.astype(np.int64)
+        self._row_of = np.empty_like(self._order)
+        self._row_of[self._order] = np.arange(len(self._order))
+        self._refresh_accept()
+        self.changePersistentIndexList([i for i, _ in old_rows],
+                                       [self.index(int(self._row_of[j]), i.column()) for i, j in old_rows])
+        self.layoutChanged.emit()
+
+    def set_filter(self, mask: np.ndarray | None) -> None:
+        """Which latents to show ((d_sae,) bool; None: all); the proxy re-filters after this."""
+        self._mask = mask
+        self._refresh_accept()
+
+    def _refresh_accept(self) -> None:
+        mask = self._mask
+        self._accept = [True] * len(self._order) if mask is None else mask[self._order].tolist()
+
+    def accepts(self, row: int) -> bool:
+        return self._accept[row]
+
+    def latent_at(self, row: int) -> int:
+        return int(self._order[row])
+
+    def row_of(self, latent: int) -> int:
+        return int(self._row_of[latent]) if 0 <= latent < len(self._row_of) else -1
+
+
+class LatentFilterProxy(QSortFilterProxyModel):
+    """Filters by the source model's mask; sorting is delegated to the source (numpy)."""
+
+    def filterAcceptsRow(self, source_row: int, source_parent: QModelIndex) -> bool:
+        return self.sourceModel().accepts(source_row)
+
+    def sort(self, column: int, order: Qt.SortOrder = Qt.SortOrder.AscendingOrder) -> None:
+        self.sourceModel().sort(column, order)
+
+    def refilter(self) -> None:
+        if hasattr(self, "beginFilterChange"):
+            self.beginFilterChange()
+            self.endFilterChange(QSortFilterProxyModel.Direction.Rows)
+        else:
+            self.invalidateRowsFilter()
+
+
+# ---------------------------------------------------------------- the view
+class FeatureBrowser(QWidget):
+    """Table of latents + detail pane of the focused latent, linked through AppState."""
+
+    def __init__(self, state: AppState, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.state = state
+        self.data_: BrowserData | None = None
+        self.contexts: list[Context] = []
+        self._requests: dict[str, int] = {}
+        self._loaded: tuple[Path | None, str | None] = (None, None)
+        self._quiet = False  # True while filtering: the view moving its current row is no choice
+        self._build()
+        state.store_changed.connect(self._on_stats_changed)
+        state.stats_changed.connect(self._on_stats_changed)
+        state.focus_changed.connect(self._on_focus_changed)
+        state.selection_changed.connect(self._on_selection_changed)
+        self._on_stats_changed()
+
+    # ------------------------------------------------------------ widgets
+    def _build(self) -> None:
+        self.placeholder = QLabel("No feature statistics yet")
+        self.placeholder.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.stack = QStackedWidget()
+        self.stack.addWidget(self.placeholder)
+        self.stack.addWidget(self._build_browser())
+        self.status = QLabel()
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.stack)
+        layout.addWidget(self.status)
+
+    def _build_browser(self) -> QWidget:
+        self.search = QLineEdit(placeholderText="search: latent id or label text")
+        self.search.textChanged.connect(self._apply_filter)
+        self.active_title = QLabel()
+        self.active_list = QListWidget()
+        self.active_list.setMaximumHeight(140)
+        self.active_list.itemClicked.connect(self._on_item_clicked)
+        self.empty_label = QLabel()
+        self.model = LatentTableModel(self)
+        self.proxy = LatentFilterProxy(self)
+        self.proxy.setSourceModel(self.model)
+        self.table = self._build_table()
+        left = QWidget()
+        col = QVBoxLayout(left)
+        col.setContentsMargins(0, 0, 0, 0)
+        for w in (self.search, self.active_title, self.active_list, self.table, self.empty_label):
+            col.addWidget(w)
+        self._show_active(None)
+        self.empty_label.hide()
+        split = QSplitter(Qt.Orientation.Horizontal)
+        split.addWidget(left)
+        split.addWidget(self._build_detail())
+        split.setSizes([500, 500])
+        return split
+
+    def _build_table(self) -> QTableView:
+        table = QTableView()
+        table.setModel(self.proxy)
+        table.setSortingEnabled(True)
+        table.sortByColumn(0, Qt.SortOrder.AscendingOrder)
+        table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        table.verticalHeader().hide()
+        table.verticalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Fixed)
+        table.verticalHeader().setDefaultSectionSize(20)
+        table.horizontalHeader().setStretchLastSection(True)
+        for col, width in enumerate((60, 80, 70, 70, 160)):
+            table.setColumnWidth(col, width)
+        table.selectionModel().currentRowChanged.connect(self._on_table_current)
+        return table
+
+    def _build_detail(self) -> QWidget:
+        self.detail = QWidget()
+        self.detail.setAutoFillBackground(True)
+        self.title = QLabel()
+        self.title.setTextFormat(Qt.TextFormat.RichText)
+        self.title.setWordWrap(True)
+        self.hist = pg.PlotWidget(background="w")
+        self.hist.setMinimumHeight(140)
+        self.hist.setLogMode(x=True, y=False)
+        self.hist.setLabel("bottom", "activation")
+        self.hist.setLabel("left", "rows")
+        self.hist.setMouseEnabled(x=False, y=False)
+        self.hist.getAxis("bottom").enableAutoSIPrefix(False)
+        self.context_view = QTextBrowser()
+        self.logit_table = QTableWidget(0, 4)
+        self.logit_table.setHorizontalHeaderLabels(["promoted", "logit", "suppressed", "logit"])
+        self.logit_table.verticalHeader().hide()
+        self.logit_table.verticalHeader().setDefaultSectionSize(18)
+        self.logit_table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
+        self.logit_table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.no_logits = QLabel("no logit effects (the model has no unembedding)")
+        self.neighbours = QListWidget()
+        self.neighbours.itemClicked.connect(self._on_item_clicked)
+        lists = QHBoxLayout()
+        for title, widgets in (("Logit effects", (self.logit_table, self.no_logits)),
+                               ("Nearest latents (decoder cosine)", (self.neighbours,))):
+            box = QVBoxLayout()
+            box.addWidget(QLabel(f"<b>{title}</b>"))
+            for w in widgets:
+                box.addWidget(w)
+            lists.addLayout(box)
+        col = QVBoxLayout(self.detail)
+        col.addWidget(self.title)
+        col.addWidget(self.hist, 2)
+        col.addWidget(QLabel("<b>Top activating contexts</b>"))
+        col.addWidget(self.context_view, 3)
+        col.addLayout(lists, 2)
+        return self.detail
+
+    # ------------------------------------------------------------ AppState handlers
+    def _on_stats_changed(self, *_: Any) -> None:
+        """Load the statistics (and vocabulary) in a job when the store or stats change."""
+        key = (self.state.store, self.state.stats)
+        if key == self._loaded and self.data_ is not None:
+            return
+        self._loaded = key
+        self._set_data(None)
+        if None in key or self.state.engine is None:
+            self.placeholder.setText("No feature statistics yet")
+            return
+        self.placeholder.setText(f"Loading feature statistics {self.state.stats}\u2026")
+        self._submit("load", "load feature statistics", load_browser, self._on_loaded,
+                     store_path=self.state.store, stats_id=self.state.stats)
+
+    def _on_focus_changed(self, focus: tuple[int, ...]) -> None:
+        latent = focus[0] if focus else None
+        self._select_row(latent)
+        self._show_detail(latent)
+
+    def _on_selection_changed(self, selection: Selection) -> None:
+        self._apply_filter()
+        hook = self.data_.stats.hook if self.data_ is not None else self.state.hook
+        if (selection.kind != ROWS or not len(selection) or self.state.engine is None
+                or None in (self.state.store, self.state.sae, hook)):
+            self._requests["selection"] = self._requests.get("selection", 0) + 1  # drop late answers
+            self._show_active(None)
+            return
+        self.active_title.setText(f"Most active on selection ({len(selection)} rows): computing\u2026")
+        self.active_title.show()
+        self._submit("selection", "latents on the selection", latents_on_rows, self._show_active,
+                     store_path=self.state.store, hook=hook, sae_path=self.state.sae,
+                     rows=selection.ids, stats_id=self.state.stats if self.data_ else None)
+
+    # ------------------------------------------------------------ widget handlers
+    def _on_table_current(self, current: QModelIndex, _previous: QModelIndex) -> None:
+        if current.isValid() and not self._quiet:
+            self.state.set_focus(self.model.latent_at(self.proxy.mapToSource(current).row()))
+
+    def _on_item_clicked(self, item: QListWidgetItem) -> None:
+        latent = item.data(Qt.ItemDataRole.UserRole)
+        if latent is not None:
+            self.state.set_focus(int(latent))
+
+    def _apply_filter(self, *_: Any) -> None:
+        """Filter by the search text (latent id or label text) and a latent selection."""
+        if self.data_ is None:
+            return
+        text = self.search.text().strip().lower()
+        d_sae = len(self.data_.stats.count)
+        mask = np.ones(d_sae, bool)
+        if text:
+            mask = np.char.find(self.data_.search_text, text) >= 0
+            if text.isdigit() and int(text) < d_sae:
+                mask[int(text)] = True
+        sel = self.state.selection
+        if sel.kind == LATENTS and len(sel):
+            mask &= sel.as_mask(d_sae)
+        self.model.set_filter(None if mask.all() else mask)
+        self._quiet = True
+        try:
+            self.proxy.refilter()
+        finally:
+            self._quiet = False
+        shown = self.proxy.rowCount()
+        self.empty_label.setText(f"No latent matches \u201c{self.search.text()}\u201d" if text
+                                 else "No latent in the selection")
+        self.empty_label.setVisible(shown == 0)
+        self._select_row(self.state.focus[0] if self.state.focus else None)
+
+    def _select_row(self, latent: int | None) -> None:
+        """Select and scroll to ``latent``'s row without telling AppState again."""
+        sm = self.table.selectionModel()
+        row = -1 if latent is None else self.model.row_of(latent)
+        index = self.proxy.mapFromSource(self.model.index(row, 0)) if row >= 0 else QModelIndex()
+        with QSignalBlocker(sm):
+            if index.isValid():
+                flags = (QItemSelectionModel.SelectionFlag.ClearAndSelect
+                         | QItemSelectionModel.SelectionFlag.Rows)
+                sm.setCurrentIndex(index, flags)
+                self.table.scrollTo(index, QAbstractItemView.ScrollHint.PositionAtCenter)
+            else:
+                sm.clearSelection()
+        self.table.viewport().update()
+
+    # ------------------------------------------------------------ jobs
+    def _submit(self, kind: str, title: str, fn: Any, handler: Any, **params: Any) -> None:
+        """Submit a job keyed by ``kind``; only the answer to the latest request is used."""
+        n = self._requests[kind] = self._requests.get(kind, 0) + 1
+
+        def done(result: Any) -> None:
+            if isValid(self) and self._requests.get(kind) == n:
+                handler(result)
+
+        def failed(sentence: str, details: str) -> None:
+            if isValid(self) and self._requests.get(kind) == n:
+                self.status.setText(sentence)
+                self.status.setToolTip(details)
+                if kind == "load":
+                    self.placeholder.setText(f"No feature statistics: {sentence}")
+        self.status.setText("")
+        self.state.engine.submit(title, fn, key=f"browser-{kind}", on_result=done,
+                                 on_error=failed, **params)
+
+    def _on_loaded(self, data: BrowserData) -> None:
+        self._set_data(data)
+        self._on_selection_changed(self.state.selection)
+        self._on_focus_changed(self.state.focus)
+
+    def _set_data(self, data: BrowserData | None) -> None:
+        self.data_ = data
+        self.model.set_data(data)
+        self.stack.setCurrentIndex(0 if data is None else 1)
+        if data is not None:
+            header = self.table.horizontalHeader()
+            self.model.sort(header.sortIndicatorSection(), header.sortIndicatorOrder())
+            self._apply_filter()
+
+    def _show_active(self, found: RowLatents | None) -> None:
+        """The "most active on selection" list; hidden when there is no row selection."""
+        self.active_list.clear()
+        visible = found is not None and self.state.selection.kind == ROWS and len(self.state.selection) > 0
+        self.active_title.setVisible(visible)
+        self.active_list.setVisible(visible)
+        if not visible:
+            return
+        self.active_title.setText(f"<b>Most active on selection ({len(self.state.selection)} rows)</b>")
+        for j, lift, frac in zip(found.latents, found.lift, found.frac_on_rows, strict=True):
+            if frac <= 0:
+                continue
+            label = self.data_.table.labels[j] if self.data_ is not None and j < len(self.data_.table.labels) else ""
+            item = QListWidgetItem(f"{j}  \u00d7{lift:.1f}  on {frac:.0%} of rows  {label}")
+            item.setData(Qt.ItemDataRole.UserRole, int(j))
+            self.active_list.addItem(item)
+
+    # ------------------------------------------------------------ the detail pane
+    def _show_detail(self, latent: int | None) -> None:
+        d = self.data_
+        self.contexts = []
+        if d is None or latent is None or not 0 <= latent < len(d.stats.count):
+            self.title.setText("Select a latent")
+            self.hist.clear()
+            self.context_view.setHtml("")
+            self.logit_table.setRowCount(0)
+            self.neighbours.clear()
+            return
+        s = d.stats
+        assoc = f" \u00b7 {html.escape(d.table.association[latent])}" if d.table.association[latent] else ""
+        self.title.setText(f"<b>Latent {latent}</b> \u2014 {html.escape(d.table.labels[latent])}<br>"
+                           f"density {s.density[latent]:.3%} \u00b7 mean {s.mean[latent]:.4g} \u00b7 "
+                           f"max {s.max[latent]:.4g}{assoc}")
+        self._draw_histogram(latent)
+        self._fill_logits(latent)
+        self._fill_neighbours(latent)
+        if s.count[latent] == 0 or self.state.store is None:
+            self.context_view.setHtml(context_html([], d.vocab, 0.0))
+            return
+        self.context_view.setHtml("<p><i>loading contexts\u2026</i></p>")
+        self._submit("detail", f"contexts of latent {latent}", shaded_contexts, self._on_contexts,
+                     store_path=self.state.store, hook=s.hook, sae_path=self.state.sae,
+                     latent=latent, top_rows=s.top_rows[latent], top_values=s.top_values[latent])
+
+    def _on_contexts(self, result: tuple[int, list[Context]]) -> None:
+        latent, contexts = result
+        if self.data_ is None or (self.state.focus[:1] != (latent,)):
+            return
+        self.contexts = contexts
+        self.context_view.setHtml(context_html(contexts, self.data_.vocab, float(self.data_.stats.max[latent])))
+
+    def _draw_histogram(self, latent: int) -> None:
+        """Counts of log10 activation bins as steps, the x axis in activation units."""
+        self.hist.clear()
+        s = self.data_.stats
+        counts = s.hist[latent]
+        nz = np.flatnonzero(counts)
+        if not nz.size:
+            return
+        lo, hi = int(nz[0]), int(nz[-1]) + 1
+        x = 10.0 ** s.hist_edges[lo:hi + 1]
+        self.hist.addItem(pg.PlotDataItem(x, counts[lo:hi].astype(float), stepMode="center",
+                                          fillLevel=0, brush=(*SHADE, 160), pen=pg.mkPen(SHADE)))
+
+    def _fill_logits(self, latent: int) -> None:
+        s, vocab = self.data_.stats, self.data_.vocab
+        has = s.logit_top_ids is not None
+        self.logit_table.setVisible(has)
+        self.no_logits.setVisible(not has)
+        self.logit_table.setRowCount(0)
+        if not has:
+            return
+        rows = list(zip(s.logit_top_ids[latent], s.logit_top_values[latent],
+                        s.logit_bottom_ids[latent], s.logit_bottom_values[latent], strict=True))
+        self.logit_table.setRowCount(len(rows))
+        for r, (ti, tv, bi, bv) in enumerate(rows):
+            for c, text in enumerate((_plain_token(vocab, ti), f"{tv:+.3f}",
+                                      _plain_token(vocab, bi), f"{bv:+.3f}")):
+                self.logit_table.setItem(r, c, QTableWidgetItem(text))
+
+    def _fill_neighbours(self, latent: int) -> None:
+        self.neighbours.clear()
+        s, labels = self.data_.stats, self.data_.table.labels
+        for j, cos in zip(s.neighbours[latent], s.neighbour_cos[latent], strict=True):
+            item = QListWidgetItem(f"{j}  cos {cos:.3f}  {labels[j]}")
+            item.setData(Qt.ItemDataRole.UserRole, int(j))
+            self.neighbours.addItem(item)
+
+    # ------------------------------------------------------------ figure export
+    def paint_figure(self, painter: QPainter, rect: QRectF) -> None:
+        """Paint the detail pane (or the placeholder) scaled into ``rect``, keeping its aspect."""
+        pane = self.detail if self.data_ is not None else self.placeholder
+        if not pane.isVisible() or pane.width() < 50:
+            pane.resize(max(pane.sizeHint().width(), 640), max(pane.sizeHint().height(), 720))
+            if pane.layout() is not None:
+                pane.layout().activate()
+        scale = min(rect.width() / max(pane.width(), 1), rect.height() / max(pane.height(), 1))
+        painter.save()
+        painter.translate(rect.topLeft())
+        painter.scale(scale, scale)
+        pane.render(painter, QPoint(0, 0), QRegion(), QWidget.RenderFlag.DrawChildren)
+        painter.restore()
+
+
+def _plain_token(vocab: Vocab | None, token_id: int) -> str:
+    return Vocab.visible(vocab.token(int(token_id))) if vocab is not None else f"#{int(token_id)}"
+
