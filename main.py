@@ -15,9 +15,6 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-DEMO_HOOK = "blocks.15.hook_resid_post"
-
-
 def _csv(text: str) -> list[str]:
     return [x.strip() for x in text.split(",") if x.strip()]
 
@@ -28,11 +25,6 @@ def _ints(text: str) -> list[int]:
 
 def _floats(text: str) -> list[float]:
     return [float(x) for x in _csv(text)]
-
-
-def default_workspace() -> Path:
-    from platformdirs import user_data_dir
-    return Path(os.environ.get("LATENTLAB_WORKSPACE") or Path(user_data_dir("latentlab")) / "demo")
 
 
 def cmd_capture(args: argparse.Namespace) -> int:
@@ -136,19 +128,43 @@ def cmd_feature_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Build (or reuse) the demo workspace's capture: smollm2 over the demo corpus."""
-    from engine.capture import capture
+    """Build (or finish) the demo workspace headless: capture, SAE, statistics, projections."""
     from engine.jobs import run_cli
-    from engine.store import ActivationStore
-    ws = Path(args.workspace) if args.workspace else default_workspace()
-    out = ws / "stores" / "demo_smollm2.h5"
-    print(f"workspace {ws}", file=sys.stderr)
-    run_cli(capture, device=args.device, model="smollm2", source="demo", hooks=[DEMO_HOOK],
-            out=out, max_tokens=args.max_tokens, resume=True)
-    with ActivationStore.open(out) as store:
-        print(f"demo store {out}: {store.n_rows} rows of {store.dim(DEMO_HOOK)} at {DEMO_HOOK} "
-              f"from {store.n_documents} documents ({store.meta.model_id} over the demo corpus)")
+    from engine.workspace import DemoSpec, build_demo, default_workspace
+    root = Path(args.workspace) if args.workspace else default_workspace()
+    print(f"workspace {root}", file=sys.stderr)
+    ws = run_cli(build_demo, device=args.device, root=root,
+                 spec=DemoSpec(max_tokens=args.max_tokens, umap=not args.no_umap))
+    print(f"demo workspace {ws.root}: store {ws.store.name} ({ws.hook}), SAE {ws.sae.name}, "
+          f"projections in {ws.projections_dir}")
     return 0
+
+
+def cmd_project(args: argparse.Namespace) -> int:
+    """A 2-D layout (PCA or UMAP) of a store's rows or an SAE's latents, saved as .npz."""
+    import numpy as np
+
+    from engine.jobs import run_cli
+    from engine.project import project
+    layout = run_cli(project, device=args.device, store_path=args.store, hook=args.hook,
+                     method=args.method, what=args.what, sae_path=args.sae,
+                     cache_dir=args.cache_dir, max_rows=args.max_rows, seed=args.seed)
+    np.savez(args.out, xy=layout.xy, ids=layout.ids, name=layout.name)
+    print(f"{args.out}: {layout.name}, {len(layout.ids)} points")
+    return 0
+
+
+def gui_views() -> list:
+    """The views the main window docks, in order (the shell itself never imports views)."""
+    from views.features import FeatureBrowser
+    from views.scatter import ScatterView
+    return [("Scatter", ScatterView), ("Features", FeatureBrowser)]
+
+
+def cmd_gui(args: argparse.Namespace) -> int:
+    from desktop_app.app import run_app
+    return run_app(gui_views(), workspace=args.workspace, device=args.device,
+                   quit_after=getattr(args, "quit_after", None))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -230,10 +246,27 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--top-n", type=int, default=32)
     f.set_defaults(func=cmd_feature_stats)
 
-    d = sub.add_parser("demo", help="build the demo workspace's capture (smollm2 over the demo corpus)")
+    d = sub.add_parser("demo", help="build the demo workspace headless (smollm2 over the demo corpus)")
     d.add_argument("--max-tokens", type=int, default=50_000)
+    d.add_argument("--no-umap", action="store_true", help="PCA layouts only")
     d.set_defaults(func=cmd_demo)
-    for parser in (d, c, z, zp, t, f):  # accept --workspace/--device after the sub-command too
+
+    pr = sub.add_parser("project", help="PCA or UMAP layout of a store's rows or an SAE's latents")
+    pr.add_argument("--store", required=True)
+    pr.add_argument("--hook", required=True)
+    pr.add_argument("--method", choices=("pca", "umap"), default="pca")
+    pr.add_argument("--what", choices=("rows", "latents"), default="rows")
+    pr.add_argument("--sae", default=None, help="SAE folder (for --what latents)")
+    pr.add_argument("--max-rows", type=int, default=None, help="subsample rows (default: all)")
+    pr.add_argument("--cache-dir", default=None, help="reuse layouts cached here")
+    pr.add_argument("--seed", type=int, default=0)
+    pr.add_argument("--out", required=True, help=".npz with xy, ids, name")
+    pr.set_defaults(func=cmd_project)
+
+    g = sub.add_parser("gui", help="open the app (the default with no sub-command)")
+    g.add_argument("--quit-after", type=float, default=None, help=argparse.SUPPRESS)
+    g.set_defaults(func=cmd_gui)
+    for parser in (d, c, z, zp, t, f, pr, g):  # accept --workspace/--device after the sub-command too
         parser.add_argument("--workspace", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         parser.add_argument("--device", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return p
@@ -244,8 +277,8 @@ def main(argv: list[str] | None = None) -> int:
     from engine.errors import LatentLabError
     from engine.jobs import Cancelled
     try:
-        if args.command is None:  # the GUI is not built yet: build the demo workspace
-            args = build_parser().parse_args([*(argv or sys.argv[1:]), "demo"])
+        if args.command is None:
+            args.func = cmd_gui
         return args.func(args)
     except LatentLabError as exc:
         print(f"error: {exc}", file=sys.stderr)

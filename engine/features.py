@@ -462,3 +462,17 @@ def auto_label(stats: FeatureStats, vocab: Any, latent: int, n: int = 3) -> str:
         best = int(counts.argmax())
         return f"{class_name(stats, best)} ({counts[best] / counts.sum():.0%})"
     return f"fires on {stats.density[latent]:.2%}"
+
+
+def suggest_latent(store: ActivationStore, sae_id: str, max_density: float = 0.05) -> int | None:
+    """A latent worth showing first: the most often firing one among the specific ones
+    (density below ``max_density``); None when every latent is dead or there are no stats."""
+    try:
+        arrays, _ = store.read_group(f"features/{sae_id}")
+    except LatentLabError:
+        return None
+    density = np.asarray(arrays["density"], np.float64)
+    live = (density > 0) & (density < max_density)
+    if not live.any():
+        live = density > 0
+    return int(np.argmax(np.where(live, density, -1.0))) if live.any() else None

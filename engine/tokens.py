@@ -14,6 +14,11 @@ from engine.errors import ModelError
 _VISIBLE = {" ": "\u00b7", "\n": "\u21b5", "\t": "\u21e5"}  # middle dot, return, tab arrows
 
 
+def _control_picture(c: str) -> str:
+    """U+2400.. 'control pictures' for C0 controls, U+2421 for DEL."""
+    return "\u2421" if c == "\x7f" else chr(0x2400 + ord(c))
+
+
 class Vocab:
     """Token ids -> display strings, from a Hugging Face tokenizer."""
 
@@ -37,8 +42,10 @@ class Vocab:
 
     @staticmethod
     def visible(text: str) -> str:
-        """Whitespace shown as symbols, for tables and labels."""
-        return "".join(_VISIBLE.get(c, c) for c in text)
+        """Whitespace and control characters shown as symbols, for tables, labels and figures
+        (a raw control character would also make an exported SVG invalid XML)."""
+        return "".join(_VISIBLE.get(c) or (_control_picture(c) if c < " " or c == "\x7f" else c)
+                       for c in text)
 
 
 def _tokenizer_path(model_id: str) -> str:

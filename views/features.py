@@ -88,7 +88,8 @@ def _token_html(vocab: Vocab | None, token_id: int) -> str:
     if token_id < 0:
         return "\u25a3"  # an image row
     text = vocab.token(token_id) if vocab is not None else f" #{token_id}"
-    return html.escape(text.replace("\n", "\u21b5").replace("\t", "\u21e5")) or "\u2205"
+    text = "".join(Vocab.visible(c) if c < " " or c == "\x7f" else c for c in text)
+    return html.escape(text) or "\u2205"
 
 
 def context_html(contexts: list[Context], vocab: Vocab | None, vmax: float) -> str:

@@ -1,0 +1,54 @@
+"""Start the GUI: a QApplication, the engine thread, AppState and the main window opened on
+a workspace (the demo one by default, built on first launch with visible progress)."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from PySide6.QtCore import QSettings
+
+from desktop_app.main_window import MainWindow, ViewFactory
+from engine.workspace import DemoSpec, default_workspace
+
+
+def make_window(views: Sequence[tuple[str, ViewFactory]], device: str | None = None,
+                settings: QSettings | None = None) -> MainWindow:
+    """AppState + engine bridge + main window (a QApplication must exist)."""
+    import pyqtgraph as pg
+
+    from desktop_app.bridge import EngineBridge
+    from desktop_app.state import AppState
+    pg.setConfigOptions(antialias=False, background="w", foreground="k", imageAxisOrder="row-major")
+    bridge = EngineBridge(device)
+    state = AppState(engine=bridge)
+    window = MainWindow(state, bridge, list(views), settings)
+    window.resize(1500, 950)
+    return window
+
+
+def run_app(views: Sequence[tuple[str, ViewFactory]], workspace: str | os.PathLike | None = None,
+            device: str | None = None, quit_after: float | None = None) -> int:
+    """Open the main window on ``workspace`` (default: build or reopen the demo one)."""
+    from PySide6.QtCore import QTimer
+    from PySide6.QtWidgets import QApplication
+    t0 = time.perf_counter()
+    app = QApplication.instance() or QApplication(sys.argv[:1])
+    app.setApplicationName("LatentLab")
+    app.setOrganizationName("LatentLab")
+    window = make_window(views, device)
+    window.show()
+    if workspace is None:
+        window.open_workspace(default_workspace(), demo=DemoSpec())
+    elif not window.open_workspace(Path(workspace)):
+        window.jobs.write(f"could not open {workspace}; use File > Open Workspace")
+    window.statusBar().showMessage(f"window up in {time.perf_counter() - t0:.1f} s; engine on "
+                                   f"{window.bridge.device}", 10000)
+    if quit_after is not None:
+        QTimer.singleShot(int(quit_after * 1000), window.close)
+    code = app.exec()
+    window.bridge.shutdown()
+    return code

@@ -1,0 +1,85 @@
+"""Figure export: any view to PNG, SVG or PDF at a chosen size (pixels) and resolution.
+A view may paint itself for print with ``paint_figure(painter, rect)`` (vector where it
+can); otherwise its widget is rendered and scaled into the page."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from PySide6.QtCore import QMarginsF, QPoint, QRectF, QSize, QSizeF, Qt
+from PySide6.QtGui import QColor, QImage, QPageLayout, QPageSize, QPainter, QPdfWriter
+from PySide6.QtSvg import QSvgGenerator
+from PySide6.QtWidgets import QWidget
+
+from engine.errors import LatentLabError
+
+FORMATS = ("png", "svg", "pdf")
+
+
+def _paint(widget: QWidget, painter: QPainter, rect: QRectF) -> None:
+    painter.fillRect(rect, QColor("white"))
+    paint_figure = getattr(widget, "paint_figure", None)
+    if callable(paint_figure):
+        paint_figure(painter, rect)
+        return
+    size = widget.size()
+    if size.width() <= 0 or size.height() <= 0:
+        return
+    painter.save()
+    painter.translate(rect.topLeft())
+    painter.scale(rect.width() / size.width(), rect.height() / size.height())
+    widget.render(painter, QPoint())
+    painter.restore()
+
+
+def export_figure(widget: QWidget, path: str | os.PathLike, width: int = 1200, height: int = 900,
+                  dpi: int = 150) -> Path:
+    """Write ``widget`` to ``path``; the suffix picks the format (png, svg, pdf).
+    ``width`` x ``height`` are pixels at ``dpi`` (the printed size is their ratio)."""
+    path = Path(path)
+    fmt = path.suffix.lower().lstrip(".")
+    if fmt not in FORMATS:
+        raise LatentLabError(f"{path.name}: cannot export as {fmt or 'no suffix'!r}; "
+                             f"use one of {', '.join('.' + f for f in FORMATS)}")
+    if width < 16 or height < 16 or not 30 <= dpi <= 2400:
+        raise LatentLabError(f"figure size {width}x{height} at {dpi} dpi is out of range "
+                             "(at least 16x16 pixels, 30 to 2400 dpi)")
+    if not path.parent.is_dir():
+        raise LatentLabError(f"cannot write {path}: folder {path.parent} does not exist")
+    rect = QRectF(0, 0, width, height)
+    painter = QPainter()
+    if fmt == "png":
+        image = QImage(width, height, QImage.Format.Format_ARGB32)
+        image.fill(Qt.GlobalColor.white)
+        dots_per_metre = round(dpi / 0.0254)
+        image.setDotsPerMeterX(dots_per_metre)
+        image.setDotsPerMeterY(dots_per_metre)
+        painter.begin(image)
+        painter.setRenderHint(QPainter.RenderHint.Antialiasing)
+        _paint(widget, painter, rect)
+        painter.end()
+        if not image.save(str(path), "PNG"):
+            raise LatentLabError(f"cannot write {path}")
+    elif fmt == "svg":
+        gen = QSvgGenerator()
+        gen.setFileName(str(path))
+        gen.setSize(QSize(width, height))
+        gen.setViewBox(rect)
+        gen.setResolution(dpi)
+        gen.setTitle(widget.windowTitle() or type(widget).__name__)
+        painter.begin(gen)
+        _paint(widget, painter, rect)
+        painter.end()
+    else:
+        writer = QPdfWriter(str(path))
+        writer.setResolution(dpi)
+        points = QSizeF(width * 72.0 / dpi, height * 72.0 / dpi)
+        writer.setPageLayout(QPageLayout(QPageSize(points, QPageSize.Unit.Point),
+                                         QPageLayout.Orientation.Portrait, QMarginsF(0, 0, 0, 0)))
+        painter.begin(writer)
+        _paint(widget, painter, rect)
+        painter.end()
+    if not path.is_file() or path.stat().st_size == 0:
+        raise LatentLabError(f"cannot write {path}")
+    return path

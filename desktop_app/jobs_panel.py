@@ -1,0 +1,138 @@
+"""The jobs panel: one line per engine job with its progress bar, message and a cancel
+button, above a log of what started, finished, failed or was cancelled."""
+
+from __future__ import annotations
+
+import time
+
+from PySide6.QtCore import QSize, Qt, Slot
+from PySide6.QtWidgets import (
+    QHBoxLayout,
+    QLabel,
+    QPlainTextEdit,
+    QProgressBar,
+    QPushButton,
+    QScrollArea,
+    QSplitter,
+    QVBoxLayout,
+    QWidget,
+)
+
+from desktop_app.bridge import CANCELLED, DONE, FAILED, EngineBridge
+
+KEEP_FINISHED = 6  # finished rows kept visible above the log
+
+
+class JobRow(QWidget):
+    """Title, progress bar, message and a cancel button for one job."""
+
+    def __init__(self, bridge: EngineBridge, job_id: int, title: str) -> None:
+        super().__init__()
+        self.job_id = job_id
+        self.title = QLabel(title)
+        self.title.setMinimumWidth(140)
+        self.bar = QProgressBar()
+        self.bar.setRange(0, 0)  # busy until the first progress report
+        self.bar.setTextVisible(True)
+        self.message = QLabel("queued")
+        self.message.setMinimumWidth(160)
+        self.cancel = QPushButton("Cancel")
+        self.cancel.setObjectName(f"cancel-{job_id}")
+        self.cancel.clicked.connect(lambda: bridge.cancel(job_id))
+        row = QHBoxLayout(self)
+        row.setContentsMargins(2, 1, 2, 1)
+        row.addWidget(self.title)
+        row.addWidget(self.bar, 1)
+        row.addWidget(self.message, 1)
+        row.addWidget(self.cancel)
+
+    def set_progress(self, done: int, total: int, message: str) -> None:
+        if total > 0:
+            self.bar.setRange(0, 1000)
+            self.bar.setValue(int(1000 * min(done, total) / total))
+            self.bar.setFormat(f"{done:,}/{total:,}")
+        else:
+            self.bar.setRange(0, 0)
+        self.message.setText(message)
+
+    def set_finished(self, state: str, seconds: float) -> None:
+        self.bar.setRange(0, 1000)
+        self.bar.setValue(1000 if state == DONE else self.bar.value())
+        self.bar.setFormat(state)
+        self.message.setText(f"{state} in {seconds:.1f} s")
+        self.cancel.setEnabled(False)
+
+
+class JobsPanel(QWidget):
+    """Lists the bridge's jobs live; cancel buttons call ``bridge.cancel``."""
+
+    def __init__(self, bridge: EngineBridge, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.bridge = bridge
+        self.rows: dict[int, JobRow] = {}
+        self._list = QWidget()
+        self._list_layout = QVBoxLayout(self._list)
+        self._list_layout.setContentsMargins(0, 0, 0, 0)
+        self._list_layout.addStretch(1)
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setWidget(self._list)
+        self.log = QPlainTextEdit()
+        self.log.setReadOnly(True)
+        self.log.setMaximumBlockCount(2000)
+        split = QSplitter(Qt.Orientation.Horizontal)
+        split.addWidget(scroll)
+        split.addWidget(self.log)
+        split.setSizes([600, 400])
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(split)
+        bridge.submitted.connect(self._on_submitted)
+        bridge.started.connect(self._on_started)
+        bridge.progress.connect(self._on_progress)
+        bridge.finished.connect(self._on_finished)
+
+    def sizeHint(self) -> QSize:  # noqa: N802 - Qt's name; a strip below the views
+        return QSize(900, 150)
+
+    def write(self, text: str) -> None:
+        self.log.appendPlainText(f"{time.strftime('%H:%M:%S')}  {text}")
+
+    @Slot(int)
+    def _on_submitted(self, job_id: int) -> None:
+        job = self.bridge.jobs[job_id]
+        row = JobRow(self.bridge, job_id, job.title)
+        self.rows[job_id] = row
+        self._list_layout.insertWidget(0, row)
+
+    @Slot(int)
+    def _on_started(self, job_id: int) -> None:
+        if job_id in self.rows:
+            self.rows[job_id].message.setText("running")
+            self.write(f"started: {self.bridge.jobs[job_id].title}")
+
+    @Slot(int, int, int, str)
+    def _on_progress(self, job_id: int, done: int, total: int, message: str) -> None:
+        if job_id in self.rows:
+            self.rows[job_id].set_progress(done, total, message)
+
+    @Slot(int, str)
+    def _on_finished(self, job_id: int, state: str) -> None:
+        job = self.bridge.jobs[job_id]
+        row = self.rows.get(job_id)
+        if row is not None:
+            row.set_finished(state, job.seconds)
+        if state == FAILED and job.error is not None:
+            self.write(f"failed: {job.title}: {job.error[0]}")
+        elif state == CANCELLED:
+            self.write(f"cancelled: {job.title}")
+        else:
+            self.write(f"{state}: {job.title} ({job.seconds:.1f} s)")
+        self._prune()
+
+    def _prune(self) -> None:
+        finished = [i for i, r in self.rows.items() if not r.cancel.isEnabled()]
+        for job_id in finished[:-KEEP_FINISHED]:
+            row = self.rows.pop(job_id)
+            row.setParent(None)
+            row.deleteLater()

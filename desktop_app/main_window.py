@@ -1,0 +1,395 @@
+"""The main window: views in dockable, re-arrangeable panels, the jobs panel, menus and
+shortcuts, and the glue that turns engine results (workspace stages, projection frames)
+into AppState changes. Views are handed in by the caller (main.py), so the shell never
+imports a view."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCore import QByteArray, QSettings, Qt, QTimer, Slot
+from PySide6.QtGui import QAction, QCloseEvent, QKeySequence
+from PySide6.QtWidgets import (
+    QComboBox,
+    QDialog,
+    QDialogButtonBox,
+    QDockWidget,
+    QFileDialog,
+    QFormLayout,
+    QLabel,
+    QMainWindow,
+    QMessageBox,
+    QSpinBox,
+    QWidget,
+)
+
+from desktop_app.bridge import FAILED, EngineBridge
+from desktop_app.export import FORMATS, export_figure
+from desktop_app.jobs_panel import JobsPanel
+from desktop_app.session import Session
+from desktop_app.state import AppState
+from engine.errors import LatentLabError
+from engine.project import Layout
+from engine.workspace import DemoSpec, Stage, Workspace, build_demo
+
+ViewFactory = Callable[[AppState], QWidget]
+MAX_RECENT = 8
+APP_NAME = "LatentLab"
+
+
+class MainWindow(QMainWindow):
+    """Docks one widget per view around the engine's jobs panel."""
+
+    def __init__(self, state: AppState, bridge: EngineBridge,
+                 views: list[tuple[str, ViewFactory]], settings: QSettings | None = None) -> None:
+        super().__init__()
+        self.state, self.bridge = state, bridge
+        self.settings = settings or QSettings("LatentLab", "LatentLab")
+        self.setWindowTitle(APP_NAME)
+        self.setDockNestingEnabled(True)
+        self.errors: list[tuple[str, str]] = []  # (sentence, details) shown to the user
+        self.views: dict[str, QWidget] = {}
+        self.docks: dict[str, QDockWidget] = {}
+        # no central widget: every panel is a dock, so any can move anywhere
+        for i, (name, factory) in enumerate(views):
+            self._add_dock(name, factory(state), Qt.DockWidgetArea.LeftDockWidgetArea
+                           if i == 0 else Qt.DockWidgetArea.RightDockWidgetArea)
+        self.jobs = JobsPanel(bridge)
+        self._add_dock("Jobs", self.jobs, Qt.DockWidgetArea.BottomDockWidgetArea)
+        self._default_layout = self.saveState()
+        self._build_menus()
+        bridge.finished.connect(self._on_job_finished)
+        state.workspace_changed.connect(self._update_title)
+        self.statusBar().showMessage(f"engine on {bridge.device}")
+
+    def _add_dock(self, name: str, widget: QWidget, area: Qt.DockWidgetArea) -> None:
+        dock = QDockWidget(name, self)
+        dock.setObjectName(f"dock-{name}")
+        dock.setWidget(widget)
+        self.addDockWidget(area, dock)
+        self.views[name] = widget
+        self.docks[name] = dock
+
+    # ------------------------------------------------------------------ menus
+    def _build_menus(self) -> None:
+        file = self.menuBar().addMenu("&File")
+        self._action(file, "Open &Workspace...", QKeySequence.StandardKey.Open, self.choose_workspace)
+        self._action(file, "Open &Store...", "Ctrl+Shift+O", self.choose_store)
+        self.recent_menu = file.addMenu("Open &Recent")
+        self.recent_menu.aboutToShow.connect(self._fill_recent)
+        file.addSeparator()
+        self._action(file, "&Save Session", QKeySequence.StandardKey.Save, self.save_session)
+        self._action(file, "Save Session &As...", QKeySequence.StandardKey.SaveAs, self.save_session_as)
+        self._action(file, "Restore Sess&ion...", "Ctrl+Shift+R", self.choose_session)
+        file.addSeparator()
+        self._action(file, "&Export Figure...", "Ctrl+E", self.export_dialog)
+        file.addSeparator()
+        self._action(file, "&Quit", QKeySequence.StandardKey.Quit, self.close)
+        view = self.menuBar().addMenu("&View")
+        for dock in self.docks.values():
+            view.addAction(dock.toggleViewAction())
+        view.addSeparator()
+        self._action(view, "&Reset Layout", "Ctrl+Shift+L", lambda: self.restoreState(self._default_layout))
+        jobs = self.menuBar().addMenu("&Jobs")
+        self._action(jobs, "Cancel &All", "Ctrl+.", self.bridge.cancel_all)
+        help_menu = self.menuBar().addMenu("&Help")
+        self._action(help_menu, "&About LatentLab", None, self._about)
+
+    def _action(self, menu, text: str, shortcut: Any, slot: Callable[[], Any]) -> QAction:
+        action = QAction(text, self)
+        if shortcut is not None:
+            action.setShortcut(QKeySequence(shortcut))
+        action.triggered.connect(lambda checked=False: slot())
+        menu.addAction(action)
+        return action
+
+    def _about(self) -> None:
+        QMessageBox.about(self, "About LatentLab", "LatentLab: visual analytics of neural network "
+                          f"representations.\nEngine device: {self.bridge.device}")
+
+    # ------------------------------------------------------------------ errors
+    def show_error(self, sentence: str, details: str = "") -> None:
+        """One sentence, details on demand; never blocks the event loop."""
+        self.errors.append((sentence, details))
+        self.jobs.write(f"error: {sentence}")
+        self.statusBar().showMessage(sentence, 15000)
+        box = QMessageBox(QMessageBox.Icon.Warning, APP_NAME, sentence, QMessageBox.StandardButton.Ok, self)
+        box.setObjectName("error-box")
+        if details:
+            box.setDetailedText(details)
+        box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        box.open()
+
+    @Slot(int, str)
+    def _on_job_finished(self, job_id: int, state: str) -> None:
+        job = self.bridge.jobs[job_id]
+        if state == FAILED and job.on_error is None and job.error is not None:
+            self.show_error(*job.error)
+
+    # ------------------------------------------------------------------ workspaces
+    def open_workspace(self, path: str | Path, demo: DemoSpec | None = None) -> bool:
+        """Open a workspace folder (or build/finish a demo one). False, with a message, if
+        the folder is missing or not a workspace; the current one then stays open."""
+        path = Path(path).expanduser()
+        if demo is None:
+            try:
+                ws = Workspace.open(path)
+            except LatentLabError as exc:
+                self.show_error(str(exc))
+                return False
+            self._apply_workspace(ws)
+            self._request_projections(ws)
+        else:
+            try:
+                path.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                self.show_error(f"cannot create workspace folder {path} ({exc.strerror})")
+                return False
+            self.state.set_workspace(path)
+            self.bridge.submit("Demo workspace", build_demo, key="workspace", root=path, spec=demo,
+                               on_partial=self._on_workspace_partial)
+        self._remember(path)
+        return True
+
+    def _apply_workspace(self, ws: Workspace) -> None:
+        stats = ws.sae_id if ws.has_stats() else None
+        with self.state.batch():
+            self.state.set_workspace(ws.root)
+            self.state.set_model(ws.model)
+            self.state.set_store(ws.store)
+            self.state.set_hook(ws.hook)
+            self.state.set_sae(ws.sae)
+            self.state.set_stats(stats)
+        self._suggest_focus()
+
+    def _suggest_focus(self) -> None:
+        """With nothing focused yet, focus a specific, often firing latent, so the browser's
+        detail pane and the scatter's colouring show something on opening."""
+        from engine.features import suggest_latent
+        from engine.store import ActivationStore
+        if self.state.focus or self.state.store is None or self.state.stats is None:
+            return
+        try:
+            with ActivationStore.open(self.state.store) as store:
+                latent = suggest_latent(store, self.state.stats)
+        except LatentLabError:
+            return
+        if latent is not None:
+            self.state.set_focus(latent)
+
+    def _on_workspace_partial(self, obj: Any) -> None:
+        if isinstance(obj, Layout):
+            self.state.set_projection(obj)
+        elif isinstance(obj, Stage):
+            ws = obj.workspace
+            if obj.stage == "store":
+                with self.state.batch():
+                    self.state.set_model(ws.model)
+                    self.state.set_store(ws.store)
+                    self.state.set_hook(ws.hook)
+            elif obj.stage == "sae":
+                self.state.set_sae(ws.sae)
+            elif obj.stage == "stats":
+                self.state.set_stats(ws.sae_id)
+                self._suggest_focus()
+
+    def _request_projections(self, ws: Workspace) -> None:
+        """PCA at once, UMAP after it, for rows and (with an SAE) latents; cached per input."""
+        from engine.project import project
+        if ws.store is None or ws.hook is None:
+            return
+        whats = ("rows", "latents") if ws.sae is not None else ("rows",)
+        for method in ("pca", "umap"):
+            for what in whats:
+                self.bridge.submit(f"{method.upper()} of {what}", project, key=f"project-{what}-{method}",
+                                   on_result=self.state.set_projection,
+                                   on_partial=self._on_workspace_partial,
+                                   store_path=ws.store, hook=ws.hook, method=method, what=what,
+                                   sae_path=ws.sae, cache_dir=ws.projections_dir,
+                                   max_rows=20_000 if method == "umap" else None)
+
+    def open_store(self, path: str | Path) -> bool:
+        """Make a store file the active one (its first hook point); a bad file is reported."""
+        from engine.store import ActivationStore, validate
+        path = Path(path)
+        try:
+            validate(path)
+            with ActivationStore.open(path) as store:
+                hooks, model = store.hooks, store.meta.model_id
+        except LatentLabError as exc:
+            self.show_error(str(exc))
+            return False
+        with self.state.batch():
+            self.state.set_store(path)
+            self.state.set_hook(hooks[0] if hooks else None)
+            self.state.set_model(model)
+            self.state.set_sae(None)
+        root = self.state.workspace or path.parent
+        self._request_projections(Workspace(root=Path(root), model=model, store=path,
+                                            hook=hooks[0] if hooks else None))
+        self._remember(path)
+        return True
+
+    def choose_workspace(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Open workspace", str(self.state.workspace or Path.home()))
+        if folder:
+            self.open_workspace(folder)
+
+    def choose_store(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Open activation store", str(self.state.workspace or Path.home()),
+                                              "HDF5 stores (*.h5 *.hdf5);;All files (*)")
+        if path:
+            self.open_store(path)
+
+    def _remember(self, path: Path) -> None:
+        recent = [str(path)] + [p for p in self._recent() if p != str(path)]
+        self.settings.setValue("recent", recent[:MAX_RECENT])
+
+    def _recent(self) -> list[str]:
+        value = self.settings.value("recent", [])
+        return [value] if isinstance(value, str) else list(value or [])
+
+    def _fill_recent(self) -> None:
+        self.recent_menu.clear()
+        for item in self._recent():
+            action = self.recent_menu.addAction(item)
+            action.triggered.connect(lambda checked=False, p=item: self.open_recent(p))
+        if not self._recent():
+            self.recent_menu.addAction("(none)").setEnabled(False)
+
+    def open_recent(self, path: str) -> bool:
+        p = Path(path)
+        return self.open_store(p) if p.suffix in (".h5", ".hdf5") else self.open_workspace(p)
+
+    def _update_title(self, path: Path | None) -> None:
+        self.setWindowTitle(f"{APP_NAME} - {path.name}" if path else APP_NAME)
+
+    # ------------------------------------------------------------------ sessions
+    def session(self) -> Session:
+        views = {name: w.session_state() for name, w in self.views.items() if hasattr(w, "session_state")}
+        return Session.capture(self.state, bytes(self.saveState().data()),
+                               bytes(self.saveGeometry().data()), views)
+
+    def save_session(self, path: str | Path | None = None) -> Path | None:
+        if path is None:
+            if self.state.workspace is None:
+                return self.save_session_as()
+            path = Workspace(root=self.state.workspace).session_path
+        try:
+            saved = self.session().save(path)
+        except OSError as exc:
+            self.show_error(f"cannot save the session to {path} ({exc.strerror})")
+            return None
+        self.statusBar().showMessage(f"session saved to {saved}", 5000)
+        return saved
+
+    def save_session_as(self) -> Path | None:
+        path, _ = QFileDialog.getSaveFileName(self, "Save session", str(self.state.workspace or Path.home()),
+                                              "Sessions (*.json)")
+        return self.save_session(path) if path else None
+
+    def choose_session(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Restore session", str(self.state.workspace or Path.home()),
+                                              "Sessions (*.json)")
+        if path:
+            self.restore_session(path)
+
+    def restore_session(self, path: str | Path) -> bool:
+        """Reopen the session's workspace, layout, store/SAE, selection and focus."""
+        try:
+            s = Session.load(path)
+        except LatentLabError as exc:
+            self.show_error(str(exc))
+            return False
+        if s.workspace and Path(s.workspace) != self.state.workspace:
+            if not self.open_workspace(s.workspace):
+                return False
+        with self.state.batch():
+            if s.store:
+                self.state.set_store(s.store)
+            if s.hook:
+                self.state.set_hook(s.hook)
+            if s.sae:
+                self.state.set_sae(s.sae)
+            if s.stats:
+                self.state.set_stats(s.stats)
+            self.state.set_selection(s.selection_value())
+            self.state.set_focus(tuple(s.focus))
+            self.state.set_steering(s.steering)
+        if s.geometry:
+            self.restoreGeometry(QByteArray(s.geometry_bytes()))
+        if s.layout:
+            self.restoreState(QByteArray(s.layout_bytes()))
+        for name, view_state in s.views.items():
+            view = self.views.get(name)
+            if view is not None and hasattr(view, "restore_session"):
+                view.restore_session(view_state)
+        return True
+
+    # ------------------------------------------------------------------ export
+    def export_view(self, name: str, path: str | Path, width: int = 1200, height: int = 900,
+                    dpi: int = 150) -> Path | None:
+        try:
+            return export_figure(self.views[name], path, width, height, dpi)
+        except LatentLabError as exc:
+            self.show_error(str(exc))
+            return None
+
+    def export_dialog(self) -> None:
+        dialog = ExportDialog(list(self.views), self)
+        if dialog.exec() != QDialog.DialogCode.Accepted:
+            return
+        name, width, height, dpi = dialog.values()
+        path, _ = QFileDialog.getSaveFileName(self, f"Export {name}", str(self.state.workspace or Path.home()),
+                                              "PNG image (*.png);;SVG drawing (*.svg);;PDF document (*.pdf)")
+        if path:
+            saved = self.export_view(name, path, width, height, dpi)
+            if saved:
+                self.statusBar().showMessage(f"exported {name} to {saved}", 5000)
+
+    def showEvent(self, event) -> None:  # noqa: N802 - Qt's name
+        super().showEvent(event)
+        if not getattr(self, "_sized", False):  # docks get their sizes once the window has one
+            self._sized = True
+            QTimer.singleShot(0, self._size_docks)
+
+    def _size_docks(self) -> None:
+        self.resizeDocks([self.docks["Jobs"]], [max(120, self.height() // 5)], Qt.Orientation.Vertical)
+        first = next(iter(self.docks.values()))
+        self.resizeDocks([first], [int(self.width() * 0.45)], Qt.Orientation.Horizontal)
+        self._default_layout = self.saveState()
+
+    # ------------------------------------------------------------------ closing
+    def closeEvent(self, event: QCloseEvent) -> None:
+        self.bridge.cancel_all()
+        super().closeEvent(event)
+
+
+class ExportDialog(QDialog):
+    """Which view, and the figure's size in pixels and its resolution."""
+
+    def __init__(self, views: list[str], parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setWindowTitle("Export figure")
+        self.view = QComboBox()
+        self.view.addItems(views)
+        self.width_box, self.height_box, self.dpi_box = QSpinBox(), QSpinBox(), QSpinBox()
+        for box, lo, hi, value in ((self.width_box, 16, 20000, 1200), (self.height_box, 16, 20000, 900),
+                                   (self.dpi_box, 30, 2400, 300)):
+            box.setRange(lo, hi)
+            box.setValue(value)
+        form = QFormLayout(self)
+        form.addRow("View", self.view)
+        form.addRow("Width (px)", self.width_box)
+        form.addRow("Height (px)", self.height_box)
+        form.addRow("Resolution (dpi)", self.dpi_box)
+        form.addRow(QLabel(f"Formats: {', '.join(FORMATS)} (chosen by the file name)"))
+        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel)
+        buttons.accepted.connect(self.accept)
+        buttons.rejected.connect(self.reject)
+        form.addRow(buttons)
+
+    def values(self) -> tuple[str, int, int, int]:
+        return self.view.currentText(), self.width_box.value(), self.height_box.value(), self.dpi_box.value()
