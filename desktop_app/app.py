@@ -31,7 +31,8 @@ def make_window(views: Sequence[tuple[str, ViewFactory]], device: str | None = N
 
 
 def run_app(views: Sequence[tuple[str, ViewFactory]], workspace: str | os.PathLike | None = None,
-            device: str | None = None, quit_after: float | None = None) -> int:
+            device: str | None = None, quit_after: float | None = None,
+            launched: float | None = None) -> int:
     """Open the main window on ``workspace`` (default: build or reopen the demo one)."""
     from PySide6.QtCore import QTimer
     from PySide6.QtWidgets import QApplication
@@ -40,6 +41,7 @@ def run_app(views: Sequence[tuple[str, ViewFactory]], workspace: str | os.PathLi
     app.setApplicationName("LatentLab")
     app.setOrganizationName("LatentLab")
     window = make_window(views, device)
+    window.launched = launched
     window.show()
     if workspace is None:
         window.open_workspace(default_workspace(), demo=DemoSpec())

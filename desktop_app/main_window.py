@@ -5,6 +5,7 @@ imports a view."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,7 @@ class MainWindow(QMainWindow):
         self.setWindowTitle(APP_NAME)
         self.setDockNestingEnabled(True)
         self.errors: list[tuple[str, str]] = []  # (sentence, details) shown to the user
+        self.launched: float | None = None  # perf_counter() at process start, when known
         self.views: dict[str, QWidget] = {}
         self.docks: dict[str, QDockWidget] = {}
         # no central widget: every panel is a dock, so any can move anywhere
@@ -149,9 +151,14 @@ class MainWindow(QMainWindow):
                 return False
             self.state.set_workspace(path)
             self.bridge.submit("Demo workspace", build_demo, key="workspace", root=path, spec=demo,
-                               on_partial=self._on_workspace_partial)
+                               on_partial=self._on_workspace_partial, on_result=self._on_ready)
         self._remember(path)
         return True
+
+    def _on_ready(self, ws: Workspace) -> None:
+        since = f" {time.perf_counter() - self.launched:.1f} s after launch" if self.launched else ""
+        self.jobs.write(f"workspace {ws.root.name} ready{since}")
+        self.statusBar().showMessage(f"workspace {ws.root} ready{since}", 10000)
 
     def _apply_workspace(self, ws: Workspace) -> None:
         stats = ws.sae_id if ws.has_stats() else None

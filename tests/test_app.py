@@ -184,6 +184,8 @@ def test_saved_session_restores_selection_focus_and_layout(opened, qtbot, tmp_pa
     state = opened.state
     state.set_selection(Selection(ROWS, [3, 5, 8, 13], "test"))
     state.set_focus(7)
+    opened.views["Scatter"].set_projection_name("latents/pca")
+    opened.views["Scatter"].set_colour_mode("density")
     opened.docks["Jobs"].hide()
     path = opened.save_session(tmp_path / "session.json")
     assert path is not None
@@ -198,6 +200,8 @@ def test_saved_session_restores_selection_focus_and_layout(opened, qtbot, tmp_pa
         assert np.array_equal(other.state.selection.ids, [3, 5, 8, 13])
         assert other.state.focus == (7,)
         assert other.docks["Jobs"].isHidden()
+        wanted = {"projection": "latents/pca", "colour": "density"}
+        wait_until(qtbot, lambda: other.views["Scatter"].session_state() == wanted, 30)
     finally:
         other.bridge.shutdown()
         other.close()

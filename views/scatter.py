@@ -227,6 +227,29 @@ class ScatterView(ColourModes, QWidget):
         if name == self._name():
             self._show(self.state.projections[name], first=False)
         self._refresh_projection_box()
+        self._apply_saved()
+
+    # ------------------------------------------------------------------ sessions
+    def session_state(self) -> dict[str, str]:
+        """The shown projection and colouring, for session files."""
+        return {"projection": self._name() or "", "colour": self._mode}
+
+    def restore_session(self, saved: dict[str, Any]) -> None:
+        """Show the saved projection and colouring, now or when the projection arrives."""
+        self._saved = dict(saved)
+        self._apply_saved()
+
+    def _apply_saved(self) -> None:
+        saved = getattr(self, "_saved", None)
+        if not saved or saved.get("projection") not in self.state.projections:
+            return
+        self._saved = None
+        if saved["projection"] != self._name():
+            self.set_projection_name(saved["projection"])
+        try:
+            self.set_colour_mode(saved.get("colour", ""))
+        except ValueError:
+            pass  # that colouring does not exist for this store any more
 
     def _on_selection_changed(self, selection: Selection) -> None:
         self.update_selection()
