@@ -64,6 +64,7 @@ class MainWindow(QMainWindow):
         self._build_menus()
         bridge.finished.connect(self._on_job_finished)
         state.workspace_changed.connect(self._update_title)
+        state.selection_changed.connect(self._on_selection_changed)
         self.statusBar().showMessage(f"engine on {bridge.device}")
 
     def _add_dock(self, name: str, widget: QWidget, area: Qt.DockWidgetArea) -> None:
@@ -269,6 +270,11 @@ class MainWindow(QMainWindow):
     def open_recent(self, path: str) -> bool:
         p = Path(path)
         return self.open_store(p) if p.suffix in (".h5", ".hdf5") else self.open_workspace(p)
+
+    def _on_selection_changed(self, selection) -> None:
+        text = (f"{len(selection):,} {selection.kind} selected ({selection.how})" if len(selection)
+                else "selection cleared")
+        self.statusBar().showMessage(text)
 
     def _update_title(self, path: Path | None) -> None:
         self.setWindowTitle(f"{APP_NAME} - {path.name}" if path else APP_NAME)
