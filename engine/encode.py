@@ -15,9 +15,10 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from engine.errors import LatentLabError
+from engine.errors import LatentLabError, StoreError
 from engine.features import load_feature_stats
 from engine.jobs import JobContext
+from engine.models.base import weight_fingerprint
 from engine.sae.base import SparseAutoencoder
 from engine.sae.io import CFG_FILENAME, WEIGHTS_FILENAME, load_sae
 from engine.store import ActivationStore
@@ -163,18 +164,46 @@ def _encoded(ctx: JobContext, store: ActivationStore, hook: str, sae: SparseAuto
         ctx.progress(done, total, message)
 
 
+def stored_values(store: ActivationStore, stats_id: str, sae: SparseAutoencoder, hook: str,
+                  cols: np.ndarray, rows: np.ndarray | None) -> np.ndarray | None:
+    """The same answer as ``latent_values`` read from the sparse codes ``feature_stats``
+    kept, without encoding; None when the statistics hold no codes, are for another hook,
+    another row count or other SAE weights (a stale group is never trusted)."""
+    group = f"features/{stats_id}"
+    try:
+        ptr_ds = store.dataset(f"{group}/code_ptr")
+    except StoreError:
+        return None
+    attrs, ptr = dict(ptr_ds.parent.attrs), ptr_ds[()]
+    if (attrs.get("hook") != hook or int(attrs.get("n_rows", -1)) != store.n_rows
+            or attrs.get("sae_fingerprint") != weight_fingerprint(sae)):
+        return None
+    latent = store.dataset(f"{group}/code_latent")[()]
+    value = store.dataset(f"{group}/code_value")
+    full = np.zeros((store.n_rows, len(cols)), np.float32)
+    for j, col in enumerate(cols):
+        pos = np.flatnonzero(latent == col)
+        full[np.searchsorted(ptr, pos, side="right") - 1, j] = value[pos] if len(pos) else 0.0
+    return full if rows is None else full[rows]
+
+
 @torch.inference_mode()
 def latent_values(ctx: JobContext, store_path: Path, hook: str, sae_path: Path,
                   latents: list[int], rows: np.ndarray | None = None,
-                  batch_size: int = 8192) -> np.ndarray:
+                  batch_size: int = 8192, stats_id: str | None = None) -> np.ndarray:
     """Job: (len(rows) or n_rows, len(latents)) float32 activations of ``latents`` on the
-    store's rows of ``hook`` (all rows, or ``rows`` in their given order)."""
+    store's rows of ``hook`` (all rows, or ``rows`` in their given order). With
+    ``stats_id``, read from the codes its feature statistics kept when they match."""
     sae = cached_sae(sae_path, ctx.device)
     cols = np.asarray(latents, dtype=np.int64).ravel()
     if cols.size and (cols.min() < 0 or cols.max() >= sae.d_sae):
         raise LatentLabError(f"latent ids must lie in 0..{sae.d_sae - 1}")
     with ActivationStore.open(store_path) as store:
         rows = _check(store, hook, sae, rows)
+        if stats_id is not None:
+            stored = stored_values(store, stats_id, sae, hook, cols, rows)
+            if stored is not None:
+                return stored
         out = np.zeros((store.n_rows if rows is None else len(rows), len(cols)), np.float32)
         encode = column_encoder(sae, cols)
         if encode is None:

@@ -24,7 +24,7 @@ from torch import nn
 
 from engine.errors import LatentLabError
 from engine.jobs import JobContext
-from engine.models.base import ModelAdapter
+from engine.models.base import ModelAdapter, weight_fingerprint
 from engine.sae.base import SparseAutoencoder
 from engine.store import ActivationStore
 
@@ -34,6 +34,8 @@ N_LOGITS = 10  # promoted / suppressed tokens kept per latent
 N_NEIGHBOURS = 10
 BLOCK_ELEMENTS = 1 << 26  # bound on a (rows, d_sae) or (rows, vocab) block in the weight passes
 _SLICE_ELEMENTS = 1 << 22  # codes per histogram slice (bounds the nonzero index list)
+CODE_ARRAYS = ("code_ptr", "code_latent", "code_value")  # read in slices, see engine.encode
+MAX_STORED_CODES = 1 << 26  # nonzero codes kept as CSR in the statistics (about 0.5 GB at most)
 _FINAL_NORMS = ("norm", "ln_f", "final_layer_norm", "final_norm", "norm_f")
 MAX_LABEL_CELLS = 1 << 24  # bound on d_sae * n_classes: a label field with more is skipped
 
@@ -107,6 +109,10 @@ class _Running:
         self.top_values = torch.full((d_sae, top_n), -torch.inf, device=device)
         self.top_rows = torch.full((d_sae, top_n), -1, dtype=torch.int64, device=device)
         self.n = 0
+        self.nnz_per_row: list[np.ndarray] = []  # the sparse codes, row by row (CSR parts)
+        self.code_latent: list[np.ndarray] = []
+        self.code_value: list[np.ndarray] = []
+        self.stored = 0  # nonzero codes kept so far; -1 once past MAX_STORED_CODES
 
     def update(self, codes: torch.Tensor, first_row: int,
                labels: torch.Tensor | None = None) -> None:
@@ -122,8 +128,9 @@ class _Running:
     def _fold_nonzero(self, codes: torch.Tensor, labels: torch.Tensor | None = None) -> None:
         """Counts, sums, maxima and histogram bins from the nonzero codes only (a sparse
         batch costs its l0, not d_sae, per row)."""
-        row, latent = torch.nonzero(codes, as_tuple=True)
+        row, latent = torch.nonzero(codes, as_tuple=True)  # row-major: rows ascending
         value = codes[row, latent]
+        self._keep_codes(len(codes), row, latent, value)
         self.count += torch.bincount(latent, minlength=len(self.count))
         self.sum.index_add_(0, latent, value.double())
         self.max_fired.scatter_reduce_(0, latent, value, "amax")
@@ -136,6 +143,30 @@ class _Running:
             keep = lab >= 0
             cell = latent[keep] * self.n_classes + lab[keep]
             self.label_counts += torch.bincount(cell, minlength=self.label_counts.numel())
+
+    def _keep_codes(self, n_rows: int, row: torch.Tensor, latent: torch.Tensor,
+                    value: torch.Tensor) -> None:
+        """Keep the nonzero codes (CSR) so views can read any latent's activation on every
+        row without encoding again; given up once they would exceed MAX_STORED_CODES."""
+        if self.stored < 0:
+            return
+        self.stored += len(latent)
+        if self.stored > MAX_STORED_CODES:
+            self.stored = -1
+            self.nnz_per_row, self.code_latent, self.code_value = [], [], []
+            return
+        self.nnz_per_row.append(torch.bincount(row, minlength=n_rows).cpu().numpy())
+        self.code_latent.append(latent.to(torch.int32).cpu().numpy())
+        self.code_value.append(value.cpu().numpy())
+
+    def code_arrays(self) -> dict[str, np.ndarray]:
+        """code_ptr (n + 1,), code_latent (nnz,) int32, code_value (nnz,) float32: row r's
+        codes are entries code_ptr[r]:code_ptr[r + 1]. Empty when too many to keep."""
+        if self.stored < 0 or not self.nnz_per_row:
+            return {}
+        ptr = np.concatenate([[0], np.cumsum(np.concatenate(self.nnz_per_row))]).astype(np.int64)
+        return {"code_ptr": ptr, "code_latent": np.concatenate(self.code_latent),
+                "code_value": np.concatenate(self.code_value).astype(np.float32)}
 
     def _update_top(self, codes: torch.Tensor, first_row: int) -> None:
         k = min(self.top_values.shape[1], len(codes))
@@ -341,7 +372,7 @@ def feature_stats(ctx: JobContext, store_path: str | os.PathLike, sae: SparseAut
                                  f"{path.name} is {store.dim(hook)} wide")
         labels = row_labels(store, sae.d_sae)
         run = _stream(ctx, store, sae, hook, batch_size, top_n, labels)
-        arrays = run.arrays(np.linspace(0.0, 1.0, n_quantiles))
+        arrays = run.arrays(np.linspace(0.0, 1.0, n_quantiles)) | run.code_arrays()
         arrays["top_tokens"] = _top_tokens(store, arrays["top_rows"])
     label_totals, label_attrs = _label_arrays(labels, run.n)
     arrays.update(label_totals)
@@ -353,6 +384,7 @@ def feature_stats(ctx: JobContext, store_path: str | os.PathLike, sae: SparseAut
     ctx.check_cancelled()
     cfg = {"architecture": type(sae).architecture, **sae.cfg.to_dict()}
     attrs = {"hook": hook, "n_rows": run.n, "top_n": top_n, "sae_id": sae_id,
+             "sae_fingerprint": weight_fingerprint(sae),
              "sae_cfg": json.dumps(cfg, default=str),
              "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **label_attrs}
     ActivationStore.write_group(path, group, arrays, attrs)
@@ -362,7 +394,7 @@ def feature_stats(ctx: JobContext, store_path: str | os.PathLike, sae: SparseAut
 # ---------------------------------------------------------------- reading
 def load_feature_stats(store: ActivationStore, sae_id: str) -> FeatureStats:
     """The statistics ``feature_stats`` wrote for ``sae_id`` (open the store after writing)."""
-    arrays, attrs = store.read_group(f"features/{_check_id(sae_id)}")
+    arrays, attrs = store.read_group(f"features/{_check_id(sae_id)}", exclude=CODE_ARRAYS)
     known = set(FeatureStats.__dataclass_fields__)
     label_name = attrs.get("label_name")
     return FeatureStats(sae_id=sae_id, hook=str(attrs["hook"]), n_rows=int(attrs["n_rows"]),

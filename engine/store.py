@@ -484,13 +484,22 @@ class ActivationStore:
         finally:
             f.close()
 
-    def read_group(self, group: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        """The datasets (as arrays) and attributes of a group ``write_group`` wrote."""
+    def read_group(self, group: str, exclude: Sequence[str] = ()) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """The datasets (as arrays, but not those named in ``exclude``) and attributes of a
+        group ``write_group`` wrote."""
         if group not in self._f or not isinstance(self._f[group], h5py.Group):
             raise StoreError(f"{self.path}: no group /{group}")
         g = self._f[group]
-        arrays = {k: v[()] for k, v in g.items() if isinstance(v, h5py.Dataset)}
+        arrays = {k: v[()] for k, v in g.items() if isinstance(v, h5py.Dataset) and k not in exclude}
         return arrays, dict(g.attrs)
+
+    def dataset(self, path: str) -> h5py.Dataset:
+        """A dataset of the file (e.g. a large array of a ``/features`` group), to read in
+        slices instead of whole; raises StoreError when it is missing."""
+        obj = self._f.get(path)
+        if not isinstance(obj, h5py.Dataset):
+            raise StoreError(f"{self.path}: no dataset /{path}")
+        return obj
 
     def set_attr(self, name: str, value: Any) -> None:
         """Update a root attribute that already exists (SWMR allows no new objects)."""

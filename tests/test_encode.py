@@ -223,3 +223,37 @@ def test_shaded_contexts_hold_the_latents_values_on_each_token(planted, store_pa
         assert c.values[c.at] == pytest.approx(c.value, rel=1e-5)
     _, bare = shaded_contexts(_ctx(), store_path, HOOK, None, PLANTED, tops, codes[tops])
     assert all(c.values is None for c in bare) and len(bare) == 4
+
+
+def test_stored_codes_answer_like_the_sae_and_stale_ones_are_ignored(small_workspace, tmp_path):
+    """feature_stats keeps the sparse codes; latent_values reads them (no encoding) with
+    the same values as encoding, and ignores them for other SAE weights."""
+    import shutil
+
+    import torch
+
+    from engine.encode import latent_values, stored_values
+    from engine.sae.io import load_sae, save_sae
+    ws = small_workspace
+    ctx = JobContext(device=torch.device("cpu"))
+    cols = [0, 5, 17]
+    rows = np.array([7, 3, 2999, 0, 1500])
+    encoded = latent_values(ctx, ws.store, ws.hook, ws.sae, cols)
+    sae = load_sae(ws.sae)
+    with ActivationStore.open(ws.store) as store:
+        stored = stored_values(store, ws.sae_id, sae, ws.hook, np.array(cols), None)
+        assert stored is not None
+        np.testing.assert_allclose(stored, encoded, rtol=1e-5, atol=1e-6)
+        subset = stored_values(store, ws.sae_id, sae, ws.hook, np.array(cols), rows)
+        np.testing.assert_array_equal(subset, stored[rows])
+        assert stored_values(store, ws.sae_id, sae, "embed", np.array(cols), None) is None
+        with torch.no_grad():
+            sae.W_enc.mul_(1.5)  # other weights: the stored codes are stale
+        assert stored_values(store, ws.sae_id, sae, ws.hook, np.array(cols), None) is None
+    other = tmp_path / "retrained"
+    shutil.copytree(ws.sae, other)
+    save_sae(sae, other)
+    fresh = latent_values(ctx, ws.store, ws.hook, other, cols, stats_id=ws.sae_id)
+    assert not np.allclose(fresh, encoded)  # encoded anew, not read from the stale codes
+    fast = latent_values(ctx, ws.store, ws.hook, ws.sae, cols, rows=rows, stats_id=ws.sae_id)
+    np.testing.assert_allclose(fast, encoded[rows], rtol=1e-5, atol=1e-6)

@@ -199,8 +199,9 @@ def vocab_job(ctx: JobContext, model_id: str) -> Any:
 
 
 def focused_values(ctx: JobContext, store_path: Path, hook: str, sae_path: Path, latent: int,
-                   rows: np.ndarray | None) -> np.ndarray:
-    """The activation of one latent on the given store rows (all rows when None)."""
+                   rows: np.ndarray | None, stats_id: str | None = None) -> np.ndarray:
+    """The activation of one latent on the given store rows (all rows when None), read from
+    the statistics' stored codes when they match the SAE, else encoded."""
     values = latent_values(ctx, store_path=store_path, hook=hook, sae_path=sae_path,
-                           latents=[int(latent)], rows=rows)
+                           latents=[int(latent)], rows=rows, stats_id=stats_id)
     return np.asarray(values)[:, 0]

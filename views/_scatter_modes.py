@@ -94,7 +94,8 @@ class ColourModes:
                 np.array_equal(ids, np.arange(len(ids)))
             self._submit("colour", colour.focused_values, lambda v: self._on_values(key, v),
                          store_path=Path(key[1]), hook=key[2], sae_path=Path(key[3]),
-                         latent=key[4], rows=None if dense else np.asarray(ids, np.int64))
+                         latent=key[4], rows=None if dense else np.asarray(ids, np.int64),
+                         stats_id=self.state.stats)
 
     def _on_values(self, key: tuple, values: np.ndarray) -> None:
         while len(self._values) >= 8:  # keep a few modes' values, not every layout's
