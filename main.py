@@ -157,6 +157,36 @@ def cmd_project(args: argparse.Namespace) -> int:
     return 0
 
 
+def _corruption(text: str) -> tuple[str, float]:
+    kind, _, severity = text.partition(":")
+    try:
+        return kind, float(severity or 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--corruption {text!r}: expected KIND:SEVERITY, "
+                                         "e.g. noise:0.3") from None
+
+
+def cmd_compare_pruned(args: argparse.Namespace) -> int:
+    """Loss geometry of a dense zoo model and its pruned variants under corruptions."""
+    from engine.jobs import run_cli
+    from engine.pruning_geometry import compare_pruned, save_comparison
+    corruptions = args.corruption or [("none", 0.0), ("noise", 0.3), ("blur", 1.0), ("dropout", 0.3)]
+    result = run_cli(compare_pruned, device=args.device, dense=args.dense, pruned=args.pruned,
+                     corruptions=corruptions, source=args.source, seed=args.seed,
+                     centroids=args.centroids)
+    save_comparison(result, args.out)
+    print(f"{'model':<14} {'corruption':<12} {'acc':>6} {'loss':>7} {'norm':>7} {'angle_w':>8} "
+          f"{'angle_c':>8} {'margin':>7} {'KS loss':>8} {'p':>9} {'flips':>6}")
+    for r in result.summary:
+        ks, p = r.ks.get("loss", (float("nan"), float("nan")))
+        flips = len(result.flips.get((r.model, r.corruption), ()))
+        print(f"{r.model:<14} {r.corruption:<12} {r.accuracy:6.3f} {r.mean_loss:7.3f} {r.mean_norm:7.2f} "
+              f"{r.mean_angle_weight:8.3f} {r.mean_angle_centroid:8.3f} {r.mean_margin:7.2f} "
+              f"{ks:8.3f} {p:9.2g} {flips:6d}")
+    print(f"{args.out}: {len(result.models)} models x {len(result.corruptions)} corruptions")
+    return 0
+
+
 def gui_views() -> list:
     """The views the main window docks, in order (the shell itself never imports views)."""
     from views.features import FeatureBrowser
@@ -266,10 +296,23 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--out", required=True, help=".npz with xy, ids, name")
     pr.set_defaults(func=cmd_project)
 
+    cp = sub.add_parser("compare-pruned", help="loss geometry of a dense zoo model against its "
+                        "pruned variants under corruptions; flips and KS tests")
+    cp.add_argument("dense", help="the dense digits-zoo model folder")
+    cp.add_argument("pruned", nargs="+", help="pruned variant folders (from zoo-prune)")
+    cp.add_argument("--corruption", action="append", type=_corruption, default=None,
+                    help="KIND:SEVERITY, repeatable: none, noise:0.3, blur:1.0, dropout:0.3 (default: all four)")
+    cp.add_argument("--source", default="digits:test")
+    cp.add_argument("--seed", type=int, default=0)
+    cp.add_argument("--centroids", choices=("own", "dense"), default="own",
+                    help="class centroids of each model's own features, or the dense model's")
+    cp.add_argument("--out", required=True, help=".npz to write (load_comparison reads it)")
+    cp.set_defaults(func=cmd_compare_pruned)
+
     g = sub.add_parser("gui", help="open the app (the default with no sub-command)")
     g.add_argument("--quit-after", type=float, default=None, help=argparse.SUPPRESS)
     g.set_defaults(func=cmd_gui)
-    for parser in (d, c, z, zp, t, f, pr, g):  # accept --workspace/--device after the sub-command too
+    for parser in (d, c, z, zp, t, f, pr, cp, g):  # accept --workspace/--device after the sub-command too
         parser.add_argument("--workspace", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         parser.add_argument("--device", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return p
