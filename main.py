@@ -187,11 +187,105 @@ def cmd_compare_pruned(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Similarity measures between two hook points, or a layer x layer matrix of one."""
+    from engine.geometry import MEASURES, compare, layer_matrix
+    from engine.jobs import run_cli
+    from engine.store import ActivationStore
+    measures = _csv(args.measures) if args.measures != "all" else list(MEASURES)
+    if args.layers:
+        (path_a, hooks_a), (path_b, hooks_b) = _layer_spec(args.a), _layer_spec(args.b)
+        if len(measures) != 1:
+            raise SystemExit("error: --layers takes exactly one measure")
+        if not hooks_a or not hooks_b:
+            with ActivationStore.open(path_a) as sa, ActivationStore.open(path_b) as sb:
+                hooks_a, hooks_b = hooks_a or list(sa.hooks), hooks_b or list(sb.hooks)
+        result = run_cli(layer_matrix, device=args.device, store_a=Path(path_a), hooks_a=hooks_a,
+                         store_b=Path(path_b), hooks_b=hooks_b, measure=measures[0],
+                         max_rows=args.max_rows)
+        data = {"measure": result.measure, "n_rows": result.n_rows, "hooks_a": result.hooks_a,
+                "hooks_b": result.hooks_b, "values": result.values.tolist()}
+        width = max(len(h) for h in result.hooks_a)
+        for hook, row in zip(result.hooks_a, result.values, strict=True):
+            print(f"{hook:<{width}} " + " ".join(f"{v:6.3f}" for v in row))
+    else:
+        result = run_cli(compare, device=args.device, a=args.a, b=args.b, measures=measures,
+                         max_rows=args.max_rows, seed=args.seed)
+        data = {"a": result.a, "b": result.b, "n_rows": result.n_rows, "values": result.values,
+                "notes": result.notes}
+        for name, value in result.values.items():
+            print(f"{name:<20} {value: .6f}")
+        for note in result.notes:
+            print(f"note: {note}", file=sys.stderr)
+    if args.out:
+        Path(args.out).write_text(json.dumps(data, indent=1) + "\n")
+    return 0
+
+
+def cmd_kernel_analysis(args: argparse.Namespace) -> int:
+    """Classification error of a label against the number of leading kernel components."""
+    from engine.geometry_streams import store_kernel_analysis
+    from engine.jobs import run_cli
+    comps = _ints(args.components) if args.components else None
+    curve = run_cli(store_kernel_analysis, device=args.device, store=args.store, hook=args.hook,
+                    label=args.label, components=comps, max_rows=args.max_rows, seed=args.seed)
+    for k, err in zip(curve.components, curve.errors, strict=True):
+        print(f"{k:5d} components: error {err:.4f}")
+    return 0
+
+
+def _layer_spec(spec: str) -> tuple[str, list[str]]:
+    """STORE.h5[:H1,H2,...] -> (path, hooks); no hooks means all of the store's."""
+    path, _, hooks = spec.partition(".h5:")
+    return (path + ".h5", _csv(hooks)) if hooks or spec.endswith(".h5:") else (spec, [])
+
+
+def cmd_match(args: argparse.Namespace) -> int:
+    """Match units of two hook points (or latents of two SAEs)."""
+    from engine.jobs import run_cli
+    from engine.matching import match
+    result = run_cli(match, device=args.device, a=args.a, b=args.b, method=args.method,
+                     max_rows=args.max_rows, seed=args.seed, alpha=args.alpha,
+                     max_units=args.max_units, n_clusters=args.n_clusters, threshold=args.threshold)
+    print(_describe_match(args.method, result))
+    return 0
+
+
+def _describe_match(method: str, r) -> str:
+    import numpy as np
+    if method == "hungarian":
+        return (f"{len(r.corr)} matched pairs: mean correlation {np.mean(r.corr):.3f}, mean best "
+                f"correlation {np.mean(r.best_corr):.3f}")
+    if method == "sparse":
+        return (f"median held-out R^2 {np.median(r.r2):.3f} with a median of "
+                f"{np.median(r.n_nonzero):.0f} units of A per unit of B")
+    if method == "clusters":
+        return "clusters: share of units from A " + " ".join(f"{m:.2f}" for m in r.mixing)
+    return (f"SAE latents matched at cos >= threshold: {r.share_matched:.1%} (Hungarian), "
+            f"{r.share_best:.1%} (best match); {'exact' if r.exact else 'sparsified'} assignment")
+
+
+def cmd_stitch(args: argparse.Namespace) -> int:
+    """Stitch model A's layer into model B's and report B's task on the mapped activations."""
+    from engine.jobs import run_cli
+    from engine.stitching import stitch
+    r = run_cli(stitch, device=args.device, model_a=args.model_a, hook_a=args.hook_a,
+                model_b=args.model_b, hook_b=args.hook_b, train_source=args.train,
+                eval_source=args.eval, ridge=args.ridge, max_tokens=args.max_tokens,
+                per_position=args.per_position, finetune_steps=args.finetune_steps)
+    print(f"stitched {r.hook_a} -> {r.hook_b}: accuracy {r.accuracy_stitched:.4f} (B alone "
+          f"{r.accuracy_b:.4f}, A alone {r.accuracy_a:.4f}); loss {r.loss_stitched:.4f} (B alone "
+          f"{r.loss_b:.4f}); map R^2 {r.fit_r2:.3f}; {r.n_train} training and {r.n_eval} "
+          "held-out rows")
+    return 0
+
+
 def gui_views() -> list:
     """The views the main window docks, in order (the shell itself never imports views)."""
     from views.features import FeatureBrowser
+    from views.geometry import GeometryView
     from views.scatter import ScatterView
-    return [("Scatter", ScatterView), ("Features", FeatureBrowser)]
+    return [("Scatter", ScatterView), ("Features", FeatureBrowser), ("Geometry", GeometryView)]
 
 
 def cmd_gui(args: argparse.Namespace) -> int:
@@ -309,10 +403,59 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--out", required=True, help=".npz to write (load_comparison reads it)")
     cp.set_defaults(func=cmd_compare_pruned)
 
+    cm = sub.add_parser("compare", help="similarity of two representations (CKA, CCA, Procrustes, "
+                        "RSA, mutual kNN), or a layer x layer matrix")
+    cm.add_argument("a", help="STORE.h5[:HOOK] (with --layers: STORE.h5[:H1,H2,...], default all)")
+    cm.add_argument("b", help="the other side, row-aligned with a (the same store is fine)")
+    cm.add_argument("--measures", default="linear_cka",
+                    help="comma-separated: linear_cka, rbf_cka, debiased_cka, svcca, pwcca, procrustes, "
+                    "procrustes_angular, rsa_pearson, rsa_spearman, mutual_knn; or all")
+    cm.add_argument("--layers", action="store_true", help="every hook of a against every hook of b")
+    cm.add_argument("--max-rows", type=int, default=None, help="subsample rows (Gram-form measures "
+                    "default to 10,000)")
+    cm.add_argument("--seed", type=int, default=0)
+    cm.add_argument("--out", default=None, help="write the result as JSON")
+    cm.set_defaults(func=cmd_compare)
+
+    ka = sub.add_parser("kernel-analysis", help="error of a label against the number of leading "
+                        "kernel eigen-components (Montavon et al.)")
+    ka.add_argument("--store", required=True)
+    ka.add_argument("--hook", required=True)
+    ka.add_argument("--label", required=True, help="a label field of the store, e.g. digit or topic")
+    ka.add_argument("--components", default=None, help="e.g. 1,2,4,8,16 (default 1..100)")
+    ka.add_argument("--max-rows", type=int, default=2000)
+    ka.add_argument("--seed", type=int, default=0)
+    ka.set_defaults(func=cmd_kernel_analysis)
+
+    m = sub.add_parser("match", help="match units of two representations, or latents of two SAEs")
+    m.add_argument("a", help="STORE.h5[:HOOK], or an SAE folder with --method sae")
+    m.add_argument("b")
+    m.add_argument("--method", choices=("hungarian", "sparse", "clusters", "sae"), default="hungarian")
+    m.add_argument("--max-rows", type=int, default=20_000)
+    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--alpha", type=float, default=0.01, help="sparse: Lasso penalty")
+    m.add_argument("--max-units", type=int, default=None, help="sparse: units of A per unit of B")
+    m.add_argument("--n-clusters", type=int, default=8, help="clusters: spectral clusters")
+    m.add_argument("--threshold", type=float, default=0.7, help="sae: decoder cosine for a match")
+    m.set_defaults(func=cmd_match)
+
+    st = sub.add_parser("stitch", help="fit an affine map from A's layer to B's and run B on it")
+    st.add_argument("--model-a", required=True)
+    st.add_argument("--hook-a", required=True)
+    st.add_argument("--model-b", required=True)
+    st.add_argument("--hook-b", required=True)
+    st.add_argument("--train", default="digits:train", help="source to fit the map on")
+    st.add_argument("--eval", default="digits:test", help="held-out source")
+    st.add_argument("--ridge", type=float, default=1e-3)
+    st.add_argument("--max-tokens", type=int, default=None, help="language models: tokens to fit on")
+    st.add_argument("--per-position", action="store_true", help="CNNs: a 1x1-conv map (Bansal et al.)")
+    st.add_argument("--finetune-steps", type=int, default=0, help="then train the map on B's task loss")
+    st.set_defaults(func=cmd_stitch)
+
     g = sub.add_parser("gui", help="open the app (the default with no sub-command)")
     g.add_argument("--quit-after", type=float, default=None, help=argparse.SUPPRESS)
     g.set_defaults(func=cmd_gui)
-    for parser in (d, c, z, zp, t, f, pr, cp, g):  # accept --workspace/--device after the sub-command too
+    for parser in (d, c, z, zp, t, f, pr, cp, cm, ka, m, st, g):  # accept --workspace/--device after the sub-command too
         parser.add_argument("--workspace", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         parser.add_argument("--device", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return p

@@ -54,10 +54,15 @@ class MainWindow(QMainWindow):
         self.launched: float | None = None  # perf_counter() at process start, when known
         self.views: dict[str, QWidget] = {}
         self.docks: dict[str, QDockWidget] = {}
-        # no central widget: every panel is a dock, so any can move anywhere
+        # no central widget: every panel is a dock, so any can move anywhere. The first view
+        # sits left, the second right, and later ones are tabs behind the second.
         for i, (name, factory) in enumerate(views):
             self._add_dock(name, factory(state), Qt.DockWidgetArea.LeftDockWidgetArea
                            if i == 0 else Qt.DockWidgetArea.RightDockWidgetArea)
+            if i >= 2:
+                self.tabifyDockWidget(self.docks[views[1][0]], self.docks[name])
+        if len(views) > 2:
+            self.docks[views[1][0]].raise_()
         self.jobs = JobsPanel(bridge)
         self._add_dock("Jobs", self.jobs, Qt.DockWidgetArea.BottomDockWidgetArea)
         self._default_layout = self.saveState()
