@@ -29,7 +29,8 @@ class JobRow(QWidget):
     def __init__(self, bridge: EngineBridge, job_id: int, title: str) -> None:
         super().__init__()
         self.job_id = job_id
-        self.title = QLabel(title)
+        self.title = QLabel(title if len(title) <= 48 else title[:22] + "\u2026" + title[-25:])
+        self.title.setToolTip(title)
         self.title.setMinimumWidth(140)
         self.bar = QProgressBar()
         self.bar.setRange(0, 0)  # busy until the first progress report

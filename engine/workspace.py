@@ -139,6 +139,7 @@ class DemoSpec:
     sae_name: str = "topk"
     umap: bool = True
     umap_rows: int = 20_000
+    zoo: bool = True  # digits-zoo CNNs (two seeds, a pruned family) for the geometry view
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -149,7 +150,8 @@ class Stage(NamedTuple):
     workspace: Workspace
 
 
-STAGES = ("capture", "SAE", "feature statistics", "PCA", "UMAP")
+STAGES = ("capture", "SAE", "feature statistics", "PCA", "UMAP", "digits zoo")
+ZOO_HOOKS = ("blocks.0.hook_post", "blocks.1.hook_post", "logits")
 
 
 def _stage_ctx(ctx: JobContext, i: int, n: int, name: str) -> JobContext:
@@ -174,7 +176,7 @@ def build_demo(ctx: JobContext, root: str | os.PathLike, spec: DemoSpec = DemoSp
     """Job: build (or finish, or just reopen) a demo workspace, announcing each stage with
     ``ctx.partial(Stage(...))`` and each projection frame with ``ctx.partial(Layout)``."""
     ws = Workspace.open_or_create(root)
-    n = len(STAGES) - (0 if spec.umap else 1)
+    n = len(STAGES) - (0 if spec.umap else 1) - (0 if spec.zoo else 1)
     store = ws.root / "stores" / f"demo_{_slug(spec.model)}.h5"
     if not _store_complete(store, spec.hook, spec.max_tokens):
         from engine.capture import capture
@@ -208,7 +210,36 @@ def build_demo(ctx: JobContext, root: str | os.PathLike, spec: DemoSpec = DemoSp
                              cache_dir=ws.projections_dir, max_rows=spec.umap_rows if method == "umap" else None)
             ctx.partial(layout)
     ctx.partial(Stage("projection", ws))
+    if spec.zoo:
+        build_zoo(_stage_ctx(ctx, n, n, "digits zoo"), ws)
+        ctx.partial(Stage("zoo", ws))
     return ws
+
+
+def build_zoo(ctx: JobContext, ws: Workspace, seeds: tuple[int, ...] = (0, 1)) -> list[Path]:
+    """Two seeds of a small digits CNN under ``models/``, seed 0's magnitude/random/structured
+    pruned family under ``models/pruned/``, and a capture of each seed over ``digits:test``
+    under ``stores/`` (rows in source order, so pruning flips select the same images).
+    Seconds of work; what exists is kept. Returns the store paths."""
+    from engine.capture import capture
+    from engine.models.digits_zoo import prune_zoo, train_zoo
+    models = ws.root / "models"
+    names = [f"cnn-w8-d2-s{seed}" for seed in seeds]
+    missing = [s for s, name in zip(seeds, names, strict=True)
+               if not (models / name / "latentlab_model.json").is_file()]
+    if missing:
+        train_zoo(ctx, str(models), arch="cnn", widths=(8,), depths=(2,), seeds=tuple(missing))
+    pruned = models / "pruned"
+    if not any(pruned.glob("*/latentlab_model.json")):
+        prune_zoo(ctx, str(models / names[0]), str(pruned), sparsities=(0.5, 0.9))
+    stores = []
+    for name in names:
+        out = ws.root / "stores" / f"digits_{name}.h5"
+        if not _store_complete(out, ZOO_HOOKS[-1], 1):
+            capture(ctx, model=str(models / name), source="digits:test", hooks=list(ZOO_HOOKS),
+                    out=out, resume=out.exists())
+        stores.append(out)
+    return stores
 
 
 def _demo_stats(ctx: JobContext, ws: Workspace) -> None:

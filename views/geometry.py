@@ -57,6 +57,12 @@ class GeometryView(QWidget):
         """Re-read the workspace's stores and model folders (after new captures)."""
         self._on_workspace_changed(self.state.workspace)
 
+    def showEvent(self, event) -> None:  # noqa: N802 - Qt's name
+        """Coming into view (e.g. its tab raised) re-reads the workspace: stores and models
+        made since (a demo stage, a CLI capture) appear without a restart."""
+        super().showEvent(event)
+        self.refresh()
+
     # ------------------------------------------------------------ session
     def session_state(self) -> dict[str, Any]:
         """The chosen sources, hook points, measure, models and the open tab."""

@@ -1,0 +1,63 @@
+"""Workspace folders: the manifest round-trips with relative paths, bad folders and files
+give one clear sentence, and the digits-zoo stage of the demo builds what the geometry view
+needs (two seeds, a pruned family, captures over digits:test) and reuses it."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import torch
+
+from engine.errors import LatentLabError
+from engine.jobs import JobContext
+from engine.store import ActivationStore
+from engine.workspace import ZOO_HOOKS, Workspace, build_zoo
+
+
+def test_manifest_round_trips_with_paths_relative_to_the_folder(tmp_path):
+    ws = Workspace.create(tmp_path / "a", model="smollm2", store=tmp_path / "a" / "stores" / "x.h5",
+                          hook="blocks.1.hook_resid_post", sae=tmp_path / "a" / "saes" / "topk", sae_id="topk")
+    data = json.loads((ws.root / "workspace.json").read_text())
+    assert data["store"] == "stores/x.h5" and data["sae"] == "saes/topk"
+    moved = tmp_path / "b"
+    ws.root.rename(moved)
+    again = Workspace.open(moved)
+    assert again.store == moved / "stores" / "x.h5" and again.sae_id == "topk"
+    assert {p.name for p in moved.iterdir()} >= {"stores", "saes", "projections", "workspace.json"}
+
+
+@pytest.mark.parametrize("content, needle", [
+    (None, "does not exist"),
+    ("", "has no workspace.json"),
+    ("{not json", "not readable JSON"),
+    ('["a"]', "expected a JSON object"),
+    ('{"store": 3}', "field 'store' should be a string"),
+    ('{"format": 99}', "newer than this"),
+])
+def test_bad_workspaces_name_the_problem(tmp_path, content, needle):
+    root = tmp_path / "ws"
+    if content is not None:
+        root.mkdir()
+        if content:
+            (root / "workspace.json").write_text(content)
+    with pytest.raises(LatentLabError, match=needle):
+        Workspace.open(root)
+
+
+def test_zoo_stage_builds_models_pruned_family_and_captures_once(tmp_path):
+    ws = Workspace.create(tmp_path / "ws")
+    ctx = JobContext(device=torch.device("cpu"))
+    stores = build_zoo(ctx, ws)
+    assert [p.name for p in stores] == ["digits_cnn-w8-d2-s0.h5", "digits_cnn-w8-d2-s1.h5"]
+    for path in stores:
+        with ActivationStore.open(path) as store:
+            assert list(store.hooks) == list(ZOO_HOOKS) and store.n_rows == 450  # digits:test
+    pruned = sorted(p.name for p in (ws.root / "models" / "pruned").iterdir())
+    assert len(pruned) == 6 and any("magnitude" in p for p in pruned)
+    stamps = {p: p.stat().st_mtime_ns for p in (ws.root / "models").rglob("*") if p.is_file()}
+    t0 = time.perf_counter()
+    assert build_zoo(ctx, ws) == stores
+    assert time.perf_counter() - t0 < 5.0
+    assert stamps == {p: p.stat().st_mtime_ns for p in (ws.root / "models").rglob("*") if p.is_file()}
