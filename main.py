@@ -189,10 +189,15 @@ def cmd_compare_pruned(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     """Similarity measures between two hook points, or a layer x layer matrix of one."""
+    from engine.errors import LatentLabError
     from engine.geometry import MEASURES, compare, layer_matrix
     from engine.jobs import run_cli
     from engine.store import ActivationStore
-    measures = _csv(args.measures) if args.measures != "all" else list(MEASURES)
+    args.a, args.b = args.a_flag or args.a, args.b_flag or args.b
+    if not args.a or not args.b:
+        raise LatentLabError("compare needs two sides: A B, or --a STORE[:HOOK] --b STORE[:HOOK]")
+    aliases = {"cka": "linear_cka", "cca": "svcca", "rsa": "rsa_pearson", "knn": "mutual_knn"}
+    measures = [aliases.get(m, m) for m in _csv(args.measures)] if args.measures != "all" else list(MEASURES)
     if args.layers:
         (path_a, hooks_a), (path_b, hooks_b) = _layer_spec(args.a), _layer_spec(args.b)
         if len(measures) != 1:
@@ -405,11 +410,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     cm = sub.add_parser("compare", help="similarity of two representations (CKA, CCA, Procrustes, "
                         "RSA, mutual kNN), or a layer x layer matrix")
-    cm.add_argument("a", help="STORE.h5[:HOOK] (with --layers: STORE.h5[:H1,H2,...], default all)")
-    cm.add_argument("b", help="the other side, row-aligned with a (the same store is fine)")
+    cm.add_argument("a", nargs="?", help="STORE.h5[:HOOK] (with --layers: STORE.h5[:H1,H2,...], "
+                    "default all); or give --a")
+    cm.add_argument("b", nargs="?", help="the other side, row-aligned with a (the same store is "
+                    "fine); or give --b")
+    cm.add_argument("--a", dest="a_flag", default=None, help=argparse.SUPPRESS)
+    cm.add_argument("--b", dest="b_flag", default=None, help=argparse.SUPPRESS)
     cm.add_argument("--measures", default="linear_cka",
                     help="comma-separated: linear_cka, rbf_cka, debiased_cka, svcca, pwcca, procrustes, "
-                    "procrustes_angular, rsa_pearson, rsa_spearman, mutual_knn; or all")
+                    "procrustes_angular, rsa_pearson, rsa_spearman, mutual_knn (cka = linear_cka); or all")
     cm.add_argument("--layers", action="store_true", help="every hook of a against every hook of b")
     cm.add_argument("--max-rows", type=int, default=None, help="subsample rows (Gram-form measures "
                     "default to 10,000)")

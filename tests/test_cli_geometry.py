@@ -52,6 +52,15 @@ def test_compare_all_measures_of_a_store_with_itself(zoo, tmp_path):
     assert values["procrustes"] == pytest.approx(0.0, abs=1e-4)
 
 
+def test_compare_with_flags_and_the_cka_alias(zoo, tmp_path, capsys):
+    out = tmp_path / "r.json"
+    a, b = (f"{zoo[f'store{s}']}:blocks.0.hook_post" for s in (0, 1))
+    assert main.main(["compare", "--a", a, "--b", b, "--measures", "cka,svcca", "--out", str(out)]) == 0
+    assert set(json.loads(out.read_text())["values"]) == {"linear_cka", "svcca"}
+    assert main.main(["compare", "--a", a]) == 2
+    assert "two sides" in capsys.readouterr().err
+
+
 def test_match_and_stitch_two_seeds(zoo, capsys):
     a, b = (f"{zoo[f'store{s}']}:blocks.1.hook_post" for s in (0, 1))
     assert main.main(["match", a, b]) == 0
