@@ -1,5 +1,11 @@
 """The engine bridge: one QThread that owns the torch device and runs engine jobs one at a
-time, turning their progress, partial results, results and errors into queued Qt signals.
+time, turning their progress, partial results, results and errors into Qt signals.
+
+The engine thread never touches Qt: it puts its reports into a plain queue that a timer on
+the GUI thread drains (every 15 ms) and turns into signals there. A queued Qt signal with
+Python arguments emitted from the worker can deadlock with PySide6: Qt holds a pooled
+signal-slot mutex while copying the arguments, which needs the GIL, while the GUI thread,
+holding the GIL, destroys a garbage-collected QObject that needs the same mutex.
 
 Jobs follow the engine's protocol (``fn(ctx, **params)``). A job submitted with a ``key``
 replaces any queued or running job of the same key (a stale request is cancelled and its
@@ -16,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from PySide6.QtCore import QObject, QThread, Signal, Slot
+from PySide6.QtCore import QObject, QThread, QTimer, Signal, Slot
 
 from engine.errors import LatentLabError
 from engine.jobs import Cancelled, JobContext, resolve_device
@@ -85,13 +91,13 @@ class _Worker(QThread):
             if now - last[0] < 0.05 and pct == last[1] and done < total:
                 return
             last[0], last[1] = now, pct
-            self.bridge.progress.emit(job.id, int(done), int(total), str(message))
+            self.bridge._inbox.put(("progress", job.id, (int(done), int(total), str(message))))
 
         job.ctx = JobContext(device=self.device, on_progress=progress,
-                             on_partial=lambda obj: self.bridge.partial.emit(job.id, obj),
+                             on_partial=lambda obj: self.bridge._inbox.put(("partial", job.id, obj)),
                              cancel_event=job.cancel_event)
         job.state, job.started = RUNNING, time.perf_counter()
-        self.bridge.started.emit(job.id)
+        self.bridge._inbox.put(("started", job.id, None))
         try:
             result = job.fn(job.ctx, **job.params)
         except Cancelled:
@@ -110,15 +116,18 @@ class EngineBridge(QObject):
     progress = Signal(int, int, int, str)  # job id, done, total, message
     partial = Signal(int, object)
     finished = Signal(int, str)  # job id, final state (done / failed / cancelled)
-    _done = Signal(int, str, object)  # from the engine thread: job id, state, payload
 
     def __init__(self, device: str | None = None, parent: QObject | None = None) -> None:
         super().__init__(parent)
         self._ids = itertools.count(1)
         self.jobs: dict[int, Job] = {}
+        self._inbox: queue.SimpleQueue[tuple[str, int, Any]] = queue.SimpleQueue()
         self._worker = _Worker(self, device)
         self.partial.connect(self._on_partial)
-        self._done.connect(self._on_done)
+        self._timer = QTimer(self)
+        self._timer.setInterval(15)
+        self._timer.timeout.connect(self._drain)
+        self._timer.start()
         self._worker.start()
 
     @property
@@ -169,11 +178,35 @@ class EngineBridge(QObject):
         self.cancel_all()
         self._worker.jobs.put(None)
         self._worker.wait(int(timeout * 1000))
+        self._timer.stop()
+        self._drain()  # deliver the last reports (cancellations) before the bridge goes
 
     # ----------------------------------------------------------- engine thread -> GUI
     def _finish(self, job: Job, state: str, payload: Any) -> None:
         job.seconds = time.perf_counter() - job.started if job.started else 0.0
-        self._done.emit(job.id, state, payload)
+        self._inbox.put(("done", job.id, (state, payload)))
+
+    @Slot()
+    def _drain(self) -> None:
+        """Turn the engine thread's reports into signals, on the GUI thread, in order; of a
+        run of progress reports only each job's latest is shown."""
+        reports = []
+        while True:
+            try:
+                reports.append(self._inbox.get_nowait())
+            except queue.Empty:
+                break
+        latest = {job_id: i for i, (kind, job_id, _) in enumerate(reports) if kind == "progress"}
+        for i, (kind, job_id, data) in enumerate(reports):
+            if kind == "progress":
+                if latest[job_id] == i:
+                    self.progress.emit(job_id, *data)
+            elif kind == "partial":
+                self.partial.emit(job_id, data)
+            elif kind == "started":
+                self.started.emit(job_id)
+            else:
+                self._on_done(job_id, *data)
 
     @Slot(int, object)
     def _on_partial(self, job_id: int, obj: Any) -> None:
@@ -181,7 +214,6 @@ class EngineBridge(QObject):
         if job is not None and job.on_partial is not None and not job.cancel_event.is_set():
             job.on_partial(obj)
 
-    @Slot(int, str, object)
     def _on_done(self, job_id: int, state: str, payload: Any) -> None:
         job = self.jobs[job_id]
         job.state = state
