@@ -5,7 +5,10 @@ The engine thread never touches Qt: it puts its reports into a plain queue that 
 the GUI thread drains (every 15 ms) and turns into signals there. A queued Qt signal with
 Python arguments emitted from the worker can deadlock with PySide6: Qt holds a pooled
 signal-slot mutex while copying the arguments, which needs the GIL, while the GUI thread,
-holding the GIL, destroys a garbage-collected QObject that needs the same mutex.
+holding the GIL, destroys a garbage-collected QObject that needs the same mutex. For the
+same reason Python's cyclic garbage collector must not run on the engine thread (it would
+destroy Qt wrappers there): while a bridge lives, automatic collection is off and a GUI-thread
+timer collects by the same thresholds (as pyqtgraph's GarbageCollector does).
 
 Jobs follow the engine's protocol (``fn(ctx, **params)``). A job submitted with a ``key``
 replaces any queued or running job of the same key (a stale request is cancelled and its
@@ -13,6 +16,7 @@ answers dropped), which is how a view keeps only its latest request alive."""
 
 from __future__ import annotations
 
+import gc
 import itertools
 import queue
 import threading
@@ -60,6 +64,14 @@ def describe_error(exc: BaseException) -> tuple[str, str]:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     name = type(exc).__name__
     return (f"The job failed with {name}: {text}" if text else f"The job failed with {name}."), details
+
+
+def _collect_garbage() -> None:
+    """On the GUI thread: collect the generation whose allocation threshold was passed."""
+    counts, thresholds = gc.get_count(), gc.get_threshold()
+    generation = max((g for g in range(3) if counts[g] > thresholds[g]), default=None)
+    if generation is not None:
+        gc.collect(generation)
 
 
 class _Worker(QThread):
@@ -111,6 +123,8 @@ class _Worker(QThread):
 class EngineBridge(QObject):
     """Submit engine jobs from the GUI thread; watch them through signals."""
 
+    _live = 0  # bridges alive: automatic garbage collection is off while any is
+
     submitted = Signal(int)  # job id
     started = Signal(int)
     progress = Signal(int, int, int, str)  # job id, done, total, message
@@ -128,6 +142,13 @@ class EngineBridge(QObject):
         self._timer.setInterval(15)
         self._timer.timeout.connect(self._drain)
         self._timer.start()
+        if EngineBridge._live == 0:
+            gc.disable()
+        EngineBridge._live += 1
+        self._gc_timer = QTimer(self)
+        self._gc_timer.setInterval(500)
+        self._gc_timer.timeout.connect(_collect_garbage)
+        self._gc_timer.start()
         self._worker.start()
 
     @property
@@ -180,6 +201,11 @@ class EngineBridge(QObject):
         self._worker.wait(int(timeout * 1000))
         self._timer.stop()
         self._drain()  # deliver the last reports (cancellations) before the bridge goes
+        if self._gc_timer.isActive():
+            self._gc_timer.stop()
+            EngineBridge._live -= 1
+            if EngineBridge._live == 0:
+                gc.enable()
 
     # ----------------------------------------------------------- engine thread -> GUI
     def _finish(self, job: Job, state: str, payload: Any) -> None:

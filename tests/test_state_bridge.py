@@ -111,3 +111,39 @@ def test_errors_become_one_sentence_with_details(bridge):
     assert errors[0][0] == "store.h5: no hook point 'x'" and "Traceback" in errors[0][1]
     assert bridge.jobs[job].state == FAILED
     assert bridge.jobs[job].error[0] == "The job failed with KeyError: 'missing'"
+
+
+class _Cycle:
+    """Cyclic garbage that records the thread it was collected on."""
+
+    collected_on: list[int] = []
+
+    def __init__(self) -> None:
+        self.me = self
+
+    def __del__(self) -> None:
+        _Cycle.collected_on.append(threading.get_ident())
+
+
+def _allocate(ctx, n):
+    junk = [[i] for i in range(n)]  # enough allocations to trigger an automatic collection
+    return len(junk)
+
+
+def test_garbage_is_collected_on_the_gui_thread_only(qapp, qtbot):
+    """Collecting Qt wrappers on the engine thread deadlocks PySide6: while a bridge lives,
+    automatic collection is off and the GUI thread collects on a timer."""
+    import gc
+    bridge = EngineBridge("cpu")
+    try:
+        assert not gc.isenabled()
+        _Cycle.collected_on.clear()
+        for _ in range(2000):  # past the first generation's threshold (700)
+            _Cycle()
+        bridge.submit("allocate", _allocate, n=200_000)
+        assert bridge.wait_idle(30)
+        qtbot.waitUntil(lambda: len(_Cycle.collected_on) == 2000, timeout=10_000)
+        assert set(_Cycle.collected_on) == {threading.get_ident()}
+    finally:
+        bridge.shutdown()
+    assert gc.isenabled()
