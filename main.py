@@ -285,6 +285,69 @@ def cmd_stitch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _interventions(specs: list[str], adapter) -> list:
+    """Parse --intervention specs (see the steer help) into engine.steering interventions."""
+    from engine.errors import LatentLabError
+    from engine.sae.io import load_sae
+    from engine.steering import (
+        AblateLatents,
+        AddDirection,
+        ClampLatents,
+        concept_vector,
+        latent_direction,
+    )
+    out = []
+    for spec in specs:
+        kind, _, rest = spec.partition(":")
+        parts = rest.split(":")
+        try:
+            if kind == "add" and len(parts) == 3:
+                hook, alpha, source = parts[0], float(parts[1]), parts[2]
+                name, _, value = source.partition("=")
+                if name == "concept":
+                    sets = json.loads(Path(value).read_text())
+                    direction = concept_vector(adapter, hook, sets["positive"], sets["negative"])
+                elif name == "latent":
+                    folder, _, latent = value.rpartition("#")
+                    direction = latent_direction(load_sae(folder), int(latent))
+                else:
+                    raise ValueError(f"unknown direction source {name!r}")
+                out.append(AddDirection(hook, direction, alpha))
+            elif kind == "clamp" and len(parts) == 3:
+                pairs = [p.split("=") for p in parts[2].split(",")]
+                out.append(ClampLatents(parts[0], load_sae(parts[1]), tuple(int(j) for j, _ in pairs),
+                                        tuple(float(v) for _, v in pairs)))
+            elif kind == "ablate" and len(parts) == 3:
+                out.append(AblateLatents(parts[0], load_sae(parts[1]),
+                                         tuple(int(j) for j in parts[2].split(","))))
+            else:
+                raise ValueError("expected add:HOOK:ALPHA:concept=FILE.json | add:HOOK:ALPHA:latent=SAE#J"
+                                 " | clamp:HOOK:SAE:J=V[,J=V] | ablate:HOOK:SAE:J[,J]")
+        except (ValueError, KeyError, OSError, json.JSONDecodeError) as exc:
+            raise LatentLabError(f"--intervention {spec!r}: {exc}") from None
+    return out
+
+
+def cmd_steer(args: argparse.Namespace) -> int:
+    """Baseline and steered continuations of one prompt, side by side."""
+    from engine.jobs import resolve_device, run_cli
+    from engine.models.registry import cached_model
+    from engine.steering import compare_generation
+    adapter = cached_model(args.model)
+    adapter.to(resolve_device(args.device))
+    interventions = _interventions(args.intervention, adapter)
+    r = run_cli(compare_generation, device=args.device, quiet=True, adapter=adapter, prompt=args.prompt,
+                interventions=interventions, max_new_tokens=args.max_new_tokens, seed=args.seed,
+                sample=args.sample, temperature=args.temperature)
+    print(f"baseline: {r.baseline_text!r}")
+    print(f"steered:  {r.steered_text!r}")
+    where = "never" if r.first_divergence < 0 else f"at new token {r.first_divergence}"
+    print(f"diverges {where}; KL(steered || baseline) of the next token {r.kl:.4f}")
+    print("gained: " + ", ".join(f"{t.text!r} {t.delta:+.3f}" for t in r.gained[:5]))
+    print("lost:   " + ", ".join(f"{t.text!r} {t.delta:+.3f}" for t in r.lost[:5]))
+    return 0
+
+
 def gui_views() -> list:
     """The views the main window docks, in order (the shell itself never imports views)."""
     from views.features import FeatureBrowser
@@ -461,10 +524,23 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--finetune-steps", type=int, default=0, help="then train the map on B's task loss")
     st.set_defaults(func=cmd_stitch)
 
+    sr = sub.add_parser("steer", help="generate with and without interventions and compare")
+    sr.add_argument("--model", required=True)
+    sr.add_argument("--prompt", required=True)
+    sr.add_argument("--intervention", action="append", default=[], help="repeatable: "
+                    "add:HOOK:ALPHA:concept=SETS.json (a JSON object with 'positive' and 'negative' "
+                    "text lists), add:HOOK:ALPHA:latent=SAE_DIR#J, clamp:HOOK:SAE_DIR:J=V[,J=V], "
+                    "ablate:HOOK:SAE_DIR:J[,J]")
+    sr.add_argument("--max-new-tokens", type=int, default=20)
+    sr.add_argument("--seed", type=int, default=0)
+    sr.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    sr.add_argument("--temperature", type=float, default=1.0)
+    sr.set_defaults(func=cmd_steer)
+
     g = sub.add_parser("gui", help="open the app (the default with no sub-command)")
     g.add_argument("--quit-after", type=float, default=None, help=argparse.SUPPRESS)
     g.set_defaults(func=cmd_gui)
-    for parser in (d, c, z, zp, t, f, pr, cp, cm, ka, m, st, g):  # accept --workspace/--device after the sub-command too
+    for parser in (d, c, z, zp, t, f, pr, cp, cm, ka, m, st, sr, g):  # accept --workspace/--device after the sub-command too
         parser.add_argument("--workspace", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         parser.add_argument("--device", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return p
