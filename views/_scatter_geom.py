@@ -116,6 +116,22 @@ def box_polygon(x0: float, y0: float, x1: float, y1: float) -> np.ndarray:
     return np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], np.float64)
 
 
+def extend_brush(path: list[tuple[float, float]], x: float, y: float, box: bool) -> np.ndarray:
+    """Add the pointer (x, y) to a drag's ``path`` (in place) and return the polygon it
+    outlines: a lasso keeps every point, a box its first corner and the pointer."""
+    point = (float(x), float(y))
+    if box:
+        path[1:] = [point]
+        return box_polygon(*path[0], *point)
+    path.append(point)
+    return np.array(path)
+
+
+def brush_polygon(path: list[tuple[float, float]], box: bool) -> np.ndarray:
+    """The polygon a finished drag selects with: the lasso's points, or the box's corners."""
+    return box_polygon(*path[0], *path[-1]) if box else np.array(path, np.float64)
+
+
 def fit_rect(target: tuple[float, float, float, float], w: float, h: float
              ) -> tuple[float, float, float, float]:
     """(x, y, width, height) of a w x h picture scaled into ``target`` (x, y, width,

@@ -3,8 +3,10 @@ legend paints itself through ``paint_to`` so the figure export draws the same th
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
-from PySide6.QtCore import QPoint, QRectF, QSize, Qt
+from PySide6.QtCore import QEvent, QObject, QPoint, QRectF, QSize, Qt
 from PySide6.QtGui import QColor, QFont, QFontMetricsF, QImage, QPainter, QPixmap
 from PySide6.QtWidgets import QFrame, QLabel, QVBoxLayout, QWidget
 
@@ -122,3 +124,16 @@ def grey_pixmap(image: np.ndarray, size: int) -> QPixmap:
     return QPixmap.fromImage(img).scaled(size, size * h // max(w, 1),
                                          Qt.AspectRatioMode.KeepAspectRatio,
                                          Qt.TransformationMode.FastTransformation)
+
+
+class LeaveFilter(QObject):
+    """Calls ``on_leave`` when the pointer leaves the filtered widget (hides the hover tip)."""
+
+    def __init__(self, on_leave: Callable[[], None]) -> None:
+        super().__init__()
+        self.on_leave = on_leave
+
+    def eventFilter(self, obj, event) -> bool:  # noqa: N802 - Qt's name
+        if event.type() == QEvent.Type.Leave:
+            self.on_leave()
+        return False

@@ -9,11 +9,12 @@ from collections.abc import Callable
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import QEvent, QObject, QPoint, QPointF, QRectF, Qt
+from PySide6.QtCore import QPoint, QPointF, QRectF, Qt
 from PySide6.QtGui import QBrush, QColor, QPainter, QPainterPath, QPen
 from PySide6.QtWidgets import QGraphicsPathItem, QWidget
 
-from views._scatter_geom import CountImage, box_polygon, fit_rect
+from views._scatter_geom import CountImage, brush_polygon, extend_brush, fit_rect
+from views._scatter_legend import LeaveFilter
 
 LOD_ABOVE = 100_000  # more points than this in view: draw the count image instead
 BIN_PX = 2  # count-image bin size in screen pixels
@@ -41,17 +42,6 @@ class _BrushViewBox(pg.ViewBox):
         self.owner.extend_path(here.x(), here.y())
         if ev.isFinish():
             self.owner.finish_path(ev.modifiers())
-
-
-class _LeaveFilter(QObject):
-    def __init__(self, on_leave: Callable[[], None]) -> None:
-        super().__init__()
-        self.on_leave = on_leave
-
-    def eventFilter(self, obj, event) -> bool:  # noqa: N802 - Qt's name
-        if event.type() == QEvent.Type.Leave:
-            self.on_leave()
-        return False
 
 
 class PgBackend:
@@ -86,7 +76,7 @@ class PgBackend:
         self._brushes: dict[tuple[int, ...], QBrush] = {}
         self.vb.sigRangeChanged.connect(self._on_range)
         self.widget.scene().sigMouseMoved.connect(self._on_mouse_moved)
-        self._leave = _LeaveFilter(on_leave)
+        self._leave = LeaveFilter(on_leave)
         self.widget.viewport().installEventFilter(self._leave)
 
     # ------------------------------------------------------------------ data
@@ -191,13 +181,7 @@ class PgBackend:
 
     # ------------------------------------------------------------------ mouse
     def extend_path(self, x: float, y: float) -> None:
-        if self.mode == "box":
-            x0, y0 = self.path[0]
-            self.path = [(x0, y0), (x, y)]
-            poly = box_polygon(x0, y0, x, y)
-        else:
-            self.path.append((x, y))
-            poly = np.array(self.path)
+        poly = extend_brush(self.path, x, y, self.mode == "box")
         qpath = QPainterPath(QPointF(*poly[0]))
         for px, py in poly[1:]:
             qpath.lineTo(px, py)
@@ -205,11 +189,7 @@ class PgBackend:
         self.path_item.setPath(qpath)
 
     def finish_path(self, modifiers: Qt.KeyboardModifier) -> None:
-        if self.mode == "box":
-            (x0, y0), (x1, y1) = self.path[0], self.path[-1]
-            poly = box_polygon(x0, y0, x1, y1)
-        else:
-            poly = np.array(self.path, np.float64)
+        poly = brush_polygon(self.path, self.mode == "box")
         self.path = []
         self.path_item.setPath(QPainterPath())
         self.on_brush(poly, modifiers)

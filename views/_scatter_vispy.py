@@ -7,11 +7,12 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-from PySide6.QtCore import QEvent, QObject, QPoint, QPointF, QRectF, Qt
+from PySide6.QtCore import QPoint, QPointF, QRectF, Qt
 from PySide6.QtGui import QImage, QPainter
 from PySide6.QtWidgets import QWidget
 
-from views._scatter_geom import box_polygon, fit_rect
+from views._scatter_geom import brush_polygon, extend_brush, fit_rect
+from views._scatter_legend import LeaveFilter
 
 DIM_Z = 0.5  # depth of dimmed points (nearer is smaller)
 BrushFn = Callable[[np.ndarray, Qt.KeyboardModifier], None]
@@ -68,17 +69,6 @@ def _camera_class():
     return BrushCamera
 
 
-class _LeaveFilter(QObject):
-    def __init__(self, on_leave: Callable[[], None]) -> None:
-        super().__init__()
-        self.on_leave = on_leave
-
-    def eventFilter(self, obj, event) -> bool:  # noqa: N802 - Qt's name
-        if event.type() == QEvent.Type.Leave:
-            self.on_leave()
-        return False
-
-
 class VispyBackend:
     """vispy drawing: one Markers visual; colours update in place without new coordinates."""
 
@@ -110,7 +100,7 @@ class VispyBackend:
         self.rgba = np.empty((0, 4), np.float32)
         self.size = 5.0
         self.canvas.events.mouse_move.connect(self._on_mouse_move)
-        self._leave = _LeaveFilter(on_leave)
+        self._leave = LeaveFilter(on_leave)
         self.widget.installEventFilter(self._leave)
 
     # ------------------------------------------------------------------ data
@@ -187,23 +177,13 @@ class VispyBackend:
 
     # ------------------------------------------------------------------ mouse
     def extend_path(self, x: float, y: float) -> None:
-        if self.mode == "box":
-            x0, y0 = self.path[0]
-            self.path = [(x0, y0), (float(x), float(y))]
-            poly = box_polygon(x0, y0, x, y)
-        else:
-            self.path.append((float(x), float(y)))
-            poly = np.array(self.path)
+        poly = extend_brush(self.path, x, y, self.mode == "box")
         if len(poly) >= 2:
             self.line.set_data(np.vstack([poly, poly[:1]]).astype(np.float32))
             self.line.visible = True
 
     def finish_path(self, modifiers: Qt.KeyboardModifier) -> None:
-        if self.mode == "box":
-            (x0, y0), (x1, y1) = self.path[0], self.path[-1]
-            poly = box_polygon(x0, y0, x1, y1)
-        else:
-            poly = np.array(self.path, np.float64)
+        poly = brush_polygon(self.path, self.mode == "box")
         self.path = []
         self.line.visible = False
         self.on_brush(poly, modifiers)
