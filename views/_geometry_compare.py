@@ -31,8 +31,8 @@ from desktop_app.state import AppState
 from engine.geometry import MEASURES, Comparison, LayerMatrix, compare, layer_matrix
 from engine.matching import NeuronMatch, match
 from engine.stitching import StitchResult, stitch
-from views._geometry_common import Requests, StorePicker, resolve_zoo_folder
-from views._geometry_plots import (
+from views._geometry_common import StorePicker, resolve_zoo_folder
+from views._plots import (
     HeatmapPlot,
     paint_hint,
     paint_plot,
@@ -40,6 +40,7 @@ from views._geometry_plots import (
     set_title,
     style_plot,
 )
+from views._requests import Requests
 
 
 class Sources(NamedTuple):

@@ -40,8 +40,8 @@ from engine.pruning_geometry import (
     compare_pruned,
     load_comparison,
 )
-from views._geometry_common import Requests, is_pruned, workspace_models, zoo_info
-from views._geometry_plots import (
+from views._geometry_common import is_pruned, workspace_models, zoo_info
+from views._plots import (
     paint_hint,
     paint_plot,
     paint_table,
@@ -50,6 +50,7 @@ from views._geometry_plots import (
     step_histograms,
     style_plot,
 )
+from views._requests import Requests
 
 QUANTITIES = {"norm": "norm", "angle to class weight (rad)": "angle_weight",
               "angle to centroid (rad)": "angle_centroid", "margin (logit)": "margin",

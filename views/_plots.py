@@ -1,6 +1,6 @@
-"""Drawing for the geometry view: the layer x layer heatmap (pyqtgraph ImageItem and
-ColorBarItem, as pyqtgraph's MatrixDisplayExample), overlaid step histograms, and helpers
-that paint plots, tables and hints into any QPainter for figure export."""
+"""Drawing shared by views: a matrix heatmap (pyqtgraph ImageItem and ColorBarItem, as
+pyqtgraph's MatrixDisplayExample), overlaid step histograms, and helpers that paint
+plots, tables and hints into any QPainter for figure export."""
 
 from __future__ import annotations
 
