@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -348,12 +349,111 @@ def cmd_steer(args: argparse.Namespace) -> int:
     return 0
 
 
+def _numbers(flag: str, text: str, kind: type = float) -> list:
+    """A comma-separated number list of a flag; LatentLabError naming the flag when bad or empty."""
+    from engine.errors import LatentLabError
+    try:
+        values = [kind(x) for x in _csv(text)]
+    except ValueError:
+        raise LatentLabError(f"{flag} {text!r}: expected comma-separated numbers") from None
+    if not values:
+        raise LatentLabError(f"{flag} {text!r}: give at least one number")
+    return values
+
+
+def _concept_words(args: argparse.Namespace, sets: dict) -> list[str]:
+    """--words, else the concept file's 'words'; LatentLabError when neither gives any."""
+    from engine.errors import LatentLabError
+    words = _csv(args.words) if args.words else sets["words"]
+    if not words:
+        raise LatentLabError(f"no concept words: give --words ocean,sea or a 'words' list in {args.concept}")
+    return words
+
+
+def _steering_model(args: argparse.Namespace, hooks: list[str]):
+    """The model on its device, with ``hooks`` checked against its hook points."""
+    from engine.hooks import check_hooks
+    from engine.jobs import resolve_device
+    from engine.models.registry import cached_model
+    adapter = cached_model(args.model)
+    adapter.to(resolve_device(args.device))
+    check_hooks(hooks, adapter.hook_points(), adapter.model_id)
+    return adapter
+
+
+def _check_out(path: str | None) -> None:
+    """Fail before the work when --out cannot be written (its folder is missing)."""
+    from engine.errors import LatentLabError
+    if path and not Path(path).absolute().parent.is_dir():
+        raise LatentLabError(f"--out {path}: the folder {Path(path).absolute().parent} does not exist")
+
+
+def _write_out(path: str | None, result) -> None:
+    from engine.errors import LatentLabError
+    if path:
+        try:
+            result.save(path)
+        except OSError as exc:
+            raise LatentLabError(f"--out {path}: cannot write it ({exc.strerror or exc})") from None
+        print(f"wrote {path}")
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """Concept score, coherence and KL over a grid of hook points x strengths."""
+    from engine.errors import LatentLabError
+    from engine.jobs import run_cli
+    from engine.steering_sweep import (
+        NEUTRAL_PROMPTS,
+        concept_directions,
+        concept_token_ids,
+        load_concept_sets,
+        sweep,
+    )
+    sets = load_concept_sets(args.concept)
+    words, strengths = _concept_words(args, sets), _numbers("--strengths", args.strengths)
+    _check_out(args.out)
+    if bool(args.hooks) == bool(args.layers):
+        raise LatentLabError("sweep needs hook points: give --hooks H1,H2 or --layers 3,6,9 (not both)")
+    hooks = _csv(args.hooks) if args.hooks else \
+        [f"blocks.{n}.hook_resid_post" for n in _numbers("--layers", args.layers, int)]
+    adapter = _steering_model(args, hooks)
+    directions = concept_directions(adapter, hooks, sets["positive"], sets["negative"])
+    r = run_cli(sweep, device=args.device, adapter=adapter, prompts=args.prompt or list(NEUTRAL_PROMPTS),
+                directions=directions, strengths=strengths, concept_tokens=concept_token_ids(adapter, words),
+                max_new_tokens=args.max_new_tokens, seed=args.seed)
+    print(r.format())
+    _write_out(args.out, r)
+    return 0
+
+
+def cmd_inject(args: argparse.Namespace) -> int:
+    """Concept injection: does the model's answer about its own state name the injected concept?"""
+    from engine.jobs import run_cli
+    from engine.steering import concept_vector
+    from engine.steering_injection import DEFAULT_QUESTIONS, inject_concept
+    from engine.steering_sweep import load_concept_sets
+    sets = load_concept_sets(args.concept)
+    words, strengths = _concept_words(args, sets), _numbers("--strengths", args.strengths)
+    _check_out(args.out)
+    adapter = _steering_model(args, [args.hook])
+    direction = concept_vector(adapter, args.hook, sets["positive"], sets["negative"])
+    r = run_cli(inject_concept, device=args.device, adapter=adapter, hook=args.hook, direction=direction,
+                strengths=strengths, concept_words=words, questions=args.question or list(DEFAULT_QUESTIONS),
+                max_new_tokens=args.max_new_tokens, seed=args.seed, from_question=args.from_question,
+                sample=args.sample, temperature=args.temperature, samples=args.samples)
+    print(r.format())
+    _write_out(args.out, r)
+    return 0
+
+
 def gui_views() -> list:
     """The views the main window docks, in order (the shell itself never imports views)."""
     from views.features import FeatureBrowser
     from views.geometry import GeometryView
     from views.scatter import ScatterView
-    return [("Scatter", ScatterView), ("Features", FeatureBrowser), ("Geometry", GeometryView)]
+    from views.steering import SteeringView
+    return [("Scatter", ScatterView), ("Features", FeatureBrowser), ("Geometry", GeometryView),
+            ("Steering", SteeringView)]
 
 
 def cmd_gui(args: argparse.Namespace) -> int:
@@ -537,10 +637,49 @@ def build_parser() -> argparse.ArgumentParser:
     sr.add_argument("--temperature", type=float, default=1.0)
     sr.set_defaults(func=cmd_steer)
 
+    concept_help = ("SETS.json: {\"positive\": [texts], \"negative\": [texts], optional \"words\": [concept "
+                    "words]}; the direction is mean(positive) - mean(negative) at each hook")
+    sw = sub.add_parser("sweep", help="steer along a concept at several hooks x strengths: concept score, "
+                        "coherence, KL")
+    sw.add_argument("--model", required=True)
+    sw.add_argument("--concept", required=True, help=concept_help)
+    sw.add_argument("--hooks", default=None, help="comma-separated hook points")
+    sw.add_argument("--layers", default=None, help="e.g. 3,6,9: blocks.L.hook_resid_post")
+    sw.add_argument("--strengths", default="-8,-4,0,4,8", help="comma-separated, e.g. -8,-4,0,4,8")
+    sw.add_argument("--prompt", action="append", default=[], help="repeatable (default: a few neutral prompts)")
+    sw.add_argument("--words", default=None, help="concept words for the score, e.g. ocean,sea "
+                    "(default: the file's 'words')")
+    sw.add_argument("--max-new-tokens", type=int, default=10)
+    sw.add_argument("--seed", type=int, default=0)
+    sw.add_argument("--out", default=None, help="write the result as JSON")
+    sw.set_defaults(func=cmd_sweep)
+
+    ij = sub.add_parser("inject", help="concept injection: ask the model about its own state while a "
+                        "concept is added, at several strengths (0 = control)")
+    ij.add_argument("--model", required=True)
+    ij.add_argument("--concept", required=True, help=concept_help)
+    ij.add_argument("--hook", required=True)
+    ij.add_argument("--strengths", default="0,4,8,16", help="comma-separated; include 0 as the control")
+    ij.add_argument("--question", action="append", default=[], help="repeatable (default: three "
+                    "questions about an injected thought)")
+    ij.add_argument("--words", default=None, help="words that count as naming the concept, e.g. "
+                    "ocean,sea,waves (default: the file's 'words')")
+    ij.add_argument("--from-question", action="store_true", help="inject from the question on, not "
+                    "over the preamble too")
+    ij.add_argument("--max-new-tokens", type=int, default=40)
+    ij.add_argument("--seed", type=int, default=0)
+    ij.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    ij.add_argument("--temperature", type=float, default=1.0)
+    ij.add_argument("--samples", type=int, default=1, help="answers per question and strength (seed, seed+1, ...)")
+    ij.add_argument("--out", default=None, help="write the result as JSON")
+    ij.set_defaults(func=cmd_inject)
+    for parser in (sw, ij):  # let --strengths -8,-4,0 through (argparse takes "-8,..." for an option)
+        parser._negative_number_matcher = re.compile(r"^-\.?\d")
+
     g = sub.add_parser("gui", help="open the app (the default with no sub-command)")
     g.add_argument("--quit-after", type=float, default=None, help=argparse.SUPPRESS)
     g.set_defaults(func=cmd_gui)
-    for parser in (d, c, z, zp, t, f, pr, cp, cm, ka, m, st, sr, g):  # accept --workspace/--device after the sub-command too
+    for parser in (d, c, z, zp, t, f, pr, cp, cm, ka, m, st, sr, sw, ij, g):  # accept --workspace/--device after the sub-command too
         parser.add_argument("--workspace", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         parser.add_argument("--device", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return p
