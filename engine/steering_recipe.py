@@ -1,0 +1,292 @@
+"""Steering recipes: the plain-dict interventions that AppState carries and sessions save,
+checked and turned into engine interventions, and the streamed generation the steering
+view's sliders drive (one token at a time, cancellable between tokens)."""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
+
+import torch
+
+from engine.encode import cached_sae
+from engine.errors import LatentLabError, StoreError
+from engine.jobs import JobContext
+from engine.models.base import ModelAdapter
+from engine.models.registry import cached_model
+from engine.steering import (
+    AblateLatents,
+    AddDirection,
+    ClampLatents,
+    Intervention,
+    TokenShift,
+    _next_token_logprobs,
+    _prompt_inputs,
+    _shifts,
+    concept_vector,
+    latent_direction,
+    steered,
+)
+from engine.steering_injection import InjectionResult, inject_concept
+from engine.steering_sweep import SweepResult, concept_token_ids, sweep
+
+KINDS = ("concept", "latent")
+LATENT_MODES = ("add", "clamp", "ablate")
+CONCEPT_CACHE_SIZE = 64
+
+# A starting concept for the view (ocean against other topics); editable in the view.
+OCEAN_TEXTS = ["The ocean is vast and deep, with waves crashing on the shore.",
+               "Sailors crossed the sea, watching the waves and the salty water.",
+               "Whales and dolphins swim in the deep blue ocean.",
+               "The tide rolled in, and sea water covered the sandy beach."]
+OTHER_TEXTS = ["The mountain trail climbed through a dry pine forest.",
+               "She wrote the report on her computer in the office.",
+               "The city traffic was heavy during the morning rush.",
+               "He baked bread in the kitchen with flour and butter."]
+OCEAN_WORDS = ["ocean", "sea", "waves", "water"]
+
+
+# ---------------------------------------------------------------------- recipe items
+def check_item(item: Mapping[str, Any]) -> dict[str, Any]:
+    """A recipe item with its defaults filled in; LatentLabError naming the bad field.
+
+    concept: {kind, hook, strength, positive: [texts], negative: [texts], name}
+    latent:  {kind, hook, strength, sae: folder, latent: int, mode: add|clamp|ablate, name}
+    Both take ``enabled`` (default True)."""
+    if not isinstance(item, Mapping):
+        raise LatentLabError(f"a steering item must be a mapping, not {type(item).__name__}")
+    out = dict(item)
+    kind = out.get("kind")
+    if kind not in KINDS:
+        raise LatentLabError(f"steering item field 'kind' is {kind!r}; expected one of {', '.join(KINDS)}")
+    if not isinstance(out.get("hook"), str) or not out["hook"]:
+        raise LatentLabError(f"steering item field 'hook' is {out.get('hook')!r}; expected a hook point name")
+    try:
+        out["strength"] = float(out.get("strength", 0.0))
+    except (TypeError, ValueError):
+        raise LatentLabError(f"steering item field 'strength' is {out.get('strength')!r}; expected a number") from None
+    out["enabled"] = bool(out.get("enabled", True))
+    if kind == "concept":
+        for field in ("positive", "negative"):
+            texts = out.get(field)
+            if not isinstance(texts, (list, tuple)) or not any(isinstance(t, str) and t.strip() for t in texts):
+                raise LatentLabError(f"concept item field {field!r} needs at least one text")
+            out[field] = [t for t in texts if isinstance(t, str) and t.strip()]
+        out.setdefault("name", "concept")
+    else:
+        if not out.get("sae"):
+            raise LatentLabError("latent item field 'sae' is empty; expected an SAE folder")
+        try:
+            out["latent"] = int(out.get("latent"))
+        except (TypeError, ValueError):
+            raise LatentLabError(f"latent item field 'latent' is {out.get('latent')!r}; expected an integer") from None
+        out["mode"] = out.get("mode", "add")
+        if out["mode"] not in LATENT_MODES:
+            raise LatentLabError(f"latent item field 'mode' is {out['mode']!r}; expected one of "
+                                 f"{', '.join(LATENT_MODES)}")
+        out.setdefault("name", f"latent {out['latent']}")
+    return out
+
+
+_concepts: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+_concepts_lock = threading.Lock()
+
+
+def cached_concept(adapter: ModelAdapter, hook: str, positive: Sequence[str],
+                   negative: Sequence[str]) -> torch.Tensor:
+    """``concept_vector`` memoised per model, hook and prompt sets (a slider that moves the
+    layer or the strength does not re-run the prompt sets)."""
+    key = (adapter.model_id, str(adapter.device), hook, tuple(positive), tuple(negative))
+    with _concepts_lock:
+        hit = _concepts.get(key)
+        if hit is not None:
+            _concepts.move_to_end(key)
+            return hit
+    vec = concept_vector(adapter, hook, positive, negative).to(adapter.device)
+    with _concepts_lock:
+        _concepts[key] = vec
+        while len(_concepts) > CONCEPT_CACHE_SIZE:
+            _concepts.popitem(last=False)
+    return vec
+
+
+def recipe_interventions(adapter: ModelAdapter, recipe: Sequence[Mapping[str, Any]]) -> list[Intervention]:
+    """The interventions of the enabled items, in order. Additions of strength 0 are left
+    out (they change nothing), so an all-zero recipe runs the plain model."""
+    out: list[Intervention] = []
+    for raw in recipe:
+        item = check_item(raw)
+        if not item["enabled"]:
+            continue
+        hook, strength = item["hook"], item["strength"]
+        if item["kind"] == "concept":
+            if strength:
+                out.append(AddDirection(hook, cached_concept(adapter, hook, item["positive"], item["negative"]),
+                                        strength))
+            continue
+        sae = cached_sae(item["sae"], adapter.device)
+        latent = item["latent"]
+        if not 0 <= latent < sae.W_dec.shape[0]:
+            raise LatentLabError(f"latent {latent} is outside the SAE in {item['sae']} "
+                                 f"({sae.W_dec.shape[0]} latents)")
+        if item["mode"] == "add" and strength:
+            out.append(AddDirection(hook, latent_direction(sae, latent), strength))
+        elif item["mode"] == "clamp":
+            out.append(ClampLatents(hook, sae, (latent,), (strength,)))
+        elif item["mode"] == "ablate":
+            out.append(AblateLatents(hook, sae, (latent,)))
+    return out
+
+
+# ---------------------------------------------------------------------- streamed generation
+class Generation(NamedTuple):
+    """A continuation so far (``done`` False while streaming) and, once done for a steered
+    run, how the first next-token distribution moved against the unsteered model."""
+
+    which: str  # "baseline" or "steered"
+    tokens: list[int]  # new tokens only
+    texts: list[str]  # each token's text, for highlighting
+    done: bool
+    kl: float = float("nan")  # KL(steered || baseline) of the token after the prompt
+    gained: list[TokenShift] = []
+    lost: list[TokenShift] = []
+
+
+class _TokenStream:
+    """A transformers streamer: the first ``put`` is the prompt, each later one a new token;
+    every token is sent as a partial and is a cancellation point."""
+
+    def __init__(self, ctx: JobContext, adapter: ModelAdapter, which: str, total: int) -> None:
+        self.ctx, self.adapter, self.which, self.total = ctx, adapter, which, total
+        self.prompt_seen = False
+        self.tokens: list[int] = []
+        self.texts: list[str] = []
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self.prompt_seen:
+            self.prompt_seen = True
+            return
+        self.ctx.check_cancelled()
+        new = value.reshape(-1).tolist()
+        self.tokens.extend(new)
+        self.texts.extend(self.adapter.tokenizer.decode([t]) for t in new)
+        self.ctx.partial(Generation(self.which, list(self.tokens), list(self.texts), False))
+        self.ctx.progress(len(self.tokens), self.total, f"{self.which} token {len(self.tokens)}")
+
+    def end(self) -> None:
+        pass
+
+
+def _ready_model(model: str | ModelAdapter, device: torch.device) -> ModelAdapter:
+    adapter = cached_model(model) if isinstance(model, str) else model
+    if adapter.tokenizer is None:
+        raise LatentLabError(f"model {adapter.model_id} has no tokenizer: steering generates text")
+    if adapter.device != device:
+        adapter.to(device)
+    return adapter
+
+
+def generate_stream(ctx: JobContext, model: str | ModelAdapter, prompt: str,
+                    recipe: Sequence[Mapping[str, Any]] = (), max_new_tokens: int = 20, seed: int = 0,
+                    sample: bool = False, temperature: float = 1.0, which: str = "steered",
+                    compare: bool = True, top: int = 8) -> Generation:
+    """Job: the continuation of ``prompt`` under ``recipe`` (``which="baseline"`` ignores
+    the recipe), streamed token by token as partials; a steered run then compares its first
+    next-token distribution with the unsteered one (``compare``)."""
+    if not prompt:
+        raise LatentLabError("the prompt is empty")
+    adapter = _ready_model(model, ctx.device)
+    interventions = recipe_interventions(adapter, recipe) if which == "steered" else []
+    inputs = _prompt_inputs(adapter, prompt)
+    tok = adapter.tokenizer
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    opts: dict[str, Any] = {"do_sample": sample, "max_new_tokens": max_new_tokens, "use_cache": True,
+                            "pad_token_id": pad}
+    opts.update(dict(temperature=temperature, top_k=0, top_p=1.0) if sample
+                else dict(temperature=None, top_k=None, top_p=None))
+    stream = _TokenStream(ctx, adapter, which, max_new_tokens)
+    torch.manual_seed(seed)
+    with steered(adapter, interventions), torch.inference_mode():
+        adapter.module.generate(**inputs, **opts, streamer=stream)
+    result = Generation(which, stream.tokens, stream.texts, True)
+    if which != "steered" or not compare:
+        return result
+    ctx.check_cancelled()
+    base_lp = _next_token_logprobs(adapter, inputs)
+    with steered(adapter, interventions):
+        steer_lp = _next_token_logprobs(adapter, inputs)
+    kl = float((steer_lp.exp() * (steer_lp - base_lp)).sum().clamp_min(0))
+    delta = steer_lp.exp() - base_lp.exp()
+    return result._replace(kl=kl, gained=_shifts(adapter, delta, top, True),
+                           lost=_shifts(adapter, delta, top, False))
+
+
+def steerable_hooks(ctx: JobContext, model: str) -> list[str]:
+    """Job: the model's hook points (loading it once, so later steering starts warm)."""
+    adapter = _ready_model(model, ctx.device)
+    return list(adapter.hook_sites())
+
+
+def latent_item(ctx: JobContext, sae: str, latent: int, hook: str, store: str | None = None,
+                stats_id: str | None = None) -> dict[str, Any]:
+    """Job: a recipe item adding ``latent``'s decoder row at ``hook``, its strength set to
+    the latent's largest activation in the store's statistics (so the slider starts at a
+    scale the latent itself reaches), its slider range twice that."""
+    from engine.store import ActivationStore
+    n_latents = cached_sae(sae, "cpu").W_dec.shape[0]
+    if not 0 <= int(latent) < n_latents:
+        raise LatentLabError(f"latent {latent} is outside the SAE in {sae} ({n_latents} latents)")
+    top = 0.0
+    if store and stats_id:
+        with ActivationStore.open(store) as st:
+            try:
+                top = float(st.dataset(f"features/{stats_id}/max")[int(latent)])
+            except StoreError:  # no statistics for this SAE yet
+                top = 0.0
+    top = top if top > 0 else 10.0
+    return check_item({"kind": "latent", "hook": hook, "sae": str(sae), "latent": int(latent),
+                       "mode": "add", "strength": round(top, 2), "range": round(2 * top, 1),
+                       "name": f"latent {int(latent)}"})
+
+
+# ---------------------------------------------------------------------- sweeps and injection
+def item_direction(adapter: ModelAdapter, item: Mapping[str, Any], hook: str | None = None) -> torch.Tensor:
+    """The direction a recipe item adds: a concept vector at ``hook`` (default the item's),
+    or a latent's decoder row, which exists at its SAE's hook point only."""
+    item = check_item(item)
+    hook = hook or item["hook"]
+    if item["kind"] == "concept":
+        return cached_concept(adapter, hook, item["positive"], item["negative"])
+    if hook != item["hook"]:
+        raise LatentLabError(f"{item['name']} is a latent of an SAE at {item['hook']}; it has no "
+                             f"direction at {hook} (sweep its strength only, or use a concept vector)")
+    return latent_direction(cached_sae(item["sae"], adapter.device), item["latent"]).to(adapter.device)
+
+
+def sweep_item(ctx: JobContext, model: str, item: Mapping[str, Any], hooks: Sequence[str],
+               strengths: Sequence[float], prompts: Sequence[str], words: Sequence[str],
+               max_new_tokens: int = 8, seed: int = 0) -> SweepResult:
+    """Job: a strength x layer sweep of one recipe item's direction (engine.steering_sweep)."""
+    adapter = _ready_model(model, ctx.device)
+    if not hooks:
+        raise LatentLabError("a sweep needs at least one layer")
+    ctx.progress(0, len(hooks), "directions")
+    directions = {}
+    for hook in hooks:
+        ctx.check_cancelled()
+        directions[hook] = item_direction(adapter, item, hook)
+    tokens = concept_token_ids(adapter, words)
+    return sweep(ctx, adapter, list(prompts), directions, list(strengths), tokens, max_new_tokens, seed)
+
+
+def inject_item(ctx: JobContext, model: str, item: Mapping[str, Any], strengths: Sequence[float],
+                words: Sequence[str], questions: Sequence[str], max_new_tokens: int = 40,
+                seed: int = 0) -> InjectionResult:
+    """Job: concept injection (engine.steering_injection) of one recipe item's direction at
+    its hook point."""
+    adapter = _ready_model(model, ctx.device)
+    item = check_item(item)
+    return inject_concept(ctx, adapter, item["hook"], item_direction(adapter, item), list(strengths),
+                          list(words), list(questions), max_new_tokens=max_new_tokens, seed=seed)

@@ -1,0 +1,179 @@
+"""The steering view's Injection tab: inject an intervention's direction at its layer while
+the model answers questions about its own state, at several strengths (0 is the control),
+and tabulate, answer by answer as they arrive, whether the answer names the concept."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from PySide6.QtCore import QRectF, Qt
+from PySide6.QtGui import QColor, QPainter
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QFormLayout,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QLineEdit,
+    QPlainTextEdit,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from desktop_app.state import AppState
+from engine.steering_injection import (
+    DEFAULT_QUESTIONS,
+    InjectionResult,
+    InjectionTrial,
+    naming_rates,
+)
+from engine.steering_recipe import OCEAN_WORDS, inject_item
+from views._plots import paint_hint, paint_table
+from views._requests import Requests
+from views._steering_common import ItemPicker, parse_numbers, parse_words, printable
+
+COLUMNS = ("strength", "question", "names concept", "words", "answer")
+YES_BG, NO_BG = QColor(200, 235, 200), QColor(245, 245, 245)
+
+
+class InjectionTab(QWidget):
+    """Settings, Run/Cancel, the table of answers and the naming rate per strength."""
+
+    def __init__(self, state: AppState, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.state = state
+        self.trials: list[InjectionTrial] = []
+        self.strength_list: list[float] = []
+        self._build()
+        self.jobs = Requests(state, self.progress, self.status, self, prefix="steering")
+
+    def _build(self) -> None:
+        self.picker = ItemPicker(self.state)
+        self.strengths = QLineEdit("0, 1.5, 2, 2.5, 3")
+        self.words = QLineEdit(", ".join(OCEAN_WORDS))
+        self.questions = QPlainTextEdit("\n".join(DEFAULT_QUESTIONS))
+        self.questions.setMaximumHeight(90)
+        self.tokens = QSpinBox()
+        self.tokens.setRange(1, 512)
+        self.tokens.setValue(20)
+        form = QFormLayout()
+        form.addRow("Direction (at its layer)", self.picker)
+        form.addRow("Strengths", self.strengths)
+        form.addRow("Concept words", self.words)
+        form.addRow("Questions (one per line)", self.questions)
+        form.addRow("Answer tokens", self.tokens)
+        self.run_button = QPushButton("Run injection")
+        self.run_button.clicked.connect(self.run)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.clicked.connect(lambda: self.jobs.cancel("inject"))
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        self.progress = QProgressBar()
+        self.progress.setMaximumWidth(160)
+        buttons = QHBoxLayout()
+        for w in (self.run_button, self.cancel_button):
+            buttons.addWidget(w)
+        buttons.addWidget(self.status, 1)
+        buttons.addWidget(self.progress)
+        self.table = QTableWidget(0, len(COLUMNS))
+        self.table.setHorizontalHeaderLabels(list(COLUMNS))
+        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.table.setWordWrap(True)
+        header = self.table.horizontalHeader()
+        for c in range(len(COLUMNS) - 1):
+            header.setSectionResizeMode(c, QHeaderView.ResizeMode.ResizeToContents)
+        header.setSectionResizeMode(len(COLUMNS) - 1, QHeaderView.ResizeMode.Stretch)
+        self.rates = QLabel("")
+        self.rates.setWordWrap(True)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addLayout(buttons)
+        layout.addWidget(self.table, 1)
+        layout.addWidget(self.rates)
+
+    def run(self) -> None:
+        """Start the injection trials (replacing a running run)."""
+        item = self.picker.item()
+        if item is None or self.state.model is None:
+            self.jobs.show_error("Add an intervention in the Generate tab first (a model must be open).")
+            return
+        try:
+            strengths = parse_numbers(self.strengths.text(), "Strengths")
+            words = parse_words(self.words.text(), "Concept words")
+        except ValueError as exc:
+            self.jobs.show_error(str(exc))
+            return
+        questions = [q for q in self.questions.toPlainText().splitlines() if q.strip()]
+        if not questions:
+            self.jobs.show_error("Questions: type at least one question")
+            return
+        self.trials, self.strength_list = [], strengths
+        self.table.setRowCount(0)
+        self.rates.setText("")
+        self.jobs.submit("inject", f"concept injection of {item.get('name')}", inject_item, self._on_result,
+                         on_partial=self._add_trial, model=self.state.model, item=item, strengths=strengths,
+                         words=words, questions=questions, max_new_tokens=self.tokens.value())
+
+    def _add_trial(self, trial: InjectionTrial) -> None:
+        self.trials.append(trial)
+        r = self.table.rowCount()
+        self.table.insertRow(r)
+        cells = self.row_texts(trial)
+        for c, text in enumerate(cells):
+            cell = QTableWidgetItem(text)
+            cell.setBackground(YES_BG if trial.names_concept else NO_BG)
+            if c < len(COLUMNS) - 1:
+                cell.setTextAlignment(Qt.AlignmentFlag.AlignCenter)
+            self.table.setItem(r, c, cell)
+        self._show_rates()
+
+    @staticmethod
+    def row_texts(trial: InjectionTrial) -> list[str]:
+        return [f"{trial.strength:g}", str(trial.question + 1), "yes" if trial.names_concept else "no",
+                ", ".join(trial.matched), printable(trial.answer).replace("\n", " ")]
+
+    def _on_result(self, result: InjectionResult) -> None:
+        if len(self.trials) != len(result.trials):  # partials dropped or none: show them all
+            self.trials = []
+            self.table.setRowCount(0)
+            for trial in result.trials:
+                self._add_trial(trial)
+        self.strength_list = list(result.strengths)
+        self._show_rates()
+
+    def _show_rates(self) -> None:
+        rates = naming_rates(self.trials, self.strength_list)
+        parts = []
+        for s, rate in zip(self.strength_list, rates, strict=True):
+            n = sum(1 for t in self.trials if t.strength == s)
+            parts.append(f"strength {s:g}: {rate:.0%} of {n}" if n else f"strength {s:g}: \u2014")
+        self.rates.setText("Answers naming the concept \u2014 " + "; ".join(parts))
+
+    # ------------------------------------------------------------ export and session
+    def paint_figure(self, painter: QPainter, rect: QRectF) -> None:
+        painter.fillRect(rect, QColor("white"))
+        if not self.trials:
+            paint_hint(painter, rect, "No injection trials yet")
+            return
+        painter.drawText(QRectF(rect.left(), rect.top(), rect.width(), 28), Qt.AlignmentFlag.AlignCenter,
+                         self.rates.text())
+        rows = [[*self.row_texts(t)[:4], self.row_texts(t)[4][:70]] for t in self.trials]
+        paint_table(painter, rect.adjusted(8, 32, -8, -8), list(COLUMNS), rows)
+
+    def session_state(self) -> dict[str, Any]:
+        return {"strengths": self.strengths.text(), "words": self.words.text(),
+                "questions": self.questions.toPlainText(), "tokens": self.tokens.value()}
+
+    def restore_session(self, data: dict[str, Any]) -> None:
+        for key, edit in (("strengths", self.strengths), ("words", self.words)):
+            if isinstance(data.get(key), str):
+                edit.setText(data[key])
+        if isinstance(data.get("questions"), str):
+            self.questions.setPlainText(data["questions"])
+        if isinstance(data.get("tokens"), int):
+            self.tokens.setValue(data["tokens"])

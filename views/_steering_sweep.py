@@ -1,0 +1,213 @@
+"""The steering view's Sweep tab: one intervention's direction over a grid of strengths x
+layers, as a cancellable job whose cells fill a heatmap as they finish. Per cell: the
+concept score (log probability of the concept's words as the next token), coherence
+(perplexity of the steered text under the unsteered model) or KL to the baseline.
+Clicking a cell puts that layer and strength into the intervention (the Generate tab then
+shows its text)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from PySide6.QtCore import QRectF, Qt
+from PySide6.QtGui import QColor, QPainter
+from PySide6.QtWidgets import (
+    QComboBox,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPlainTextEdit,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from desktop_app.state import AppState
+from engine.steering_recipe import OCEAN_WORDS, sweep_item
+from engine.steering_sweep import NEUTRAL_PROMPTS, SweepResult
+from views._plots import HeatmapPlot, paint_hint, paint_plot
+from views._requests import Requests
+from views._steering_common import ItemPicker, parse_numbers, parse_words
+
+METRICS = {"concept score (log P of the words)": "concept",
+           "coherence (perplexity, unsteered model)": "coherence",
+           "KL to the baseline": "kl"}
+N_LAYERS = 6
+
+
+def spread_layers(hooks: list[str], n: int = N_LAYERS) -> list[int]:
+    """``n`` layer numbers spread evenly over the residual hook points (all if fewer)."""
+    layers = sorted(int(h.split(".")[1]) for h in hooks if h.startswith("blocks.") and h.endswith("hook_resid_post"))
+    if len(layers) <= n:
+        return layers
+    return [layers[round(i)] for i in np.linspace(0, len(layers) - 1, n)]
+
+
+class SweepTab(QWidget):
+    """Settings, Run/Cancel, and the strength x layer heatmap of the chosen metric."""
+
+    def __init__(self, state: AppState, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.state = state
+        self.hooks: list[str] = []
+        self.result: SweepResult | None = None
+        self._item: dict[str, Any] | None = None  # the item the shown result swept
+        self._build()
+        self.jobs = Requests(state, self.progress, self.status, self, prefix="steering")
+
+    def _build(self) -> None:
+        self.picker = ItemPicker(self.state)
+        self.layers = QLineEdit()
+        self.layers.setPlaceholderText("layer numbers, e.g. 3, 9, 15")
+        self.strengths = QLineEdit("-6, -3, 0, 3, 6")
+        self.words = QLineEdit(", ".join(OCEAN_WORDS))
+        self.prompts = QPlainTextEdit("\n".join(NEUTRAL_PROMPTS[:4]))
+        self.prompts.setMaximumHeight(100)
+        self.tokens = QSpinBox()
+        self.tokens.setRange(1, 256)
+        self.tokens.setValue(8)
+        self.metric = QComboBox()
+        self.metric.addItems(list(METRICS))
+        self.metric.currentIndexChanged.connect(self._draw)
+        form = QFormLayout()
+        form.addRow("Direction", self.picker)
+        form.addRow("Layers", self.layers)
+        form.addRow("Strengths", self.strengths)
+        form.addRow("Concept words", self.words)
+        form.addRow("Prompts (one per line)", self.prompts)
+        form.addRow("New tokens per prompt", self.tokens)
+        form.addRow("Show", self.metric)
+        self.run_button = QPushButton("Run sweep")
+        self.run_button.clicked.connect(self.run)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.clicked.connect(lambda: self.jobs.cancel("sweep"))
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.run_button)
+        buttons.addWidget(self.cancel_button)
+        buttons.addStretch(1)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        self.progress = QProgressBar()
+        self.progress.setMaximumWidth(160)
+        buttons.addWidget(self.status, 1)
+        buttons.addWidget(self.progress)
+        left = QVBoxLayout()
+        left.addLayout(form)
+        left.addLayout(buttons)
+        left.addStretch(1)
+        self.heatmap = HeatmapPlot()
+        self.heatmap.cell_clicked.connect(self.use_cell)
+        self.baseline = QLabel("")
+        right = QVBoxLayout()
+        right.addWidget(self.heatmap, 1)
+        right.addWidget(self.baseline)
+        layout = QHBoxLayout(self)
+        layout.addLayout(left, 0)
+        layout.addLayout(right, 1)
+
+    def set_hooks(self, hooks: list[str]) -> None:
+        """The model's hook points; an empty layer field gets six spread over the depth."""
+        self.hooks = list(hooks)
+        if not self.layers.text().strip():
+            self.layers.setText(", ".join(str(n) for n in spread_layers(self.hooks)))
+
+    def chosen_hooks(self) -> list[str]:
+        """The typed layers as hook points (numbers mean ``blocks.N.hook_resid_post``)."""
+        out = []
+        for part in self.layers.text().replace(",", " ").split():
+            hook = f"blocks.{part}.hook_resid_post" if part.isdigit() else part
+            if self.hooks and hook not in self.hooks:
+                raise ValueError(f"Layers: the model has no hook point {hook}")
+            out.append(hook)
+        if not out:
+            raise ValueError("Layers: type at least one layer number")
+        return out
+
+    def run(self) -> None:
+        """Start the sweep (replacing a running one)."""
+        item = self.picker.item()
+        if item is None or self.state.model is None:
+            self.jobs.show_error("Add an intervention in the Generate tab first (a model must be open).")
+            return
+        try:
+            hooks = self.chosen_hooks()
+            strengths = parse_numbers(self.strengths.text(), "Strengths")
+            words = parse_words(self.words.text(), "Concept words")
+        except ValueError as exc:
+            self.jobs.show_error(str(exc))
+            return
+        prompts = [p for p in self.prompts.toPlainText().splitlines() if p.strip()]
+        if not prompts:
+            self.jobs.show_error("Prompts: type at least one prompt")
+            return
+        if item["kind"] == "latent" and hooks != [item["hook"]]:
+            hooks = [item["hook"]]  # a latent's decoder row lives at its SAE's layer only
+            self.layers.setText(item["hook"])
+        self._item = item
+        self.result = None
+        self.heatmap.clear_matrix()
+        self.jobs.submit("sweep", f"steering sweep of {item.get('name')}", sweep_item, self._on_result,
+                         on_partial=self._on_result, model=self.state.model, item=item, hooks=hooks,
+                         strengths=strengths, prompts=prompts, words=words,
+                         max_new_tokens=self.tokens.value())
+
+    def _on_result(self, result: SweepResult) -> None:
+        self.result = result
+        self._draw()
+
+    def _draw(self, *_: Any) -> None:
+        r = self.result
+        if r is None:
+            return
+        key = METRICS[self.metric.currentText()]
+        grid = np.asarray(getattr(r, key), dtype=np.float64)
+        cols = [f"{s:g}" for s in r.strengths]
+        self.heatmap.set_matrix(grid, r.hooks, cols, self.metric.currentText().split(" (")[0],
+                                row_title="layer", col_title="strength")
+        self.baseline.setText(f"Unsteered: concept score {r.baseline_concept:.3f}, perplexity "
+                              f"{r.baseline_coherence:.2f} (KL 0). Click a cell to steer with it.")
+
+    def use_cell(self, i: int, j: int) -> None:
+        """Put cell (layer i, strength j) into the swept intervention, if it is still there."""
+        r, item = self.result, self._item
+        if r is None or item is None:
+            return
+        recipe = [dict(x) for x in self.state.steering]
+        for entry in recipe:
+            if all(entry.get(k) == item.get(k) for k in ("kind", "name", "sae", "latent", "positive", "negative")):
+                entry.update(hook=r.hooks[i], strength=r.strengths[j])
+                entry["range"] = max(float(entry.get("range", 0.0)), abs(r.strengths[j]))
+                self.state.set_steering(recipe)
+                self.heatmap.mark((i, j))
+                return
+
+    # ------------------------------------------------------------ export and session
+    def paint_figure(self, painter: QPainter, rect: QRectF) -> None:
+        painter.fillRect(rect, QColor("white"))
+        if self.result is None:
+            paint_hint(painter, rect, "No sweep yet")
+            return
+        title = QRectF(rect.left(), rect.top(), rect.width(), 28)
+        painter.drawText(title, Qt.AlignmentFlag.AlignCenter,
+                         f"{(self._item or {}).get('name', '')}: {self.metric.currentText()}")
+        paint_plot(self.heatmap, painter, rect.adjusted(0, 30, 0, 0))
+
+    def session_state(self) -> dict[str, Any]:
+        return {"layers": self.layers.text(), "strengths": self.strengths.text(), "words": self.words.text(),
+                "prompts": self.prompts.toPlainText(), "tokens": self.tokens.value(),
+                "metric": self.metric.currentText()}
+
+    def restore_session(self, data: dict[str, Any]) -> None:
+        for key, edit in (("layers", self.layers), ("strengths", self.strengths), ("words", self.words)):
+            if isinstance(data.get(key), str):
+                edit.setText(data[key])
+        if isinstance(data.get("prompts"), str):
+            self.prompts.setPlainText(data["prompts"])
+        if isinstance(data.get("tokens"), int):
+            self.tokens.setValue(data["tokens"])
+        if data.get("metric") in METRICS:
+            self.metric.setCurrentText(data["metric"])
