@@ -286,18 +286,14 @@ def cmd_stitch(args: argparse.Namespace) -> int:
     return 0
 
 
-def _interventions(specs: list[str], adapter) -> list:
-    """Parse --intervention specs (see the steer help) into engine.steering interventions."""
+def _recipe(specs: list[str], store: str | None = None) -> list[dict]:
+    """Parse --intervention specs (see the steer help) into steering recipe items, the same
+    items the steering view keeps in AppState; mean-ablations read their means from ``store``."""
     from engine.errors import LatentLabError
-    from engine.sae.io import load_sae
-    from engine.steering import (
-        AblateLatents,
-        AddDirection,
-        ClampLatents,
-        concept_vector,
-        latent_direction,
-    )
-    out = []
+    from engine.jobs import JobContext
+    from engine.steering_recipe import latent_means
+    from engine.steering_sweep import load_concept_sets
+    out: list[dict] = []
     for spec in specs:
         kind, _, rest = spec.partition(":")
         parts = rest.split(":")
@@ -306,25 +302,34 @@ def _interventions(specs: list[str], adapter) -> list:
                 hook, alpha, source = parts[0], float(parts[1]), parts[2]
                 name, _, value = source.partition("=")
                 if name == "concept":
-                    sets = json.loads(Path(value).read_text())
-                    direction = concept_vector(adapter, hook, sets["positive"], sets["negative"])
+                    sets = load_concept_sets(value)
+                    out.append({"kind": "concept", "hook": hook, "strength": alpha, "name": Path(value).stem,
+                                "positive": sets["positive"], "negative": sets["negative"]})
                 elif name == "latent":
                     folder, _, latent = value.rpartition("#")
-                    direction = latent_direction(load_sae(folder), int(latent))
+                    out.append({"kind": "latent", "hook": hook, "strength": alpha, "sae": folder,
+                                "latent": int(latent), "mode": "add"})
                 else:
                     raise ValueError(f"unknown direction source {name!r}")
-                out.append(AddDirection(hook, direction, alpha))
             elif kind == "clamp" and len(parts) == 3:
-                pairs = [p.split("=") for p in parts[2].split(",")]
-                out.append(ClampLatents(parts[0], load_sae(parts[1]), tuple(int(j) for j, _ in pairs),
-                                        tuple(float(v) for _, v in pairs)))
+                for pair in parts[2].split(","):
+                    j, v = pair.split("=")
+                    out.append({"kind": "latent", "hook": parts[0], "sae": parts[1], "latent": int(j),
+                                "mode": "clamp", "strength": float(v)})
             elif kind == "ablate" and len(parts) == 3:
-                out.append(AblateLatents(parts[0], load_sae(parts[1]),
-                                         tuple(int(j) for j in parts[2].split(","))))
+                out += [{"kind": "latent", "hook": parts[0], "sae": parts[1], "latent": int(j), "mode": "ablate"}
+                        for j in parts[2].split(",")]
+            elif kind == "mean-ablate" and len(parts) == 3:
+                if store is None:
+                    raise ValueError("mean-ablation needs --store STORE (the means are taken over its rows)")
+                latents = [int(j) for j in parts[2].split(",")]
+                means = latent_means(JobContext(), store, parts[0], parts[1], latents)
+                out += [{"kind": "latent", "hook": parts[0], "sae": parts[1], "latent": j, "mode": "mean-ablate",
+                         "mean": m} for j, m in zip(latents, means, strict=True)]
             else:
                 raise ValueError("expected add:HOOK:ALPHA:concept=FILE.json | add:HOOK:ALPHA:latent=SAE#J"
-                                 " | clamp:HOOK:SAE:J=V[,J=V] | ablate:HOOK:SAE:J[,J]")
-        except (ValueError, KeyError, OSError, json.JSONDecodeError) as exc:
+                                 " | clamp:HOOK:SAE:J=V[,J=V] | ablate:HOOK:SAE:J[,J] | mean-ablate:HOOK:SAE:J[,J]")
+        except (ValueError, LatentLabError) as exc:
             raise LatentLabError(f"--intervention {spec!r}: {exc}") from None
     return out
 
@@ -336,7 +341,8 @@ def cmd_steer(args: argparse.Namespace) -> int:
     from engine.steering import compare_generation
     adapter = cached_model(args.model)
     adapter.to(resolve_device(args.device))
-    interventions = _interventions(args.intervention, adapter)
+    from engine.steering_recipe import recipe_interventions
+    interventions = recipe_interventions(adapter, _recipe(args.intervention, args.store))
     r = run_cli(compare_generation, device=args.device, quiet=True, adapter=adapter, prompt=args.prompt,
                 interventions=interventions, max_new_tokens=args.max_new_tokens, seed=args.seed,
                 sample=args.sample, temperature=args.temperature)
@@ -630,7 +636,8 @@ def build_parser() -> argparse.ArgumentParser:
     sr.add_argument("--intervention", action="append", default=[], help="repeatable: "
                     "add:HOOK:ALPHA:concept=SETS.json (a JSON object with 'positive' and 'negative' "
                     "text lists), add:HOOK:ALPHA:latent=SAE_DIR#J, clamp:HOOK:SAE_DIR:J=V[,J=V], "
-                    "ablate:HOOK:SAE_DIR:J[,J]")
+                    "ablate:HOOK:SAE_DIR:J[,J], mean-ablate:HOOK:SAE_DIR:J[,J] (needs --store)")
+    sr.add_argument("--store", help="store whose rows give the latents' means for mean-ablate")
     sr.add_argument("--max-new-tokens", type=int, default=20)
     sr.add_argument("--seed", type=int, default=0)
     sr.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")

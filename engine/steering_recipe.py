@@ -7,17 +7,17 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
 
-from engine.encode import cached_sae
-from engine.errors import LatentLabError, StoreError
+from engine.encode import cached_sae, latent_values
+from engine.errors import LatentLabError
 from engine.jobs import JobContext
 from engine.models.base import ModelAdapter
 from engine.models.registry import cached_model
 from engine.steering import (
-    AblateLatents,
     AddDirection,
     ClampLatents,
     Intervention,
@@ -33,7 +33,7 @@ from engine.steering_injection import InjectionResult, inject_concept
 from engine.steering_sweep import SweepResult, concept_token_ids, sweep
 
 KINDS = ("concept", "latent")
-LATENT_MODES = ("add", "clamp", "ablate")
+LATENT_MODES = ("add", "clamp", "ablate", "mean-ablate")
 CONCEPT_CACHE_SIZE = 64
 
 # A starting concept for the view (ocean against other topics); editable in the view.
@@ -53,7 +53,9 @@ def check_item(item: Mapping[str, Any]) -> dict[str, Any]:
     """A recipe item with its defaults filled in; LatentLabError naming the bad field.
 
     concept: {kind, hook, strength, positive: [texts], negative: [texts], name}
-    latent:  {kind, hook, strength, sae: folder, latent: int, mode: add|clamp|ablate, name}
+    latent:  {kind, hook, strength, sae: folder, latent: int, mode, name, mean}: mode ``add``
+             (strength x decoder row), ``clamp`` (code set to strength), ``ablate`` (code
+             zeroed) or ``mean-ablate`` (code set to ``mean``, its mean over a store's rows)
     Both take ``enabled`` (default True)."""
     if not isinstance(item, Mapping):
         raise LatentLabError(f"a steering item must be a mapping, not {type(item).__name__}")
@@ -86,6 +88,12 @@ def check_item(item: Mapping[str, Any]) -> dict[str, Any]:
         if out["mode"] not in LATENT_MODES:
             raise LatentLabError(f"latent item field 'mode' is {out['mode']!r}; expected one of "
                                  f"{', '.join(LATENT_MODES)}")
+        if out["mode"] == "mean-ablate":
+            try:
+                out["mean"] = float(out.get("mean"))
+            except (TypeError, ValueError):
+                raise LatentLabError(f"latent item field 'mean' is {out.get('mean')!r}; mean-ablation needs "
+                                     "the latent's mean activation over a store") from None
         out.setdefault("name", f"latent {out['latent']}")
     return out
 
@@ -114,7 +122,9 @@ def cached_concept(adapter: ModelAdapter, hook: str, positive: Sequence[str],
 
 def recipe_interventions(adapter: ModelAdapter, recipe: Sequence[Mapping[str, Any]]) -> list[Intervention]:
     """The interventions of the enabled items, in order. Additions of strength 0 are left
-    out (they change nothing), so an all-zero recipe runs the plain model."""
+    out (they change nothing), so an all-zero recipe runs the plain model. Neighbouring
+    clamps and ablations of one SAE at one hook become one splice: the latents are edited
+    together, as one code, not re-encoded after each edit."""
     out: list[Intervention] = []
     for raw in recipe:
         item = check_item(raw)
@@ -131,12 +141,16 @@ def recipe_interventions(adapter: ModelAdapter, recipe: Sequence[Mapping[str, An
         if not 0 <= latent < sae.W_dec.shape[0]:
             raise LatentLabError(f"latent {latent} is outside the SAE in {item['sae']} "
                                  f"({sae.W_dec.shape[0]} latents)")
-        if item["mode"] == "add" and strength:
-            out.append(AddDirection(hook, latent_direction(sae, latent), strength))
-        elif item["mode"] == "clamp":
-            out.append(ClampLatents(hook, sae, (latent,), (strength,)))
-        elif item["mode"] == "ablate":
-            out.append(AblateLatents(hook, sae, (latent,)))
+        if item["mode"] == "add":
+            if strength:
+                out.append(AddDirection(hook, latent_direction(sae, latent), strength))
+            continue
+        value = {"clamp": strength, "ablate": 0.0}.get(item["mode"], item.get("mean", 0.0))
+        last = out[-1] if out else None
+        if isinstance(last, ClampLatents) and last.hook == hook and last.sae is sae and latent not in last.latents:
+            out[-1] = ClampLatents(hook, sae, (*last.latents, latent), (*last.values, value))
+        else:
+            out.append(ClampLatents(hook, sae, (latent,), (value,)))
     return out
 
 
@@ -231,24 +245,29 @@ def steerable_hooks(ctx: JobContext, model: str) -> list[str]:
 
 def latent_item(ctx: JobContext, sae: str, latent: int, hook: str, store: str | None = None,
                 stats_id: str | None = None) -> dict[str, Any]:
-    """Job: a recipe item adding ``latent``'s decoder row at ``hook``, its strength set to
-    the latent's largest activation in the store's statistics (so the slider starts at a
-    scale the latent itself reaches), its slider range twice that."""
-    from engine.store import ActivationStore
+    """Job: a recipe item adding ``latent``'s decoder row at ``hook``. With a store, its
+    strength starts at the latent's largest activation there (a scale the latent itself
+    reaches; the slider range is twice that) and ``mean`` holds its mean activation over
+    the store's rows, for mean-ablation (stored codes are read when ``stats_id`` has them)."""
     n_latents = cached_sae(sae, "cpu").W_dec.shape[0]
     if not 0 <= int(latent) < n_latents:
         raise LatentLabError(f"latent {latent} is outside the SAE in {sae} ({n_latents} latents)")
-    top = 0.0
-    if store and stats_id:
-        with ActivationStore.open(store) as st:
-            try:
-                top = float(st.dataset(f"features/{stats_id}/max")[int(latent)])
-            except StoreError:  # no statistics for this SAE yet
-                top = 0.0
-    top = top if top > 0 else 10.0
+    top, mean = 10.0, 0.0
+    if store:
+        values = latent_values(ctx, Path(store), hook, Path(sae), [int(latent)], stats_id=stats_id)[:, 0]
+        if values.size:
+            top = float(values.max()) if values.max() > 0 else top
+            mean = float(values.mean())
     return check_item({"kind": "latent", "hook": hook, "sae": str(sae), "latent": int(latent),
                        "mode": "add", "strength": round(top, 2), "range": round(2 * top, 1),
-                       "name": f"latent {int(latent)}"})
+                       "mean": mean, "name": f"latent {int(latent)}"})
+
+
+def latent_means(ctx: JobContext, store: str | Path, hook: str, sae: str | Path,
+                 latents: Sequence[int]) -> list[float]:
+    """Job: each latent's mean activation over all of the store's rows of ``hook``."""
+    values = latent_values(ctx, Path(store), hook, Path(sae), [int(j) for j in latents])
+    return [float(v) for v in values.mean(0)] if values.size else [0.0] * len(latents)
 
 
 # ---------------------------------------------------------------------- sweeps and injection

@@ -31,3 +31,13 @@ def test_a_bad_intervention_is_named(tiny_llama, capsys):
                       "--intervention", f"push:{HOOK}:1"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: --intervention 'push:") and "add:HOOK:ALPHA" in err
+
+
+def test_mean_ablation_reads_the_means_from_a_store(small_workspace, capsys):
+    ws = small_workspace
+    spec = f"mean-ablate:{ws.hook}:{ws.sae}:1,2"
+    assert main.main(["steer", "--model", ws.model, "--prompt", "The", "--max-new-tokens", "3",
+                      "--intervention", spec, "--store", str(ws.store), "--device", "cpu"]) == 0
+    assert "steered:  " in capsys.readouterr().out
+    assert main.main(["steer", "--model", ws.model, "--prompt", "The", "--intervention", spec]) == 2
+    assert "mean-ablation needs --store" in capsys.readouterr().err

@@ -114,6 +114,7 @@ def test_latent_item_starts_at_the_latents_max(small_workspace):
     item = latent_item(_ctx(), str(small_workspace.sae), j, small_workspace.hook,
                        str(small_workspace.store), small_workspace.sae_id)
     assert item["strength"] == pytest.approx(float(stats.max[j]), abs=0.01)
+    assert item["mean"] == pytest.approx(float(stats.mean[j] * stats.density[j]), rel=1e-4)
     assert item["range"] == pytest.approx(2 * float(stats.max[j]), abs=0.1)
     assert item["mode"] == "add" and item["latent"] == j
 
@@ -130,3 +131,18 @@ def test_cancelling_stops_the_stream_at_the_next_token(small_workspace):
     with pytest.raises(Cancelled):
         generate_stream(ctx, small_workspace.model, PROMPT, which="baseline", max_new_tokens=30)
     assert len(seen) == 2
+
+
+def test_neighbouring_clamps_are_one_splice_and_mean_ablation_uses_the_mean(small_workspace):
+    """Two clamps of one SAE edit one code together (a TopK SAE re-encoding after the first
+    edit could pick other latents); mean-ablation sets the code to the given mean."""
+    from engine.models.registry import cached_model
+    adapter = cached_model(small_workspace.model)
+    hook, folder = small_workspace.hook, str(small_workspace.sae)
+    recipe = [{"kind": "latent", "hook": hook, "sae": folder, "latent": 3, "mode": "clamp", "strength": 5.0},
+              {"kind": "latent", "hook": hook, "sae": folder, "latent": 7, "mode": "ablate"},
+              {"kind": "latent", "hook": hook, "sae": folder, "latent": 9, "mode": "mean-ablate", "mean": 0.25}]
+    (iv,) = recipe_interventions(adapter, recipe)
+    assert isinstance(iv, ClampLatents) and iv.latents == (3, 7, 9) and iv.values == (5.0, 0.0, 0.25)
+    with pytest.raises(LatentLabError, match="'mean'"):
+        check_item({**recipe[2], "mean": None})

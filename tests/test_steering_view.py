@@ -16,7 +16,9 @@ from desktop_app.bridge import EngineBridge
 from desktop_app.state import AppState
 from engine.features import load_feature_stats
 from engine.jobs import JobContext
+from engine.steering_injection import InjectionResult
 from engine.steering_recipe import generate_stream
+from engine.steering_sweep import SweepResult
 from engine.store import ActivationStore
 from views._steering_common import printable
 from views.steering import SteeringView
@@ -78,6 +80,10 @@ def test_focused_latent_steers_next_to_the_baseline(qtbot, bridge, small_workspa
     assert d == next((i for i, (a, b) in enumerate(zip(gen.baseline.tokens, s.tokens, strict=False)) if a != b), -1)
     assert d >= 0 and "background:#ffd59e" in gen.html["steered"]
     assert "diverges at new token" in gen.comparison.text() and s.kl > 0
+    gen.mode.setCurrentText("mean-ablate")  # the latent held at its mean over the store
+    assert bridge.wait_idle(60)
+    assert state.steering[0]["mode"] == "mean-ablate" and not gen.strength_slider.isEnabled()
+    assert gen.steered.tokens == _expected(small_workspace, state.steering)
     gen.items.item(0).setCheckState(Qt.CheckState.Unchecked)  # switched off: the baseline again
     assert bridge.wait_idle(60)
     assert state.steering[0]["enabled"] is False and gen.steered.tokens == gen.baseline.tokens
@@ -110,7 +116,7 @@ def item_range(state: AppState) -> float:
     return float(state.steering[0]["range"])
 
 
-def test_concept_vector_layer_slider_and_sweep(qtbot, bridge, small_workspace):
+def test_concept_vector_layer_slider_and_sweep(qtbot, bridge, small_workspace, tmp_path):
     state, view = _open(qtbot, bridge, small_workspace)
     gen = view.generate
     gen.positive.setPlainText("the ocean and the sea\nwaves on the water")
@@ -141,6 +147,9 @@ def test_concept_vector_layer_slider_and_sweep(qtbot, bridge, small_workspace):
     assert torch.isfinite(torch.as_tensor(r.concept)).all() and r.kl[:, 1] == pytest.approx([0, 0], abs=1e-6)
     assert len(partials) >= 2  # the heatmap filled in as cells finished
     assert sweep.heatmap.values.shape == (2, 3)
+    sweep.save_results(tmp_path / "sweep.json")
+    back = SweepResult.load(tmp_path / "sweep.json")
+    assert back.hooks == r.hooks and np.allclose(back.concept, r.concept) and np.allclose(back.kl, r.kl)
     sweep.use_cell(1, 2)
     assert state.steering[0]["hook"] == layers[1] and state.steering[0]["strength"] == 4.0
 
@@ -152,7 +161,7 @@ def test_concept_vector_layer_slider_and_sweep(qtbot, bridge, small_workspace):
     assert sweep.result is None and sweep.status.text() == "Cancelled."
 
 
-def test_injection_table(qtbot, bridge, small_workspace):
+def test_injection_table(qtbot, bridge, small_workspace, tmp_path):
     state, view = _open(qtbot, bridge, small_workspace)
     view.generate.add_concept_button.click()
     inj = view.injection
@@ -166,6 +175,8 @@ def test_injection_table(qtbot, bridge, small_workspace):
     assert inj.table.item(0, 4).text() == printable(inj.trials[0].answer).replace("\n", " ")
     assert inj.rates.text().startswith("Answers naming the concept")
     assert "strength 8:" in inj.rates.text()
+    inj.save_results(tmp_path / "inject.json")
+    assert InjectionResult.load(tmp_path / "inject.json").trials == inj.trials
 
 
 def test_typed_errors_are_named(qtbot, bridge, small_workspace):

@@ -22,8 +22,8 @@ def printable(text: str) -> str:
 def item_label(item: dict[str, Any]) -> str:
     """How an intervention is listed: name, layer and what it does at which strength."""
     hook = re.sub(r"^blocks\.(\d+)\.hook_", r"L\1 ", str(item.get("hook", "")))
-    if item.get("kind") == "latent" and item.get("mode") == "ablate":
-        how = "ablate"
+    if item.get("kind") == "latent" and item.get("mode") in ("ablate", "mean-ablate"):
+        how = str(item["mode"])
     else:
         verb = "clamp to" if item.get("mode") == "clamp" else "\u00d7"
         how = f"{verb} {float(item.get('strength', 0.0)):+.2f}"

@@ -209,8 +209,8 @@ class GenerateTab(QWidget):
         v.addWidget(self.add_concept_button)
         return box
 
-    def _build_prompt_bar(self) -> QHBoxLayout:
-        bar = QHBoxLayout()
+    def _build_prompt_bar(self) -> QVBoxLayout:
+        """The prompt on its own row, the generation settings below it."""
         self.prompt = QLineEdit(NEUTRAL_PROMPTS[0])
         self.prompt.editingFinished.connect(self.regenerate)
         self.max_tokens = QSpinBox()
@@ -225,14 +225,17 @@ class GenerateTab(QWidget):
         self.sample.toggled.connect(self.regenerate)
         self.go = QPushButton("Generate")
         self.go.clicked.connect(self.regenerate)
-        bar.addWidget(QLabel("Prompt"))
-        bar.addWidget(self.prompt, 1)
-        bar.addWidget(QLabel("tokens"))
-        bar.addWidget(self.max_tokens)
-        bar.addWidget(QLabel("seed"))
-        bar.addWidget(self.seed)
-        bar.addWidget(self.sample)
-        bar.addWidget(self.go)
+        top = QHBoxLayout()
+        top.addWidget(QLabel("Prompt"))
+        top.addWidget(self.prompt, 1)
+        settings = QHBoxLayout()
+        for w in (QLabel("New tokens"), self.max_tokens, QLabel("Seed"), self.seed, self.sample):
+            settings.addWidget(w)
+        settings.addStretch(1)
+        settings.addWidget(self.go)
+        bar = QVBoxLayout()
+        bar.addLayout(top)
+        bar.addLayout(settings)
         return bar
 
     # ------------------------------------------------------------ recipe editing
@@ -308,7 +311,7 @@ class GenerateTab(QWidget):
         self.mode.setCurrentText(str(item.get("mode", "add")) if latent else "add")
         self.range.setValue(float(item.get("range", 8.0)))
         self.strength.setValue(float(item.get("strength", 0.0)))
-        self.strength_slider.setEnabled(item.get("mode") != "ablate")
+        self.strength_slider.setEnabled(item.get("mode") not in ("ablate", "mean-ablate"))
         self.strength_slider.setValue(self._tick(float(item.get("strength", 0.0))))
         layers = resid_hooks(self.hooks)
         hook = str(item.get("hook"))

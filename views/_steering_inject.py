@@ -4,12 +4,14 @@ and tabulate, answer by answer as they arrive, whether the answer names the conc
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from PySide6.QtCore import QRectF, Qt
 from PySide6.QtGui import QColor, QPainter
 from PySide6.QtWidgets import (
     QAbstractItemView,
+    QFileDialog,
     QFormLayout,
     QHBoxLayout,
     QHeaderView,
@@ -49,6 +51,7 @@ class InjectionTab(QWidget):
         self.state = state
         self.trials: list[InjectionTrial] = []
         self.strength_list: list[float] = []
+        self.result: InjectionResult | None = None  # the last finished run
         self._build()
         self.jobs = Requests(state, self.progress, self.status, self, prefix="steering")
 
@@ -71,12 +74,14 @@ class InjectionTab(QWidget):
         self.run_button.clicked.connect(self.run)
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.clicked.connect(lambda: self.jobs.cancel("inject"))
+        self.save_button = QPushButton("Save results\u2026")
+        self.save_button.clicked.connect(self._ask_save)
         self.status = QLabel("")
         self.status.setWordWrap(True)
         self.progress = QProgressBar()
         self.progress.setMaximumWidth(160)
         buttons = QHBoxLayout()
-        for w in (self.run_button, self.cancel_button):
+        for w in (self.run_button, self.cancel_button, self.save_button):
             buttons.addWidget(w)
         buttons.addWidget(self.status, 1)
         buttons.addWidget(self.progress)
@@ -112,7 +117,7 @@ class InjectionTab(QWidget):
         if not questions:
             self.jobs.show_error("Questions: type at least one question")
             return
-        self.trials, self.strength_list = [], strengths
+        self.trials, self.strength_list, self.result = [], strengths, None
         self.table.setRowCount(0)
         self.rates.setText("")
         self.jobs.submit("inject", f"concept injection of {item.get('name')}", inject_item, self._on_result,
@@ -144,6 +149,7 @@ class InjectionTab(QWidget):
             for trial in result.trials:
                 self._add_trial(trial)
         self.strength_list = list(result.strengths)
+        self.result = result
         self._show_rates()
 
     def _show_rates(self) -> None:
@@ -153,6 +159,22 @@ class InjectionTab(QWidget):
             n = sum(1 for t in self.trials if t.strength == s)
             parts.append(f"strength {s:g}: {rate:.0%} of {n}" if n else f"strength {s:g}: \u2014")
         self.rates.setText("Answers naming the concept \u2014 " + "; ".join(parts))
+
+    def save_results(self, path: str | Path) -> None:
+        """Write the finished injection as JSON (the CLI's ``--out`` format)."""
+        if self.result is None:
+            raise ValueError("No finished injection to save yet.")
+        self.result.save(path)
+
+    def _ask_save(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Save injection results", "injection.json", "JSON (*.json)")
+        if path:
+            try:
+                self.save_results(path)
+            except (OSError, ValueError) as exc:
+                self.jobs.show_error(f"Could not save {path}: {exc}")
+            else:
+                self.status.setText(f"Saved {path}")
 
     # ------------------------------------------------------------ export and session
     def paint_figure(self, painter: QPainter, rect: QRectF) -> None:

@@ -7,6 +7,7 @@ shows its text)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,6 +15,7 @@ from PySide6.QtCore import QRectF, Qt
 from PySide6.QtGui import QColor, QPainter
 from PySide6.QtWidgets import (
     QComboBox,
+    QFileDialog,
     QFormLayout,
     QHBoxLayout,
     QLabel,
@@ -54,7 +56,8 @@ class SweepTab(QWidget):
         super().__init__(parent)
         self.state = state
         self.hooks: list[str] = []
-        self.result: SweepResult | None = None
+        self.result: SweepResult | None = None  # the last finished sweep
+        self.partial: SweepResult | None = None  # the running sweep's cells so far
         self._item: dict[str, Any] | None = None  # the item the shown result swept
         self._build()
         self.jobs = Requests(state, self.progress, self.status, self, prefix="steering")
@@ -63,7 +66,7 @@ class SweepTab(QWidget):
         self.picker = ItemPicker(self.state)
         self.layers = QLineEdit()
         self.layers.setPlaceholderText("layer numbers, e.g. 3, 9, 15")
-        self.strengths = QLineEdit("-6, -3, 0, 3, 6")
+        self.strengths = QLineEdit("-4, -2, 0, 2, 4")
         self.words = QLineEdit(", ".join(OCEAN_WORDS))
         self.prompts = QPlainTextEdit("\n".join(NEUTRAL_PROMPTS[:4]))
         self.prompts.setMaximumHeight(100)
@@ -85,9 +88,12 @@ class SweepTab(QWidget):
         self.run_button.clicked.connect(self.run)
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.clicked.connect(lambda: self.jobs.cancel("sweep"))
+        self.save_button = QPushButton("Save results\u2026")
+        self.save_button.clicked.connect(self._ask_save)
         buttons = QHBoxLayout()
         buttons.addWidget(self.run_button)
         buttons.addWidget(self.cancel_button)
+        buttons.addWidget(self.save_button)
         buttons.addStretch(1)
         self.status = QLabel("")
         self.status.setWordWrap(True)
@@ -148,10 +154,10 @@ class SweepTab(QWidget):
             hooks = [item["hook"]]  # a latent's decoder row lives at its SAE's layer only
             self.layers.setText(item["hook"])
         self._item = item
-        self.result = None
+        self.result = self.partial = None
         self.heatmap.clear_matrix()
         self.jobs.submit("sweep", f"steering sweep of {item.get('name')}", sweep_item, self._on_result,
-                         on_partial=self._on_result, model=self.state.model, item=item, hooks=hooks,
+                         on_partial=self._on_partial, model=self.state.model, item=item, hooks=hooks,
                          strengths=strengths, prompts=prompts, words=words,
                          max_new_tokens=self.tokens.value())
 
@@ -159,8 +165,14 @@ class SweepTab(QWidget):
         self.result = result
         self._draw()
 
+    def _on_partial(self, result: SweepResult) -> None:
+        """A sweep still running: draw its cells so far (NaN ones grey); not yet savable."""
+        self.partial = result
+        self.result = None
+        self._draw()
+
     def _draw(self, *_: Any) -> None:
-        r = self.result
+        r = self.result if self.result is not None else self.partial
         if r is None:
             return
         key = METRICS[self.metric.currentText()]
@@ -173,7 +185,7 @@ class SweepTab(QWidget):
 
     def use_cell(self, i: int, j: int) -> None:
         """Put cell (layer i, strength j) into the swept intervention, if it is still there."""
-        r, item = self.result, self._item
+        r, item = self.result if self.result is not None else self.partial, self._item
         if r is None or item is None:
             return
         recipe = [dict(x) for x in self.state.steering]
@@ -185,10 +197,26 @@ class SweepTab(QWidget):
                 self.heatmap.mark((i, j))
                 return
 
+    def save_results(self, path: str | Path) -> None:
+        """Write the finished sweep as JSON (the CLI's ``--out`` format)."""
+        if self.result is None:
+            raise ValueError("No finished sweep to save yet.")
+        self.result.save(path)
+
+    def _ask_save(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Save sweep results", "sweep.json", "JSON (*.json)")
+        if path:
+            try:
+                self.save_results(path)
+            except (OSError, ValueError) as exc:
+                self.jobs.show_error(f"Could not save {path}: {exc}")
+            else:
+                self.status.setText(f"Saved {path}")
+
     # ------------------------------------------------------------ export and session
     def paint_figure(self, painter: QPainter, rect: QRectF) -> None:
         painter.fillRect(rect, QColor("white"))
-        if self.result is None:
+        if self.result is None and self.partial is None:
             paint_hint(painter, rect, "No sweep yet")
             return
         title = QRectF(rect.left(), rect.top(), rect.width(), 28)
