@@ -14,6 +14,7 @@ from PySide6.QtGui import QColor, QImage, QPainter
 
 from desktop_app.bridge import EngineBridge
 from desktop_app.state import AppState
+from engine.errors import LatentLabError
 from engine.features import load_feature_stats
 from engine.jobs import JobContext
 from engine.steering_injection import InjectionResult
@@ -179,7 +180,7 @@ def test_injection_table(qtbot, bridge, small_workspace, tmp_path):
     assert InjectionResult.load(tmp_path / "inject.json").trials == inj.trials
 
 
-def test_typed_errors_are_named(qtbot, bridge, small_workspace):
+def test_typed_errors_are_named(qtbot, bridge, small_workspace, tmp_path):
     state, view = _open(qtbot, bridge, small_workspace)
     view.sweep.run_button.click()
     assert "Add an intervention" in view.sweep.status.text()
@@ -194,6 +195,13 @@ def test_typed_errors_are_named(qtbot, bridge, small_workspace):
     view.injection.words.setText(" , ")
     view.injection.run_button.click()
     assert view.injection.status.text() == "Concept words: type at least one word"
+    bad = tmp_path / "sets.json"
+    bad.write_text('{"positive": ["the sea"]}')
+    with pytest.raises(LatentLabError, match="'negative'"):
+        view.generate.load_concept(bad)
+    bad.write_text('{"positive": ["the sea"], "negative": ["the desk"]}')
+    view.generate.load_concept(bad)
+    assert view.generate.concept_name.text() == "sets" and view.generate.negative.toPlainText() == "the desk"
     view.generate.positive.setPlainText("")
     view.generate.add_concept_button.click()
     assert view.generate.status.text() == "A concept needs at least one text in each set."

@@ -10,6 +10,7 @@ import html
 import json
 import re
 import time
+from pathlib import Path
 from typing import Any
 
 from PySide6.QtCore import QPointF, QRectF, QSignalBlocker, Qt, Signal
@@ -18,6 +19,7 @@ from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
     QDoubleSpinBox,
+    QFileDialog,
     QFormLayout,
     QGroupBox,
     QHBoxLayout,
@@ -37,6 +39,7 @@ from PySide6.QtWidgets import (
 )
 
 from desktop_app.state import AppState
+from engine.errors import LatentLabError
 from engine.steering import first_divergence
 from engine.steering_recipe import (
     LATENT_MODES,
@@ -47,7 +50,7 @@ from engine.steering_recipe import (
     latent_item,
     steerable_hooks,
 )
-from engine.steering_sweep import NEUTRAL_PROMPTS
+from engine.steering_sweep import NEUTRAL_PROMPTS, load_concept_sets
 from views._requests import Requests
 from views._steering_common import item_label, printable
 
@@ -206,8 +209,29 @@ class GenerateTab(QWidget):
         v.addLayout(form)
         self.add_concept_button = QPushButton("Add concept vector")
         self.add_concept_button.clicked.connect(self.add_concept)
-        v.addWidget(self.add_concept_button)
+        self.load_concept_button = QPushButton("Load sets\u2026")
+        self.load_concept_button.setToolTip('A JSON file: {"positive": [texts], "negative": [texts]}')
+        self.load_concept_button.clicked.connect(self._ask_load_concept)
+        row = QHBoxLayout()
+        row.addWidget(self.load_concept_button)
+        row.addWidget(self.add_concept_button, 1)
+        v.addLayout(row)
         return box
+
+    def load_concept(self, path: str | Path) -> None:
+        """Fill the concept editor from a prompt-set file (the CLI's SETS.json)."""
+        sets = load_concept_sets(path)
+        self.concept_name.setText(Path(path).stem)
+        self.positive.setPlainText("\n".join(sets["positive"]))
+        self.negative.setPlainText("\n".join(sets["negative"]))
+
+    def _ask_load_concept(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Load concept prompt sets", "", "JSON (*.json)")
+        if path:
+            try:
+                self.load_concept(path)
+            except LatentLabError as exc:
+                self.jobs.show_error(str(exc))
 
     def _build_prompt_bar(self) -> QVBoxLayout:
         """The prompt on its own row, the generation settings below it."""
