@@ -224,15 +224,18 @@ class EngineBridge(QObject):
                 break
         latest = {job_id: i for i, (kind, job_id, _) in enumerate(reports) if kind == "progress"}
         for i, (kind, job_id, data) in enumerate(reports):
-            if kind == "progress":
-                if latest[job_id] == i:
-                    self.progress.emit(job_id, *data)
-            elif kind == "partial":
-                self.partial.emit(job_id, data)
-            elif kind == "started":
-                self.started.emit(job_id)
-            else:
-                self._on_done(job_id, *data)
+            try:
+                if kind == "progress":
+                    if latest[job_id] == i:
+                        self.progress.emit(job_id, *data)
+                elif kind == "partial":
+                    self.partial.emit(job_id, data)
+                elif kind == "started":
+                    self.started.emit(job_id)
+                else:
+                    self._on_done(job_id, *data)
+            except Exception:  # noqa: BLE001 - a view's callback failed: the other reports still land
+                traceback.print_exc()
 
     @Slot(int, object)
     def _on_partial(self, job_id: int, obj: Any) -> None:

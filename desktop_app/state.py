@@ -27,20 +27,23 @@ class Selection:
     ids: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
     how: str = ""  # e.g. "lasso in scatter (rows/pca)", "top rows of latent 12"
     mask: np.ndarray | None = None  # optional (n,) bool over all ids of this kind, computed once
+    live: bool = False  # made while a brush is still moving; the final one follows on release
 
     def __post_init__(self) -> None:
-        ids = np.unique(np.asarray(self.ids, dtype=np.int64).ravel())
+        ids = np.asarray(self.ids, dtype=np.int64).ravel()
+        if ids.size > 1 and not bool((ids[1:] > ids[:-1]).all()):  # already sorted unique: kept
+            ids = np.unique(ids)
         object.__setattr__(self, "ids", ids)
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def __eq__(self, other: object) -> bool:
-        return (isinstance(other, Selection) and self.kind == other.kind
+        return (isinstance(other, Selection) and self.kind == other.kind and self.live == other.live
                 and np.array_equal(self.ids, other.ids))
 
     def __hash__(self) -> int:
-        return hash((self.kind, self.ids.tobytes()))
+        return hash((self.kind, self.live, self.ids.tobytes()))
 
     def as_mask(self, n: int) -> np.ndarray:
         """(n,) bool, True at the selected ids (ids >= n are ignored)."""
@@ -55,16 +58,28 @@ def replace_mode(old: Selection, new: Selection) -> Selection:
     return new
 
 
+def _same_masks(old: Selection, new: Selection) -> bool:
+    return old.mask is not None and new.mask is not None and len(old.mask) == len(new.mask)
+
+
 def or_mode(old: Selection, new: Selection) -> Selection:
     if old.kind != new.kind:
         return new
-    return Selection(new.kind, np.union1d(old.ids, new.ids), f"{old.how} + {new.how}")
+    how = f"{old.how} + {new.how}"
+    if _same_masks(old, new):  # one pass over two masks instead of sorting the ids
+        mask = old.mask | new.mask
+        return Selection(new.kind, np.flatnonzero(mask), how, mask, new.live)
+    return Selection(new.kind, np.union1d(old.ids, new.ids), how, live=new.live)
 
 
 def and_not_mode(old: Selection, new: Selection) -> Selection:
     if old.kind != new.kind:
         return old
-    return Selection(new.kind, np.setdiff1d(old.ids, new.ids), f"{old.how} - {new.how}")
+    how = f"{old.how} - {new.how}"
+    if _same_masks(old, new):
+        mask = old.mask & ~new.mask
+        return Selection(new.kind, np.flatnonzero(mask), how, mask, new.live)
+    return Selection(new.kind, np.setdiff1d(old.ids, new.ids), how, live=new.live)
 
 
 class JobRunner(Protocol):

@@ -164,27 +164,118 @@ def _encoded(ctx: JobContext, store: ActivationStore, hook: str, sae: SparseAuto
         ctx.progress(done, total, message)
 
 
-def stored_values(store: ActivationStore, stats_id: str, sae: SparseAutoencoder, hook: str,
-                  cols: np.ndarray, rows: np.ndarray | None) -> np.ndarray | None:
-    """The same answer as ``latent_values`` read from the sparse codes ``feature_stats``
-    kept, without encoding; None when the statistics hold no codes, are for another hook,
-    another row count or other SAE weights (a stale group is never trusted)."""
+class StoredCodes(NamedTuple):
+    """Every row's sparse SAE codes as CSR, as ``feature_stats`` kept them."""
+
+    ptr: np.ndarray  # (n_rows + 1,) int64: row r's entries are ptr[r]:ptr[r + 1]
+    latent: np.ndarray  # (nnz,) latent ids
+    value: np.ndarray  # (nnz,) activations
+    mean: np.ndarray  # (d_sae,) float64 mean code over all rows
+
+
+_codes: OrderedDict[tuple, StoredCodes] = OrderedDict()
+CODES_CACHE_SIZE = 2  # stores whose codes stay in memory (a brush asks for them many times)
+
+
+def stored_codes(store: ActivationStore, stats_id: str, sae: SparseAutoencoder, hook: str) -> StoredCodes | None:
+    """The codes ``feature_stats`` kept for ``stats_id``, read once per file version and
+    kept in memory; None when there are none, or they are for another hook, another row
+    count or other SAE weights (a stale group is never trusted)."""
     group = f"features/{stats_id}"
     try:
         ptr_ds = store.dataset(f"{group}/code_ptr")
     except StoreError:
         return None
-    attrs, ptr = dict(ptr_ds.parent.attrs), ptr_ds[()]
+    attrs = dict(ptr_ds.parent.attrs)
     if (attrs.get("hook") != hook or int(attrs.get("n_rows", -1)) != store.n_rows
             or attrs.get("sae_fingerprint") != weight_fingerprint(sae)):
         return None
-    latent = store.dataset(f"{group}/code_latent")[()]
-    value = store.dataset(f"{group}/code_value")
+    st = store.path.stat()
+    key = (str(store.path.resolve()), stats_id, st.st_mtime_ns, st.st_size, attrs.get("sae_fingerprint"))
+    with _lock:
+        hit = _codes.get(key)
+        if hit is not None:
+            _codes.move_to_end(key)
+            return hit
+    latent, value = store.dataset(f"{group}/code_latent")[()], store.dataset(f"{group}/code_value")[()]
+    mean = np.bincount(latent, value.astype(np.float64), sae.d_sae) / max(store.n_rows, 1)
+    codes = StoredCodes(ptr_ds[()].astype(np.int64), latent, value, mean)
+    with _lock:
+        _codes[key] = codes
+        while len(_codes) > CODES_CACHE_SIZE:
+            _codes.popitem(last=False)
+    return codes
+
+
+def stored_values(store: ActivationStore, stats_id: str, sae: SparseAutoencoder, hook: str,
+                  cols: np.ndarray, rows: np.ndarray | None) -> np.ndarray | None:
+    """The same answer as ``latent_values`` read from the sparse codes ``feature_stats``
+    kept, without encoding; None when there are no usable stored codes."""
+    codes = stored_codes(store, stats_id, sae, hook)
+    if codes is None:
+        return None
     full = np.zeros((store.n_rows, len(cols)), np.float32)
     for j, col in enumerate(cols):
-        pos = np.flatnonzero(latent == col)
-        full[np.searchsorted(ptr, pos, side="right") - 1, j] = value[pos] if len(pos) else 0.0
+        pos = np.flatnonzero(codes.latent == col)
+        full[np.searchsorted(codes.ptr, pos, side="right") - 1, j] = codes.value[pos] if len(pos) else 0.0
     return full if rows is None else full[rows]
+
+
+class _RunningSums:
+    """The code sums over the rows last asked about, moved to a new set of rows by adding
+    and removing only the rows that changed: a brush moves a little between asks."""
+
+    def __init__(self, codes: StoredCodes, d_sae: int) -> None:
+        self.codes, self.d_sae = codes, d_sae
+        self.mask = np.zeros(len(codes.ptr) - 1, bool)
+        self.total, self.fired = np.zeros(d_sae), np.zeros(d_sae, np.int64)
+
+    def move_to(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        new = np.zeros_like(self.mask)
+        new[rows] = True
+        changed = np.flatnonzero(new != self.mask)
+        if len(changed) >= len(rows):  # as much work as starting over: start over (no drift)
+            self.total, self.fired = stored_code_sums(self.codes, rows, self.d_sae)
+        elif len(changed):
+            gained, lost = changed[new[changed]], changed[~new[changed]]
+            t_in, f_in = stored_code_sums(self.codes, gained, self.d_sae)
+            t_out, f_out = stored_code_sums(self.codes, lost, self.d_sae)
+            self.total += t_in - t_out
+            self.fired += f_in - f_out
+        self.mask = new
+        return self.total.copy(), self.fired.copy()
+
+
+_running: _RunningSums | None = None
+
+
+def selection_code_sums(codes: StoredCodes, rows: np.ndarray, d_sae: int) -> tuple[np.ndarray, np.ndarray]:
+    """``stored_code_sums`` over sorted unique ``rows``, updated from the previous call's
+    rows when they are of the same codes (the cost follows what changed, not the size)."""
+    global _running
+    with _lock:
+        if _running is None or _running.codes is not codes or _running.d_sae != d_sae:
+            _running = _RunningSums(codes, d_sae)
+        return _running.move_to(rows)
+
+
+def stored_code_sums(codes: StoredCodes, rows: np.ndarray, d_sae: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sum of codes (d_sae,) float64 and firing counts (d_sae,) int64 over sorted unique
+    ``rows``, from stored codes: a row mask repeated over each row's entries, then two
+    bincounts (no encoding, no per-row Python)."""
+    n_rows = len(codes.ptr) - 1
+    if len(rows) * 8 < n_rows:  # few rows: gather their entry ranges
+        starts, ends = codes.ptr[rows], codes.ptr[rows + 1]
+        lengths = ends - starts
+        entries = np.repeat(ends - np.cumsum(lengths), lengths) + np.arange(int(lengths.sum()))
+    else:
+        row_mask = np.zeros(n_rows, bool)
+        row_mask[rows] = True
+        entries = np.repeat(row_mask, np.diff(codes.ptr))
+    latent = codes.latent[entries]
+    total = np.bincount(latent, codes.value[entries].astype(np.float64), d_sae)
+    fired = np.bincount(latent[codes.value[entries] != 0], minlength=d_sae).astype(np.int64)
+    return total, fired
 
 
 @torch.inference_mode()
@@ -262,15 +353,23 @@ def latents_on_rows(ctx: JobContext, store_path: Path, hook: str, sae_path: Path
                     batch_size: int = 8192) -> RowLatents:
     """Job: the ``n`` latents most characteristic of ``rows`` (unique store rows): most
     active there relative to their mean over all rows (see ``rank_latents``). The overall
-    mean comes from the feature statistics ``stats_id`` when given, else from a full pass."""
+    mean comes from the feature statistics ``stats_id`` when given, else from a full pass;
+    the sums over the rows come from the codes those statistics kept, when they hold them."""
     sae = cached_sae(sae_path, ctx.device)
     with ActivationStore.open(store_path) as store:
-        rows = np.unique(_check(store, hook, sae, rows))
+        rows = _check(store, hook, sae, rows)
+        if rows.size > 1 and not bool((rows[1:] > rows[:-1]).all()):
+            rows = np.unique(rows)
         if not rows.size:
             empty = np.zeros(0, np.float32)
             return RowLatents(np.zeros(0, np.int64), empty, empty, empty, empty)
-        total, fired = _code_sums(ctx, store, hook, sae, rows, batch_size, "codes on the selection")
-        overall = _overall_mean(ctx, store, hook, sae, stats_id, batch_size)
+        codes = stored_codes(store, stats_id, sae, hook) if stats_id else None
+        if codes is not None:
+            total, fired = selection_code_sums(codes, rows, sae.d_sae)
+            overall = codes.mean
+        else:
+            total, fired = _code_sums(ctx, store, hook, sae, rows, batch_size, "codes on the selection")
+            overall = _overall_mean(ctx, store, hook, sae, stats_id, batch_size)
         n_rows = store.n_rows
     return rank_latents(total / len(rows), fired / len(rows), overall, len(rows), n_rows,
                         min(n, sae.d_sae))

@@ -257,3 +257,43 @@ def test_stored_codes_answer_like_the_sae_and_stale_ones_are_ignored(small_works
     assert not np.allclose(fresh, encoded)  # encoded anew, not read from the stale codes
     fast = latent_values(ctx, ws.store, ws.hook, ws.sae, cols, rows=rows, stats_id=ws.sae_id)
     np.testing.assert_allclose(fast, encoded[rows], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("share", [0.01, 0.5, 1.0])
+def test_stored_code_sums_equal_the_dense_codes(planted, store_path, x, share):
+    """Sums over a few rows (entry ranges gathered) and over many (a repeated row mask)
+    from the stored CSR codes equal the SAE's dense codes."""
+    from engine.encode import stored_code_sums, stored_codes
+    from engine.sae.io import load_sae
+    _, folder, _ = planted
+    sae = load_sae(folder)
+    rng = np.random.default_rng(3)
+    rows = np.sort(rng.choice(N_TOKENS, max(1, int(share * N_TOKENS)), replace=False))
+    with ActivationStore.open(store_path) as store:
+        codes = stored_codes(store, "planted", sae, HOOK)
+        assert codes is stored_codes(store, "planted", sae, HOOK)  # read once, kept
+    with torch.no_grad():
+        dense = sae.encode(x).numpy().astype(np.float64)
+    total, fired = stored_code_sums(codes, rows, sae.d_sae)
+    np.testing.assert_allclose(total, dense[rows].sum(0), rtol=1e-3, atol=1e-3)
+    np.testing.assert_array_equal(fired, (dense[rows] != 0).sum(0))
+    np.testing.assert_allclose(codes.mean, dense.mean(0), rtol=1e-3, atol=1e-5)
+
+
+def test_selection_sums_follow_a_moving_selection(planted, store_path):
+    """Running sums moved from selection to selection (rows gained and lost) equal sums
+    computed afresh, as a brush grows, shrinks and jumps."""
+    from engine.encode import selection_code_sums, stored_code_sums, stored_codes
+    from engine.sae.io import load_sae
+    _, folder, _ = planted
+    sae = load_sae(folder)
+    with ActivationStore.open(store_path) as store:
+        codes = stored_codes(store, "planted", sae, HOOK)
+    rng = np.random.default_rng(5)
+    for lo, hi in [(0, 200), (0, 260), (40, 260), (40, 250), (300, 900), (0, N_TOKENS), (10, 11)]:
+        rows = np.arange(lo, hi)
+        rows = rows[rng.random(len(rows)) < 0.9]
+        total, fired = selection_code_sums(codes, rows, sae.d_sae)
+        want_total, want_fired = stored_code_sums(codes, rows, sae.d_sae)
+        np.testing.assert_allclose(total, want_total, rtol=1e-9, atol=1e-9)
+        np.testing.assert_array_equal(fired, want_fired)

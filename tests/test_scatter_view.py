@@ -147,8 +147,8 @@ def test_ids_mask_dense_sparse_and_full_mask():
 def test_count_image_bins_visible_points_with_mean_colour():
     xy = np.array([[0.25, 0.25], [0.25, 0.25], [0.75, 0.75], [5.0, 5.0]], np.float32)
     img = CountImage(xy)
-    rgba = np.array([[255, 0, 0, 255], [0, 0, 255, 255], [0, 255, 0, 128], [9, 9, 9, 255]], np.uint8)
-    img.set_colors(rgba)
+    palette = np.array([[255, 0, 0, 255], [0, 0, 255, 255], [0, 255, 0, 128], [9, 9, 9, 255]], np.uint8)
+    img.set_colors(np.array([0, 1, 2, 3]), palette)
     out = img.render((0.0, 1.0, 0.0, 1.0), (2, 2))
     assert out.shape == (2, 2, 4)
     assert tuple(out[0, 0, :3]) == (127, 0, 127) and out[0, 0, 3] == 255  # mean of red, blue
@@ -189,7 +189,7 @@ def mouse_lasso(qtbot, view: ScatterView, poly: np.ndarray,
     QTest.mousePress(widget, Qt.MouseButton.LeftButton, modifier, pixels[0])
     for p in pixels[1:]:
         qtbot.wait(12)  # both toolkits drop mouse moves closer than 10 ms apart
-        QTest.mouseMove(widget, p)
+        QTest.mouseEvent(QTest.MouseAction.MouseMove, widget, Qt.MouseButton.NoButton, modifier, p)
     QTest.mouseRelease(widget, Qt.MouseButton.LeftButton, modifier, pixels[-1])
     qtbot.wait(20)
     inverse = _affine_inverse(view)
@@ -215,6 +215,29 @@ def test_mouse_lasso_selects_exactly_the_points_inside(qtbot, state, backend):
     union = np.union1d(expected, reference_ids(layout.xy, layout.ids, drawn2))
     np.testing.assert_array_equal(state.selection.ids, union)
     assert len(union) > len(expected)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_selection_follows_the_brush_while_it_moves(qtbot, state, backend):
+    """Live brushing: AppState's selection changes while the lasso is dragged (marked live,
+    combined with the selection from before the drag by the modifier), and the release
+    leaves the exact final selection, no longer live."""
+    view = open_view(qtbot, state, backend)
+    layout = random_layout()
+    state.set_projection(layout)
+    view.set_brush_mode("lasso")
+    base_poly = star(-1.2, -1.0, 0.6, n=12, seed=4)
+    base = reference_ids(layout.xy, layout.ids, mouse_lasso(qtbot, view, base_poly))
+    seen = []
+    state.selection_changed.connect(seen.append)
+    drawn = mouse_lasso(qtbot, view, star(0.4, 0.3, 1.3, n=30), Qt.KeyboardModifier.ShiftModifier)
+    live = [s for s in seen if s.live]
+    assert len(live) >= 3 and not seen[-1].live
+    assert all(np.isin(base, s.ids).all() for s in live)  # Shift: the old selection stays in
+    assert len({len(s) for s in live}) > 1  # it grew as the lasso did
+    want = np.union1d(base, reference_ids(layout.xy, layout.ids, drawn))
+    np.testing.assert_array_equal(state.selection.ids, want)
+    assert view._sel.sum() == len(want)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -67,6 +67,14 @@ def test_selection_modes():
     assert or_mode(a, b).ids.tolist() == [1, 2, 3, 4]
     assert and_not_mode(a, b).ids.tolist() == [1, 2]
     assert a.as_mask(5).tolist() == [False, True, True, True, False]
+    ma = Selection(ROWS, [1, 2, 3], mask=np.isin(np.arange(6), [1, 2, 3]))
+    mb = Selection(ROWS, [3, 4], mask=np.isin(np.arange(6), [3, 4]), live=True)
+    both, rest = or_mode(ma, mb), and_not_mode(ma, mb)  # the masks combined, not the ids sorted
+    assert both.ids.tolist() == [1, 2, 3, 4] and both.mask.tolist() == [False, True, True, True, True, False]
+    assert rest.ids.tolist() == [1, 2] and rest.mask.sum() == 2 and both.live and rest.live
+    assert mb != Selection(ROWS, [3, 4])  # a brush still moving is not its final selection
+    unsorted = Selection(ROWS, [5, 1, 5, 3])
+    assert unsorted.ids.tolist() == [1, 3, 5]
 
 
 def _count(ctx, n, delay=0.01):
@@ -94,6 +102,20 @@ def test_a_keyed_job_replaces_the_stale_one(bridge):
     assert bridge.wait_idle(10)
     assert bridge.jobs[first].state == CANCELLED and bridge.jobs[second].state == DONE
     assert len(results) == 1
+
+
+def test_a_failing_callback_does_not_lose_the_other_reports(bridge, capsys):
+    """A view's result handler that raises (a bug) is reported, and the reports drained
+    with it (other jobs' results) still land."""
+    results = []
+
+    def broken(result):
+        raise RuntimeError("a view's bug")
+    bridge.submit("a", _count, n=1, delay=0, on_result=broken)
+    bridge.submit("b", _count, n=1, delay=0, on_result=results.append)
+    assert bridge.wait_idle(10)
+    assert len(results) == 1 and not bridge.busy()
+    assert "a view's bug" in capsys.readouterr().err
 
 
 def test_errors_become_one_sentence_with_details(bridge):

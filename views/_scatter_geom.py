@@ -163,32 +163,62 @@ def ids_mask(ids: np.ndarray, selected: np.ndarray, full_mask: np.ndarray | None
 class CountImage:
     """The level-of-detail image: points binned on a pixel grid of the visible rectangle,
     each bin coloured by the mean colour of its points (alpha-weighted) and opaque in
-    proportion to how many points overlap there (as markers of that alpha would be)."""
+    proportion to how many points overlap there (as markers of that alpha would be).
+
+    The per-bin sums (count, alpha, premultiplied RGB) are kept for the current grid, so a
+    colour change that touches few points (a brush moving) updates only their bins."""
+
+    DELTA_BELOW = 0.25  # update the sums in place when fewer than this share of points changed
 
     def __init__(self, xy: np.ndarray) -> None:
         self.x = np.ascontiguousarray(xy[:, 0], np.float32)
         self.y = np.ascontiguousarray(xy[:, 1], np.float32)
-        self.set_colors(np.full((len(xy), 4), 255, np.uint8))
+        self._flat_key: tuple | None = None
+        self._flat = np.zeros(0, np.intp)
+        self._sums: np.ndarray | None = None  # (5, (h+2)*(w+2)): count, alpha, r, g, b
+        self._visible: tuple[tuple, int] | None = None
+        self.codes = np.zeros(len(xy), np.int64)
+        self.palette = np.full((1, 4), 255, np.uint8)
+        self.set_colors(self.codes, self.palette)
 
-    def set_colors(self, rgba: np.ndarray) -> None:
-        """Per-point (n, 4) uint8 colours, as the markers would be drawn."""
-        a = rgba[:, 3]
-        first = rgba[0] if len(rgba) else np.full(4, 255, np.uint8)
-        self.alpha = float(first[3]) / 255.0 if np.all(a == first[3]) else None
-        self.rgb = first[:3].copy() if np.all(rgba[:, :3] == first[:3]) else None
-        weight = a.astype(np.float64) / 255.0
-        self.w_a = None if self.alpha is not None else weight
-        self.w_rgb = None if self.rgb is not None else [
-            rgba[:, c] * weight for c in range(3)]  # premultiplied, float64 for bincount
+    def set_colors(self, codes: np.ndarray, palette: np.ndarray) -> None:
+        """Per-point codes into a (K, 4) uint8 palette, as the markers would be drawn."""
+        codes = np.asarray(codes)
+        palette = np.asarray(palette, np.uint8).reshape(-1, 4)
+        if (self._sums is not None and len(codes) == len(self.codes) and palette.shape == self.palette.shape
+                and np.array_equal(palette, self.palette)):
+            changed = np.flatnonzero(codes != self.codes)
+            if changed.size < self.DELTA_BELOW * max(len(codes), 1):
+                self._add(self._flat[changed], self._tables(), codes[changed], self.codes[changed])
+                self.codes = codes
+                return
+        self.codes, self.palette, self._sums = codes, palette, None
+
+    def _tables(self) -> np.ndarray:
+        """(4, K) per-code weights: alpha and the premultiplied RGB."""
+        alpha = self.palette[:, 3].astype(np.float64) / 255.0
+        return np.vstack([alpha, self.palette[:, :3].T * alpha])
+
+    def _add(self, bins: np.ndarray, tables: np.ndarray, new: np.ndarray, old: np.ndarray) -> None:
+        """Move points from their ``old`` codes to their ``new`` ones in the kept sums."""
+        if not bins.size:
+            return
+        nb = self._sums.shape[1]
+        for k in range(4):
+            self._sums[1 + k] += np.bincount(bins, tables[k][new] - tables[k][old], nb)
 
     def count_visible(self, rect: tuple[float, float, float, float]) -> int:
-        """How many points lie inside ``rect`` = (x0, x1, y0, y1)."""
+        """How many points lie inside ``rect`` = (x0, x1, y0, y1) (remembered per rect)."""
+        key = tuple(float(v) for v in rect)
+        if self._visible is not None and self._visible[0] == key:
+            return self._visible[1]
         x0, x1, y0, y1 = rect
         inside = self.x >= x0
         inside &= self.x < x1
         inside &= self.y >= y0
         inside &= self.y < y1
-        return int(np.count_nonzero(inside))
+        self._visible = (key, int(np.count_nonzero(inside)))
+        return self._visible[1]
 
     def _bins(self, rect: tuple[float, float, float, float], w: int, h: int) -> np.ndarray:
         """Flat bin of every point on a grid padded by one bin each side (the padding
@@ -211,19 +241,32 @@ class CountImage:
                overlap: float = 3.0) -> np.ndarray:
         """(h, w, 4) uint8 image of the points inside ``rect`` = (x0, x1, y0, y1); row 0 is y0."""
         w, h = shape
-        flat = self._bins(rect, w, h)
-        nb = (w + 2) * (h + 2)
-
-        def grid(weights: np.ndarray | None) -> np.ndarray:
-            return np.bincount(flat, weights, nb).reshape(h + 2, w + 2)[1:-1, 1:-1]
-
-        count = grid(None)
-        sum_a = count * self.alpha if self.alpha is not None else grid(self.w_a)
+        key = (tuple(float(v) for v in rect), w, h)
+        if key != self._flat_key:
+            self._flat, self._flat_key, self._sums = self._bins(rect, w, h), key, None
+        if self._sums is None:
+            self._sums = self._full_sums((w + 2) * (h + 2))
+        count, sum_a, *sum_rgb = (g.reshape(h + 2, w + 2)[1:-1, 1:-1] for g in self._sums)
         img = np.zeros((h, w, 4), np.uint8)
-        hit = sum_a > 0
-        inv = np.divide(1.0, sum_a, out=np.zeros_like(sum_a, dtype=np.float64), where=hit)
+        hit = sum_a > 1e-9
+        inv = np.divide(1.0, sum_a, out=np.zeros(sum_a.shape), where=hit)
         for c in range(3):
-            img[..., c] = self.rgb[c] if self.rgb is not None else grid(self.w_rgb[c]) * inv
+            img[..., c] = np.minimum(sum_rgb[c] * inv, 255.0)
         mean_a = np.minimum(np.divide(sum_a, count, out=np.zeros(count.shape), where=hit), 0.999)
         img[..., 3] = 255.0 * -np.expm1(np.log1p(-mean_a) * (count * overlap))
         return img
+
+    def _full_sums(self, nb: int) -> np.ndarray:
+        """The five sums over all points; a colour every used code shares costs no bincount."""
+        tables = self._tables()
+        used = np.bincount(self.codes, minlength=tables.shape[1]) > 0 if len(self.codes) else None
+        sums = np.empty((5, nb))
+        sums[0] = np.bincount(self._flat, None, nb)
+        for k in range(4):
+            row = tables[k][used] if used is not None else tables[k][:1]
+            if np.all(row == row[0]):
+                np.multiply(sums[0], row[0], out=sums[1 + k])
+            else:
+                sums[1 + k] = np.bincount(self._flat, tables[k][self.codes], nb)
+        return sums
+

@@ -109,7 +109,7 @@ class ColourModes:
         n = len(self._layout.ids)
         mode = self._mode
         values = None
-        if key is not None:
+        if key is not None and key in self._values:  # (the vocabulary can land before the values)
             ids_for, values = self._values[key]
             if ids_for is not None and len(ids_for) != n:
                 values = None

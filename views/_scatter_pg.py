@@ -19,7 +19,7 @@ from views._scatter_legend import LeaveFilter
 LOD_ABOVE = 100_000  # more points than this in view: draw the count image instead
 BIN_PX = 2  # count-image bin size in screen pixels
 
-BrushFn = Callable[[np.ndarray, Qt.KeyboardModifier], None]
+BrushFn = Callable[[np.ndarray, Qt.KeyboardModifier, bool], None]  # polygon, modifiers, final
 HoverFn = Callable[[float, float, QPoint], None]
 
 
@@ -39,7 +39,7 @@ class _BrushViewBox(pg.ViewBox):
         if ev.isStart():
             start = self.mapToView(ev.buttonDownPos())
             self.owner.path = [(start.x(), start.y())]
-        self.owner.extend_path(here.x(), here.y())
+        self.owner.extend_path(here.x(), here.y(), ev.modifiers())
         if ev.isFinish():
             self.owner.finish_path(ev.modifiers())
 
@@ -86,7 +86,7 @@ class PgBackend:
         self.count = CountImage(xy)
         if len(self.codes) != len(xy):
             self.codes = np.zeros(len(xy), np.int64)
-        self.count.set_colors(self.palette[self.codes])
+        self.count.set_colors(self.codes, self.palette)
         self.scatter.opts["size"] = float(size)
         self._scatter_stale = self._brush_stale = True
         self._refresh()
@@ -94,7 +94,7 @@ class PgBackend:
     def set_colors(self, codes: np.ndarray, palette: np.ndarray) -> None:
         """Per-point palette codes and the (K, 4) uint8 palette; coordinates stay as they are."""
         self.codes, self.palette = codes, palette
-        self.count.set_colors(palette[codes])
+        self.count.set_colors(codes, palette)
         self._brush_stale = True
         self._refresh()
 
@@ -180,19 +180,22 @@ class PgBackend:
             self.path_item.setVisible(True)
 
     # ------------------------------------------------------------------ mouse
-    def extend_path(self, x: float, y: float) -> None:
+    def extend_path(self, x: float, y: float,
+                    modifiers: Qt.KeyboardModifier = Qt.KeyboardModifier.NoModifier) -> None:
+        """Draw the brush so far and report it (not final) for live brushing."""
         poly = extend_brush(self.path, x, y, self.mode == "box")
         qpath = QPainterPath(QPointF(*poly[0]))
         for px, py in poly[1:]:
             qpath.lineTo(px, py)
         qpath.closeSubpath()
         self.path_item.setPath(qpath)
+        self.on_brush(brush_polygon(self.path, self.mode == "box"), modifiers, False)
 
     def finish_path(self, modifiers: Qt.KeyboardModifier) -> None:
         poly = brush_polygon(self.path, self.mode == "box")
         self.path = []
         self.path_item.setPath(QPainterPath())
-        self.on_brush(poly, modifiers)
+        self.on_brush(poly, modifiers, True)
 
     def _on_mouse_moved(self, scene_pos: QPointF) -> None:
         if not self.vb.sceneBoundingRect().contains(scene_pos):

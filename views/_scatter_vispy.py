@@ -15,7 +15,7 @@ from views._scatter_geom import brush_polygon, extend_brush, fit_rect
 from views._scatter_legend import LeaveFilter
 
 DIM_Z = 0.5  # depth of dimmed points (nearer is smaller)
-BrushFn = Callable[[np.ndarray, Qt.KeyboardModifier], None]
+BrushFn = Callable[[np.ndarray, Qt.KeyboardModifier, bool], None]  # polygon, modifiers, final
 HoverFn = Callable[[float, float, QPoint], None]
 
 
@@ -59,7 +59,7 @@ def _camera_class():
                 owner.path = [tuple(here)]
                 event.handled = True
             elif event.type == "mouse_move" and event.press_event is not None and 1 in event.buttons:
-                owner.extend_path(*here)
+                owner.extend_path(*here, _qt_modifiers(event.mouse_event.modifiers))
                 event.handled = True
             elif event.type == "mouse_release" and event.button == 1 and owner.path:
                 owner.extend_path(*here)
@@ -176,17 +176,20 @@ class VispyBackend:
         painter.drawImage(QRectF(*fit_rect(target.getRect(), w, h)), qimg)
 
     # ------------------------------------------------------------------ mouse
-    def extend_path(self, x: float, y: float) -> None:
+    def extend_path(self, x: float, y: float,
+                    modifiers: Qt.KeyboardModifier = Qt.KeyboardModifier.NoModifier) -> None:
+        """Draw the brush so far and report it (not final) for live brushing."""
         poly = extend_brush(self.path, x, y, self.mode == "box")
         if len(poly) >= 2:
             self.line.set_data(np.vstack([poly, poly[:1]]).astype(np.float32))
             self.line.visible = True
+        self.on_brush(brush_polygon(self.path, self.mode == "box"), modifiers, False)
 
     def finish_path(self, modifiers: Qt.KeyboardModifier) -> None:
         poly = brush_polygon(self.path, self.mode == "box")
         self.path = []
         self.line.visible = False
-        self.on_brush(poly, modifiers)
+        self.on_brush(poly, modifiers, True)
 
     def _on_mouse_move(self, event) -> None:
         if event.buttons:

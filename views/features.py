@@ -233,6 +233,7 @@ class FeatureBrowser(QWidget):
         self.data_: BrowserData | None = None
         self.contexts: list[Context] = []
         self._requests: dict[str, int] = {}
+        self._latent_filter = False  # the table is filtered by a latent selection
         self._loaded: tuple[Path | None, str | None] = (None, None)
         self._quiet = False  # True while filtering: the view moving its current row is no choice
         self._build()
@@ -355,7 +356,10 @@ class FeatureBrowser(QWidget):
         self._show_detail(latent)
 
     def _on_selection_changed(self, selection: Selection) -> None:
-        self._apply_filter()
+        filtered = selection.kind == LATENTS and len(selection) > 0
+        if filtered or self._latent_filter:  # a row selection (a brush moving) leaves the table be
+            self._apply_filter()
+        self._latent_filter = filtered
         hook = self.data_.stats.hook if self.data_ is not None else self.state.hook
         if (selection.kind != ROWS or not len(selection) or self.state.engine is None
                 or None in (self.state.store, self.state.sae, hook)):

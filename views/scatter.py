@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PySide6.QtCore import QEvent, QObject, QPoint, QRectF, Qt
-from PySide6.QtGui import QColor, QPainter
+from PySide6.QtCore import QEvent, QObject, QPoint, QRectF, Qt, QTimer
+from PySide6.QtGui import QColor, QGuiApplication, QPainter
 from PySide6.QtWidgets import (
     QButtonGroup,
     QComboBox,
@@ -52,6 +52,7 @@ from views._scatter_modes import ColourModes
 
 SOFTWARE_GL = ("llvmpipe", "softpipe", "swrast", "software")
 HOVER_PX = 8.0  # the hover tip names the nearest point within this many pixels
+LIVE_MS = 15  # live brushing: the latest brush becomes the selection this soon after a move
 Mode = Callable[[Selection, Selection], Selection]
 
 
@@ -124,6 +125,11 @@ class ScatterView(ColourModes, QWidget):
         self._tree: Any = None
         self._serial: dict[str, int] = {}
         self._hover = -1
+        self._brush_base: Selection | None = None  # the selection when the current drag began
+        self._live: tuple[np.ndarray, Mode, str] | None = None  # the latest brush not yet applied
+        self._live_timer = QTimer(self)
+        self._live_timer.setSingleShot(True)
+        self._live_timer.timeout.connect(self._apply_live)
         self._build()
         for signal, slot in ((state.projection_changed, self._on_projection_changed),
                              (state.store_changed, self._on_store_changed),
@@ -384,22 +390,55 @@ class ScatterView(ColourModes, QWidget):
         return rgba
 
     # ------------------------------------------------------------------ brushing
-    def _on_brush(self, polygon: np.ndarray, modifiers: Qt.KeyboardModifier) -> None:
+    def _on_brush(self, polygon: np.ndarray, modifiers: Qt.KeyboardModifier, final: bool = True) -> None:
+        """Live brushing: while the brush moves, the latest brush becomes AppState's
+        selection (combined with the selection from before the drag by the modifiers) as
+        fast as it can be computed; on release the final one does."""
         mode: Mode = replace_mode
         if modifiers & Qt.KeyboardModifier.ShiftModifier:
             mode = or_mode
         elif modifiers & Qt.KeyboardModifier.AltModifier:
             mode = and_not_mode
-        self.lasso(polygon, mode, how="box" if self.plot.mode == "box" else "lasso")
+        how = "box" if self.plot.mode == "box" else "lasso"
+        if self._brush_base is None:
+            self._brush_base = self.state.selection
+        if not final:
+            self._live = (polygon, mode, how)
+            if not self._live_timer.isActive():
+                self._live_timer.start(LIVE_MS)
+            return
+        self._live_timer.stop()
+        self._live = None
+        base, self._brush_base = self._brush_base, None
+        self.lasso(polygon, mode, how=how, base=base)
 
-    def lasso(self, polygon_xy: np.ndarray, mode: Mode = replace_mode, how: str = "lasso") -> None:
-        """Select the points inside a data-space polygon, combined with the selection by ``mode``."""
+    def _apply_live(self) -> None:
+        if self._live is None or self._brush_base is None:
+            return
+        polygon, mode, how = self._live
+        self._live = None
+        if len(polygon) >= 3:
+            self.lasso(polygon, mode, how=how, base=self._brush_base, live=True)
+
+    def lasso(self, polygon_xy: np.ndarray, mode: Mode = replace_mode, how: str = "lasso",
+              base: Selection | None = None, live: bool = False) -> None:
+        """Select the points inside a data-space polygon, combined by ``mode`` with ``base``
+        (default: the current selection). The selection carries a mask over the layout's
+        ids, computed here once for every view."""
         if self._layout is None:
             return
         inside = points_in_polygon(self._xy, polygon_xy)
         ids = np.asarray(self._layout.ids)[self._finite[inside]]
-        selection = Selection(self._kind(), ids, how=f"{how} in scatter ({self._name()})")
-        self.state.set_selection(selection, mode)
+        mask = None
+        top = int(self._layout.ids.max()) if len(self._layout.ids) else -1
+        if 0 <= top < 4 * len(self._layout.ids) + 1024 and (not len(ids) or ids.min() >= 0):
+            mask = np.zeros(top + 1, bool)
+            mask[ids] = True
+            ids = np.flatnonzero(mask)  # sorted unique, so Selection need not sort
+        suffix = " (dragging)" if live else ""
+        selection = Selection(self._kind(), ids, how=f"{how} in scatter ({self._name()}){suffix}", mask=mask,
+                              live=live)
+        self.state.set_selection(mode(self.state.selection if base is None else base, selection))
 
     # ------------------------------------------------------------------ hover
     def nearest(self, x: float, y: float, radius_px: float = HOVER_PX) -> int:
@@ -420,6 +459,9 @@ class ScatterView(ColourModes, QWidget):
         return int(self._finite[idx[best]]) if d[best] <= radius_px else -1
 
     def _on_hover(self, x: float, y: float, where: QPoint) -> None:
+        if QGuiApplication.mouseButtons() != Qt.MouseButton.NoButton:  # dragging: brush or pan, no tip
+            self._hide_tip()
+            return
         i = self.nearest(x, y)
         if i < 0:
             self._hide_tip()
