@@ -12,6 +12,7 @@ from pathlib import Path
 from PySide6.QtCore import QSettings
 
 from desktop_app.main_window import MainWindow, ViewFactory
+from engine.project import warm_in_background
 from engine.workspace import DemoSpec, default_workspace
 
 
@@ -49,8 +50,11 @@ def run_app(views: Sequence[tuple[str, ViewFactory]], workspace: str | os.PathLi
         window.jobs.write(f"could not open {workspace}; use File > Open Workspace")
     window.statusBar().showMessage(f"window up in {time.perf_counter() - t0:.1f} s; engine on "
                                    f"{window.bridge.device}", 10000)
+    warming = warm_in_background()  # numba kernels for the first UMAP, compiled off this process
     if quit_after is not None:
         QTimer.singleShot(int(quit_after * 1000), window.close)
     code = app.exec()
     window.bridge.shutdown()
+    if warming is not None and warming.poll() is None:
+        warming.terminate()  # what it compiled so far stays cached; the next launch goes on
     return code

@@ -26,6 +26,7 @@ import functools
 import hashlib
 import json
 import os
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -192,6 +193,35 @@ def configure_numba_cache() -> Path:
     if config == "":  # numba already imported: its config read the environment before
         sys.modules["numba.core.config"].CACHE_DIR = str(folder)
     return folder
+
+
+def _warm_marker() -> Path:
+    """The file that says this cache holds umap's kernels for these library versions."""
+    import importlib.metadata as md
+    versions = "-".join(md.version(p) for p in ("umap-learn", "numba", "numpy"))
+    return configure_numba_cache() / f"warm-{versions}-py{sys.version_info[0]}{sys.version_info[1]}.ok"
+
+
+def warm_kernels() -> None:
+    """Compile every numba kernel a UMAP layout uses into the persistent cache (a tiny
+    layout of each kind), then leave the marker. Run by ``warm_in_background``."""
+    rng = np.random.default_rng(0)
+    for n in (64, TORCH_KNN_UP_TO // 8):
+        x = rng.normal(size=(n, 8)).astype(np.float32)
+        umap_layout(JobContext(), x, np.arange(n), "warm", n_epochs=2, frames=1)
+    _warm_marker().write_text("ok\n")
+
+
+def warm_in_background() -> subprocess.Popen | None:
+    """At start-up: unless the cache is already warm, compile umap's kernels in a separate,
+    low-priority process (numba holds the GIL while compiling, which would freeze a GUI),
+    so the first UMAP of the session loads them instead of paying ~40 s. None when warm."""
+    if _warm_marker().exists():
+        return None
+    code = "import os; os.nice(10); from engine.project import warm_kernels; warm_kernels()"
+    root = Path(__file__).resolve().parents[1]
+    return subprocess.Popen([sys.executable, "-c", code], cwd=root, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=dict(os.environ, PYTHONPATH=str(root)))
 
 
 @dataclass

@@ -333,3 +333,17 @@ def test_project_without_cache_and_bad_arguments(tmp_path):
         project(JobContext(), tmp_path / "s.h5", HOOK, what="latents")
     with pytest.raises(LatentLabError, match="unknown UMAP"):
         project(JobContext(), tmp_path / "s.h5", HOOK, method="umap", perplexity=30)
+
+
+def test_kernels_warm_into_the_persistent_cache(tmp_path, monkeypatch):
+    """warm_kernels leaves the marker that stops later launches from warming again; a
+    launch without the marker starts the warming in a separate process."""
+    P.warm_kernels()  # the kernels are in this session's cache already: quick
+    assert P._warm_marker().exists() and P.warm_in_background() is None
+    monkeypatch.setattr(P, "_warm_marker", lambda: tmp_path / "missing.ok")
+    proc = P.warm_in_background()
+    try:
+        assert proc is not None and proc.poll() is None and "warm_kernels" in " ".join(proc.args)
+    finally:
+        proc.terminate()
+        proc.wait(10)
