@@ -7,7 +7,9 @@ and CLI run, with an on-disk cache keyed by what the layout was computed from.
 Where ``umap_layout`` differs from ``umap.UMAP(random_state=seed).fit``:
 - kNN: below 4096 points UMAP uses the full distance matrix; here an exact blocked kNN gives
   the same neighbours (self first at distance exactly 0) without the n x n matrix held at
-  once; above it, the same ``nearest_neighbors`` (pynndescent, n_jobs=1 as a seeded UMAP).
+  once; up to TORCH_KNN_UP_TO rows an exact torch kNN; above, where UMAP runs pynndescent
+  (about a minute of compilation per process), an inverted-file search (k-means cells,
+  exact distances within the nearest cells; recall >= 0.95 tested).
 - init: PCA from ``pca_layout`` (or ``init``), then UMAP's own scaling (largest |coord| 10,
   noise 1e-4, per axis min-max to [0, 10]); UMAP's default init is spectral.
 - SGD: the same numba epoch function ``optimize_layout_euclidean`` runs, called epoch by
@@ -16,8 +18,8 @@ Where ``umap_layout`` differs from ``umap.UMAP(random_state=seed).fit``:
   bit for bit (restarting that public function per chunk would reset its edge sampling
   and drop every edge sampled less often than once a chunk). No densMAP, no parallel SGD.
 - umap's graph and SGD kernels are compiled again with numba's ``cache=True`` (umap itself
-  recompiles them in every process, ~10 s); pynndescent's (n >= 4096) still compile once
-  per process, about a minute on two cores.
+  recompiles them in every process, ~10 s), and warmed into that cache at start-up.
+- frames: the first one after FIRST_FRAME_EPOCHS epochs, then evenly spaced.
 """
 
 from __future__ import annotations
@@ -53,7 +55,10 @@ WHATS = ("rows", "latents")
 UMAP_PARAMS = ("n_neighbors", "min_dist", "n_epochs", "frames")
 CACHE_VERSION = 1
 EXACT_KNN_BELOW = 4096  # as umap-learn: smaller sets get exact neighbours (float64)
-TORCH_KNN_UP_TO = 60_000  # exact float32 neighbours with torch up to here, then pynndescent
+TORCH_KNN_UP_TO = 12_000  # exact float32 neighbours with torch up to here, then a cell search
+FIRST_FRAME_EPOCHS = 5  # a progressive UMAP shows its first frame after this many epochs
+KNN_DIMS = 64  # the cell search assigns cells in this many principal components
+KNN_PROBE = 12  # cells searched for each cell's points (its own and those with the nearest centres)
 BLOCK_BYTES = 64 << 20  # float64 working block of the streamed PCA
 COV_BLOCK = 4096  # rows per float32 cross product of the PCA covariance
 READ_BYTES = 64 << 20  # float32 rows read from a store at a time
@@ -252,6 +257,8 @@ def umap_layout(ctx: JobContext, x: np.ndarray, ids: np.ndarray, name: str,
     xy = _scaled_init(x, ids, init, random_state)
     sgd = _SGD(xy, graph, random_state.randint(INT32_MIN, INT32_MAX, 3).astype(np.int64))
     stops = np.unique(np.linspace(0, graph.n_epochs, max(int(frames), 1) + 1).round().astype(int))
+    if len(stops) > 2 and stops[1] > 2 * FIRST_FRAME_EPOCHS:  # an early first frame: the layout
+        stops = np.unique(np.r_[stops[:1], FIRST_FRAME_EPOCHS, stops[1:]])  # is on screen while it moves
     for stop in stops[1:]:
         sgd.run_to(int(stop))
         ctx.partial(Layout(name, xy.copy(), ids, final=False))
@@ -301,10 +308,7 @@ def _knn(x: np.ndarray, k: int, random_state: np.random.RandomState) -> tuple[np
         return _exact_knn(x, k)
     if len(x) <= TORCH_KNN_UP_TO:
         return _torch_knn(x, k)
-    from umap.umap_ import nearest_neighbors
-    idx, dist, _ = nearest_neighbors(x, k, "euclidean", {}, False, random_state,
-                                     low_memory=True, use_pynndescent=True, n_jobs=1)
-    return idx, dist.astype(np.float32)
+    return _cell_knn(x, k, random_state)
 
 
 def _exact_knn(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -341,6 +345,71 @@ def _torch_knn(x: np.ndarray, k: int, block: int = 2048) -> tuple[np.ndarray, np
             idx[lo:hi] = nb.numpy()
             dist[lo:hi] = vals.clamp_min(0.0).sqrt().numpy()
     return idx, dist
+
+
+def _cell_knn(x: np.ndarray, k: int, random_state: np.random.RandomState,
+              dims: int = KNN_DIMS, probe: int = KNN_PROBE) -> tuple[np.ndarray, np.ndarray]:
+    """Approximate euclidean kNN for large sets (an inverted-file search, as FAISS's IVF):
+    k-means cells of about sqrt(n) points in the top ``dims`` principal components; each
+    cell's points are compared, by exact distance in the full space, with the points of the
+    ``probe`` cells whose centres are nearest its own. Each point is its own first
+    neighbour at distance 0; recall against exact kNN is tested. The many small GEMMs run
+    on one thread: on a busy two-core machine that is faster than two."""
+    import torch
+    n, d = x.shape
+    mean, cov = _mean_cov(x)
+    w = torch.from_numpy(_top_components(cov, min(dims, d)).astype(np.float32))
+    xt = torch.from_numpy(np.ascontiguousarray(x, np.float32))
+    threads = torch.get_num_threads()
+    try:
+        with torch.no_grad():
+            z = (xt - torch.from_numpy(mean.astype(np.float32))) @ w
+            cells, centres = _kmeans(z, max(1, int(round(np.sqrt(n)))), random_state)
+            near = torch.cdist(centres, centres).topk(min(probe, len(centres)), largest=False).indices
+            order = torch.argsort(cells)
+            bounds = torch.searchsorted(cells[order], torch.arange(len(centres) + 1)).tolist()
+            sq = (xt * xt).sum(1)
+            idx, dist = np.empty((n, k), np.int32), np.empty((n, k), np.float32)
+            torch.set_num_threads(1)
+            for c in range(len(centres)):
+                rows = order[bounds[c]:bounds[c + 1]]
+                if len(rows):
+                    cand = torch.cat([order[bounds[j]:bounds[j + 1]] for j in near[c].tolist()])
+                    _search_cell(xt, sq, rows, cand, k, idx, dist)
+    finally:
+        torch.set_num_threads(threads)
+    return idx, dist
+
+
+def _search_cell(xt, sq, rows, cand, k: int, idx: np.ndarray, dist: np.ndarray) -> None:
+    """Exact kNN of ``rows`` among ``cand`` (one GEMM per block of rows), written into
+    ``idx``/``dist``, self first; a neighbourhood smaller than k repeats its farthest."""
+    import torch
+    xc, sqc = xt[cand], sq[cand]
+    for lo in range(0, len(rows), 2048):
+        q = rows[lo:lo + 2048]
+        d2 = sq[q, None] + sqc[None, :] - 2.0 * (xt[q] @ xc.T)
+        d2[cand[None, :] == q[:, None]] = -1.0  # self first
+        vals, pos = d2.topk(min(k, len(cand)), largest=False)
+        nb, vals = cand[pos], vals.clamp_min(0.0).sqrt()
+        if nb.shape[1] < k:
+            pad = k - nb.shape[1]
+            nb = torch.cat([nb, nb[:, -1:].expand(-1, pad)], 1)
+            vals = torch.cat([vals, vals[:, -1:].expand(-1, pad)], 1)
+        idx[q.numpy()] = nb.numpy()
+        dist[q.numpy()] = vals.numpy()
+
+
+def _kmeans(z, c: int, random_state: np.random.RandomState, iters: int = 8):
+    """Lloyd's k-means of ``z`` (n, r) into ``c`` cells from a seeded sample; (cells, centres)."""
+    import torch
+    centres = z[torch.from_numpy(random_state.choice(len(z), c, replace=False))].clone()
+    for _ in range(iters):
+        cells = torch.cdist(z, centres).argmin(1)
+        sums = torch.zeros_like(centres).index_add_(0, cells, z)
+        counts = torch.bincount(cells, minlength=c).unsqueeze(1)
+        centres = torch.where(counts > 0, sums / counts.clamp_min(1), centres)
+    return torch.cdist(z, centres).argmin(1), centres
 
 
 def _scaled_init(x: np.ndarray, ids: np.ndarray, init: np.ndarray | None,
