@@ -21,6 +21,8 @@ from engine.steering import (
     splice_codes,
     steered,
 )
+from engine.steering_recipe import OCEAN_TEXTS as OCEAN
+from engine.steering_recipe import OTHER_TEXTS as OTHER
 
 HOOK = "blocks.1.hook_resid_post"
 PROMPT = "The river flows into the sea and the"
@@ -226,14 +228,6 @@ def test_positions_respected_with_kv_cache(llama, d_model):
 
 
 # ---------------------------------------------------------------------- the real SmolLM2
-OCEAN = ["The ocean is vast and deep, with waves crashing on the shore.",
-         "Sailors crossed the sea, watching the waves and the salty water.",
-         "Whales and dolphins swim in the deep blue ocean.",
-         "The tide rolled in, and sea water covered the sandy beach."]
-OTHER = ["The mountain trail climbed through a dry pine forest.",
-         "She wrote the report on her computer in the office.",
-         "The city traffic was heavy during the morning rush.",
-         "He baked bread in the kitchen with flour and butter."]
 NEUTRAL = ["I went outside and saw the", "My favourite thing in the world is the",
            "Yesterday we talked about the", "The picture on the wall shows the",
            "She opened the window and looked at the", "The best place to relax is the",

@@ -22,6 +22,8 @@ from engine.steering_injection import (
     naming_rates,
     word_forms,
 )
+from engine.steering_recipe import OCEAN_TEXTS as OCEAN
+from engine.steering_recipe import OTHER_TEXTS as OTHER
 from engine.steering_sweep import SweepResult
 
 LAST = "blocks.2.hook_resid_post"  # the tiny llama's last block: straight to the head
@@ -159,14 +161,6 @@ def test_results_round_trip_as_json(llama, value_direction, tmp_path):
 
 
 # ---------------------------------------------------------------------- the real SmolLM2
-OCEAN = ["The ocean is vast and deep, with waves crashing on the shore.",
-         "Sailors crossed the sea, watching the waves and the salty water.",
-         "Whales and dolphins swim in the deep blue ocean.",
-         "The tide rolled in, and sea water covered the sandy beach."]
-OTHER = ["The mountain trail climbed through a dry pine forest.",
-         "She wrote the report on her computer in the office.",
-         "The city traffic was heavy during the morning rush.",
-         "He baked bread in the kitchen with flour and butter."]
 OCEAN_WORDS = ["ocean", "sea", "wave", "water", "beach", "tide", "whale", "dolphin", "shore", "sailor"]
 
 

@@ -7,7 +7,7 @@ import re
 from typing import Any
 
 from PySide6.QtCore import QSignalBlocker
-from PySide6.QtWidgets import QComboBox, QWidget
+from PySide6.QtWidgets import QComboBox, QFileDialog, QWidget
 
 from desktop_app.state import AppState
 from engine.tokens import Vocab
@@ -78,3 +78,16 @@ class ItemPicker(QComboBox):
         """The chosen intervention (a copy), or None when the recipe is empty."""
         i = self.currentIndex()
         return dict(self.state.steering[i]) if 0 <= i < len(self.state.steering) else None
+
+
+def ask_save(tab: Any, kind: str) -> None:
+    """Ask where to save ``tab``'s finished results as JSON and save them there with its
+    ``save_results``; a failure is shown in the tab's status line."""
+    path, _ = QFileDialog.getSaveFileName(tab, f"Save {kind} results", f"{kind}.json", "JSON (*.json)")
+    if path:
+        try:
+            tab.save_results(path)
+        except (OSError, ValueError) as exc:
+            tab.jobs.show_error(f"Could not save {path}: {exc}")
+        else:
+            tab.status.setText(f"Saved {path}")

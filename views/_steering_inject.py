@@ -11,7 +11,6 @@ from PySide6.QtCore import QRectF, Qt
 from PySide6.QtGui import QColor, QPainter
 from PySide6.QtWidgets import (
     QAbstractItemView,
-    QFileDialog,
     QFormLayout,
     QHBoxLayout,
     QHeaderView,
@@ -37,7 +36,7 @@ from engine.steering_injection import (
 from engine.steering_recipe import OCEAN_WORDS, inject_item
 from views._plots import paint_hint, paint_table
 from views._requests import Requests
-from views._steering_common import ItemPicker, parse_numbers, parse_words, printable
+from views._steering_common import ItemPicker, ask_save, parse_numbers, parse_words, printable
 
 COLUMNS = ("strength", "question", "names concept", "words", "answer")
 YES_BG, NO_BG = QColor(200, 235, 200), QColor(245, 245, 245)
@@ -75,7 +74,7 @@ class InjectionTab(QWidget):
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.clicked.connect(lambda: self.jobs.cancel("inject"))
         self.save_button = QPushButton("Save results\u2026")
-        self.save_button.clicked.connect(self._ask_save)
+        self.save_button.clicked.connect(lambda: ask_save(self, "injection"))
         self.status = QLabel("")
         self.status.setWordWrap(True)
         self.progress = QProgressBar()
@@ -165,16 +164,6 @@ class InjectionTab(QWidget):
         if self.result is None:
             raise ValueError("No finished injection to save yet.")
         self.result.save(path)
-
-    def _ask_save(self) -> None:
-        path, _ = QFileDialog.getSaveFileName(self, "Save injection results", "injection.json", "JSON (*.json)")
-        if path:
-            try:
-                self.save_results(path)
-            except (OSError, ValueError) as exc:
-                self.jobs.show_error(f"Could not save {path}: {exc}")
-            else:
-                self.status.setText(f"Saved {path}")
 
     # ------------------------------------------------------------ export and session
     def paint_figure(self, painter: QPainter, rect: QRectF) -> None:

@@ -15,7 +15,6 @@ from PySide6.QtCore import QRectF, Qt
 from PySide6.QtGui import QColor, QPainter
 from PySide6.QtWidgets import (
     QComboBox,
-    QFileDialog,
     QFormLayout,
     QHBoxLayout,
     QLabel,
@@ -33,7 +32,7 @@ from engine.steering_recipe import OCEAN_WORDS, sweep_item
 from engine.steering_sweep import NEUTRAL_PROMPTS, SweepResult
 from views._plots import HeatmapPlot, paint_hint, paint_plot
 from views._requests import Requests
-from views._steering_common import ItemPicker, parse_numbers, parse_words
+from views._steering_common import ItemPicker, ask_save, parse_numbers, parse_words
 
 METRICS = {"concept score (log P of the words)": "concept",
            "coherence (perplexity, unsteered model)": "coherence",
@@ -89,7 +88,7 @@ class SweepTab(QWidget):
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.clicked.connect(lambda: self.jobs.cancel("sweep"))
         self.save_button = QPushButton("Save results\u2026")
-        self.save_button.clicked.connect(self._ask_save)
+        self.save_button.clicked.connect(lambda: ask_save(self, "sweep"))
         buttons = QHBoxLayout()
         buttons.addWidget(self.run_button)
         buttons.addWidget(self.cancel_button)
@@ -202,16 +201,6 @@ class SweepTab(QWidget):
         if self.result is None:
             raise ValueError("No finished sweep to save yet.")
         self.result.save(path)
-
-    def _ask_save(self) -> None:
-        path, _ = QFileDialog.getSaveFileName(self, "Save sweep results", "sweep.json", "JSON (*.json)")
-        if path:
-            try:
-                self.save_results(path)
-            except (OSError, ValueError) as exc:
-                self.jobs.show_error(f"Could not save {path}: {exc}")
-            else:
-                self.status.setText(f"Saved {path}")
 
     # ------------------------------------------------------------ export and session
     def paint_figure(self, painter: QPainter, rect: QRectF) -> None:
