@@ -28,7 +28,6 @@ from PySide6.QtWidgets import (
     QListWidget,
     QListWidgetItem,
     QPlainTextEdit,
-    QProgressBar,
     QPushButton,
     QSlider,
     QSpinBox,
@@ -53,7 +52,7 @@ from engine.steering_recipe import (
 )
 from engine.steering_sweep import NEUTRAL_PROMPTS, load_concept_sets
 from views._requests import Requests
-from views._steering_common import item_label, printable
+from views._steering_common import item_label, printable, status_row
 
 SLIDER_TICKS = 400  # slider positions across an item's strength range
 STEERED_BG, BASELINE_BG = "#ffd59e", "#dfe6ee"  # tokens from the first divergence on
@@ -148,14 +147,7 @@ class GenerateTab(QWidget):
         self.comparison.setWordWrap(True)
         self.comparison.setTextFormat(Qt.TextFormat.PlainText)
         rv.addWidget(self.comparison)
-        status_row = QHBoxLayout()
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
-        self.progress = QProgressBar()
-        self.progress.setMaximumWidth(160)
-        status_row.addWidget(self.status, 1)
-        status_row.addWidget(self.progress)
-        rv.addLayout(status_row)
+        rv.addLayout(status_row(self))
         split = QSplitter(Qt.Orientation.Horizontal)
         split.addWidget(left)
         split.addWidget(right)

@@ -12,13 +12,10 @@ from PySide6.QtGui import QColor, QPainter
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QFormLayout,
-    QHBoxLayout,
     QHeaderView,
     QLabel,
     QLineEdit,
     QPlainTextEdit,
-    QProgressBar,
-    QPushButton,
     QSpinBox,
     QTableWidget,
     QTableWidgetItem,
@@ -36,7 +33,17 @@ from engine.steering_injection import (
 from engine.steering_recipe import OCEAN_WORDS, inject_item
 from views._plots import paint_hint, paint_table
 from views._requests import Requests
-from views._steering_common import ItemPicker, ask_save, parse_numbers, parse_words, printable
+from views._steering_common import (
+    ItemPicker,
+    chosen_item,
+    field_values,
+    job_bar,
+    parse_lines,
+    parse_numbers,
+    parse_words,
+    printable,
+    restore_fields,
+)
 
 COLUMNS = ("strength", "question", "names concept", "words", "answer")
 YES_BG, NO_BG = QColor(200, 235, 200), QColor(245, 245, 245)
@@ -69,21 +76,7 @@ class InjectionTab(QWidget):
         form.addRow("Concept words", self.words)
         form.addRow("Questions (one per line)", self.questions)
         form.addRow("Answer tokens", self.tokens)
-        self.run_button = QPushButton("Run injection")
-        self.run_button.clicked.connect(self.run)
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.clicked.connect(lambda: self.jobs.cancel("inject"))
-        self.save_button = QPushButton("Save results\u2026")
-        self.save_button.clicked.connect(lambda: ask_save(self, "injection"))
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
-        self.progress = QProgressBar()
-        self.progress.setMaximumWidth(160)
-        buttons = QHBoxLayout()
-        for w in (self.run_button, self.cancel_button, self.save_button):
-            buttons.addWidget(w)
-        buttons.addWidget(self.status, 1)
-        buttons.addWidget(self.progress)
+        buttons = job_bar(self, "Run injection", "inject", "injection")
         self.table = QTableWidget(0, len(COLUMNS))
         self.table.setHorizontalHeaderLabels(list(COLUMNS))
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
@@ -102,19 +95,15 @@ class InjectionTab(QWidget):
 
     def run(self) -> None:
         """Start the injection trials (replacing a running run)."""
-        item = self.picker.item()
-        if item is None or self.state.model is None:
-            self.jobs.show_error("Add an intervention in the Generate tab first (a model must be open).")
+        item = chosen_item(self)
+        if item is None:
             return
         try:
             strengths = parse_numbers(self.strengths.text(), "Strengths")
             words = parse_words(self.words.text(), "Concept words")
+            questions = parse_lines(self.questions.toPlainText(), "Questions", "question")
         except ValueError as exc:
             self.jobs.show_error(str(exc))
-            return
-        questions = [q for q in self.questions.toPlainText().splitlines() if q.strip()]
-        if not questions:
-            self.jobs.show_error("Questions: type at least one question")
             return
         self.trials, self.strength_list, self.result = [], strengths, None
         self.table.setRowCount(0)
@@ -176,15 +165,12 @@ class InjectionTab(QWidget):
         rows = [[*self.row_texts(t)[:4], self.row_texts(t)[4][:70]] for t in self.trials]
         paint_table(painter, rect.adjusted(8, 32, -8, -8), list(COLUMNS), rows)
 
+    def _fields(self) -> dict[str, QWidget]:
+        return {"strengths": self.strengths, "words": self.words, "questions": self.questions,
+                "tokens": self.tokens}
+
     def session_state(self) -> dict[str, Any]:
-        return {"strengths": self.strengths.text(), "words": self.words.text(),
-                "questions": self.questions.toPlainText(), "tokens": self.tokens.value()}
+        return field_values(self._fields())
 
     def restore_session(self, data: dict[str, Any]) -> None:
-        for key, edit in (("strengths", self.strengths), ("words", self.words)):
-            if isinstance(data.get(key), str):
-                edit.setText(data[key])
-        if isinstance(data.get("questions"), str):
-            self.questions.setPlainText(data["questions"])
-        if isinstance(data.get("tokens"), int):
-            self.tokens.setValue(data["tokens"])
+        restore_fields(self._fields(), data)

@@ -20,8 +20,6 @@ from PySide6.QtWidgets import (
     QLabel,
     QLineEdit,
     QPlainTextEdit,
-    QProgressBar,
-    QPushButton,
     QSpinBox,
     QVBoxLayout,
     QWidget,
@@ -32,7 +30,16 @@ from engine.steering_recipe import OCEAN_WORDS, sweep_item
 from engine.steering_sweep import NEUTRAL_PROMPTS, SweepResult
 from views._plots import HeatmapPlot, paint_hint, paint_plot
 from views._requests import Requests
-from views._steering_common import ItemPicker, ask_save, parse_numbers, parse_words
+from views._steering_common import (
+    ItemPicker,
+    chosen_item,
+    field_values,
+    job_bar,
+    parse_lines,
+    parse_numbers,
+    parse_words,
+    restore_fields,
+)
 
 METRICS = {"concept score (log P of the words)": "concept",
            "coherence (perplexity, unsteered model)": "coherence",
@@ -83,23 +90,7 @@ class SweepTab(QWidget):
         form.addRow("Prompts (one per line)", self.prompts)
         form.addRow("New tokens per prompt", self.tokens)
         form.addRow("Show", self.metric)
-        self.run_button = QPushButton("Run sweep")
-        self.run_button.clicked.connect(self.run)
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.clicked.connect(lambda: self.jobs.cancel("sweep"))
-        self.save_button = QPushButton("Save results\u2026")
-        self.save_button.clicked.connect(lambda: ask_save(self, "sweep"))
-        buttons = QHBoxLayout()
-        buttons.addWidget(self.run_button)
-        buttons.addWidget(self.cancel_button)
-        buttons.addWidget(self.save_button)
-        buttons.addStretch(1)
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
-        self.progress = QProgressBar()
-        self.progress.setMaximumWidth(160)
-        buttons.addWidget(self.status, 1)
-        buttons.addWidget(self.progress)
+        buttons = job_bar(self, "Run sweep", "sweep", "sweep")
         left = QVBoxLayout()
         left.addLayout(form)
         left.addLayout(buttons)
@@ -134,20 +125,16 @@ class SweepTab(QWidget):
 
     def run(self) -> None:
         """Start the sweep (replacing a running one)."""
-        item = self.picker.item()
-        if item is None or self.state.model is None:
-            self.jobs.show_error("Add an intervention in the Generate tab first (a model must be open).")
+        item = chosen_item(self)
+        if item is None:
             return
         try:
             hooks = self.chosen_hooks()
             strengths = parse_numbers(self.strengths.text(), "Strengths")
             words = parse_words(self.words.text(), "Concept words")
+            prompts = parse_lines(self.prompts.toPlainText(), "Prompts", "prompt")
         except ValueError as exc:
             self.jobs.show_error(str(exc))
-            return
-        prompts = [p for p in self.prompts.toPlainText().splitlines() if p.strip()]
-        if not prompts:
-            self.jobs.show_error("Prompts: type at least one prompt")
             return
         if item["kind"] == "latent" and hooks != [item["hook"]]:
             hooks = [item["hook"]]  # a latent's decoder row lives at its SAE's layer only
@@ -213,18 +200,12 @@ class SweepTab(QWidget):
                          f"{(self._item or {}).get('name', '')}: {self.metric.currentText()}")
         paint_plot(self.heatmap, painter, rect.adjusted(0, 30, 0, 0))
 
+    def _fields(self) -> dict[str, QWidget]:
+        return {"layers": self.layers, "strengths": self.strengths, "words": self.words,
+                "prompts": self.prompts, "tokens": self.tokens, "metric": self.metric}
+
     def session_state(self) -> dict[str, Any]:
-        return {"layers": self.layers.text(), "strengths": self.strengths.text(), "words": self.words.text(),
-                "prompts": self.prompts.toPlainText(), "tokens": self.tokens.value(),
-                "metric": self.metric.currentText()}
+        return field_values(self._fields())
 
     def restore_session(self, data: dict[str, Any]) -> None:
-        for key, edit in (("layers", self.layers), ("strengths", self.strengths), ("words", self.words)):
-            if isinstance(data.get(key), str):
-                edit.setText(data[key])
-        if isinstance(data.get("prompts"), str):
-            self.prompts.setPlainText(data["prompts"])
-        if isinstance(data.get("tokens"), int):
-            self.tokens.setValue(data["tokens"])
-        if data.get("metric") in METRICS:
-            self.metric.setCurrentText(data["metric"])
+        restore_fields(self._fields(), data)
