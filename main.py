@@ -387,6 +387,12 @@ def _steering_model(args: argparse.Namespace, hooks: list[str]):
     return adapter
 
 
+def _concept_item(path: str, sets: dict[str, list[str]], hook: str) -> dict:
+    """A concept file as the steering recipe item the view would make of it."""
+    return {"kind": "concept", "name": Path(path).stem, "hook": hook, "positive": sets["positive"],
+            "negative": sets["negative"]}
+
+
 def _check_out(path: str | None) -> None:
     """Fail before the work when --out cannot be written (its folder is missing)."""
     from engine.errors import LatentLabError
@@ -408,13 +414,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     """Concept score, coherence and KL over a grid of hook points x strengths."""
     from engine.errors import LatentLabError
     from engine.jobs import run_cli
-    from engine.steering_sweep import (
-        NEUTRAL_PROMPTS,
-        concept_directions,
-        concept_token_ids,
-        load_concept_sets,
-        sweep,
-    )
+    from engine.steering_recipe import sweep_item
+    from engine.steering_sweep import NEUTRAL_PROMPTS, load_concept_sets
     sets = load_concept_sets(args.concept)
     words, strengths = _concept_words(args, sets), _numbers("--strengths", args.strengths)
     _check_out(args.out)
@@ -423,9 +424,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     hooks = _csv(args.hooks) if args.hooks else \
         [f"blocks.{n}.hook_resid_post" for n in _numbers("--layers", args.layers, int)]
     adapter = _steering_model(args, hooks)
-    directions = concept_directions(adapter, hooks, sets["positive"], sets["negative"])
-    r = run_cli(sweep, device=args.device, adapter=adapter, prompts=args.prompt or list(NEUTRAL_PROMPTS),
-                directions=directions, strengths=strengths, concept_tokens=concept_token_ids(adapter, words),
+    r = run_cli(sweep_item, device=args.device, model=adapter, item=_concept_item(args.concept, sets, hooks[0]),
+                hooks=hooks, strengths=strengths, prompts=args.prompt or list(NEUTRAL_PROMPTS), words=words,
                 max_new_tokens=args.max_new_tokens, seed=args.seed)
     print(r.format())
     _write_out(args.out, r)
@@ -435,16 +435,15 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_inject(args: argparse.Namespace) -> int:
     """Concept injection: does the model's answer about its own state name the injected concept?"""
     from engine.jobs import run_cli
-    from engine.steering import concept_vector
-    from engine.steering_injection import DEFAULT_QUESTIONS, inject_concept
+    from engine.steering_injection import DEFAULT_QUESTIONS
+    from engine.steering_recipe import inject_item
     from engine.steering_sweep import load_concept_sets
     sets = load_concept_sets(args.concept)
     words, strengths = _concept_words(args, sets), _numbers("--strengths", args.strengths)
     _check_out(args.out)
     adapter = _steering_model(args, [args.hook])
-    direction = concept_vector(adapter, args.hook, sets["positive"], sets["negative"])
-    r = run_cli(inject_concept, device=args.device, adapter=adapter, hook=args.hook, direction=direction,
-                strengths=strengths, concept_words=words, questions=args.question or list(DEFAULT_QUESTIONS),
+    r = run_cli(inject_item, device=args.device, model=adapter, item=_concept_item(args.concept, sets, args.hook),
+                strengths=strengths, words=words, questions=args.question or list(DEFAULT_QUESTIONS),
                 max_new_tokens=args.max_new_tokens, seed=args.seed, from_question=args.from_question,
                 sample=args.sample, temperature=args.temperature, samples=args.samples)
     print(r.format())

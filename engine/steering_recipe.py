@@ -284,7 +284,7 @@ def item_direction(adapter: ModelAdapter, item: Mapping[str, Any], hook: str | N
     return latent_direction(cached_sae(item["sae"], adapter.device), item["latent"]).to(adapter.device)
 
 
-def sweep_item(ctx: JobContext, model: str, item: Mapping[str, Any], hooks: Sequence[str],
+def sweep_item(ctx: JobContext, model: str | ModelAdapter, item: Mapping[str, Any], hooks: Sequence[str],
                strengths: Sequence[float], prompts: Sequence[str], words: Sequence[str],
                max_new_tokens: int = 8, seed: int = 0) -> SweepResult:
     """Job: a strength x layer sweep of one recipe item's direction (engine.steering_sweep)."""
@@ -300,12 +300,13 @@ def sweep_item(ctx: JobContext, model: str, item: Mapping[str, Any], hooks: Sequ
     return sweep(ctx, adapter, list(prompts), directions, list(strengths), tokens, max_new_tokens, seed)
 
 
-def inject_item(ctx: JobContext, model: str, item: Mapping[str, Any], strengths: Sequence[float],
-                words: Sequence[str], questions: Sequence[str], max_new_tokens: int = 40,
-                seed: int = 0) -> InjectionResult:
+def inject_item(ctx: JobContext, model: str | ModelAdapter, item: Mapping[str, Any],
+                strengths: Sequence[float], words: Sequence[str], questions: Sequence[str],
+                max_new_tokens: int = 40, seed: int = 0, **options: Any) -> InjectionResult:
     """Job: concept injection (engine.steering_injection) of one recipe item's direction at
-    its hook point."""
+    its hook point; ``options`` go to ``inject_concept`` (preamble, from_question, sample,
+    temperature, samples)."""
     adapter = _ready_model(model, ctx.device)
     item = check_item(item)
     return inject_concept(ctx, adapter, item["hook"], item_direction(adapter, item), list(strengths),
-                          list(words), list(questions), max_new_tokens=max_new_tokens, seed=seed)
+                          list(words), list(questions), max_new_tokens=max_new_tokens, seed=seed, **options)

@@ -22,7 +22,6 @@ from engine.steering import (
     _generate,
     _next_token_logprobs,
     _prompt_inputs,
-    concept_vector,
     steered,
 )
 
@@ -136,12 +135,6 @@ def concept_token_ids(adapter: ModelAdapter, words: Sequence[str]) -> list[int]:
                 if ids:
                     out.setdefault(int(ids[0]), None)
     return list(out)
-
-
-def concept_directions(adapter: ModelAdapter, hooks: Sequence[str], positive: Sequence[str],
-                       negative: Sequence[str]) -> dict[str, torch.Tensor]:
-    """A concept vector at each hook point (the same two prompt sets)."""
-    return {hook: concept_vector(adapter, hook, positive, negative) for hook in hooks}
 
 
 def _perplexity(adapter: ModelAdapter, inputs: dict[str, torch.Tensor], new: list[int]) -> float:

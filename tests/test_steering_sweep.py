@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from engine.jobs import Cancelled, JobContext
-from engine.steering_sweep import concept_directions, sweep
+from engine.steering import concept_vector
+from engine.steering_sweep import sweep
 
 HOOKS = ["blocks.1.hook_resid_post", "blocks.2.hook_resid_post"]
 PROMPTS = ["The value of", "A list is"]
@@ -36,7 +37,7 @@ def test_zero_strength_is_the_baseline_and_the_token_direction_raises_the_concep
 
 
 def test_concept_directions_and_cancellation(llama):
-    dirs = concept_directions(llama, HOOKS, ["the sea and the waves"], ["the train station"])
+    dirs = {h: concept_vector(llama, h, ["the sea and the waves"], ["the train station"]) for h in HOOKS}
     assert set(dirs) == set(HOOKS) and all(d.shape == (32,) for d in dirs.values())
     ctx = _ctx()
     ctx.on_progress = lambda d, t, m: ctx.cancel() if d >= 2 else None
