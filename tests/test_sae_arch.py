@@ -10,7 +10,6 @@ import torch
 
 from engine.errors import LatentLabError
 from engine.sae.base import ARCHITECTURES, SAEConfig, SparseAutoencoder, TrainState, build_sae
-from engine.sae.topk import auxk_loss
 
 ARCHS = ["relu", "topk", "batchtopk", "jumprelu", "mp", "gtopk"]
 D_IN, D_SAE, K, BATCH = 16, 64, 4, 32
@@ -145,10 +144,11 @@ def test_auxk_uses_only_dead_latents():
     with torch.no_grad():  # alive latents would win every top-k: the aux loss must still ignore them
         sae.b_enc[5:] = 100.0
     x = batch()
-    aux = auxk_loss(sae, sae.pre_acts(x), x - sae(x).x_hat, state(dead=dead))
-    assert aux > 0
-    aux.backward()
-    assert sae.W_dec.grad[5:].abs().max() == 0 and sae.W_dec.grad[:5].abs().sum() > 0
+    with_aux = sae.training_step(x, state(dead=dead))
+    assert with_aux.parts["auxk"] > 0
+    aux_grad = torch.autograd.grad(with_aux.loss, sae.W_dec)[0]
+    aux_grad -= torch.autograd.grad(sae.training_step(x, state()).loss, sae.W_dec)[0]
+    assert aux_grad[5:].abs().max() == 0 and aux_grad[:5].abs().sum() > 0
 
 
 # ------------------------------------------------------------------ batchtopk
@@ -171,9 +171,9 @@ def test_batchtopk_threshold_ema_and_inference():
     x = batch()
     step = sae.training_step(x, state())
     smallest = step.codes[step.codes > 0].min().item()
-    sae.after_step(step.codes.detach(), state())
+    sae.after_step(step.latents, state())
     assert float(sae.threshold) == pytest.approx(smallest)  # first update takes the value
-    sae.after_step(step.codes.detach() * 2, state())
+    sae.after_step(step.latents._replace(values=step.latents.values * 2), state())
     lr = sae.threshold_lr
     assert float(sae.threshold) == pytest.approx((1 - lr) * smallest + lr * 2 * smallest)
     assert "threshold" in sae.state_dict()
@@ -247,7 +247,7 @@ def test_mp_training_reaches_w_dec_and_ties_w_enc():
     assert sae.W_dec.grad.abs().sum() > 0 and sae.W_enc.grad is None
     with torch.no_grad():
         sae.W_dec.add_(0.1)
-    sae.after_step(step.codes.detach(), state())
+    sae.after_step(step.latents, state())
     torch.testing.assert_close(sae.W_enc, sae.W_dec.t())
 
 

@@ -49,13 +49,56 @@ class ForwardOutput(NamedTuple):
     codes: torch.Tensor  # (batch, d_sae), zeros where a latent is off
 
 
+class Codes(NamedTuple):
+    """A batch's latent codes, detached: ``values`` (n,) at (``rows``, ``cols``), each (n,), a
+    pair listed twice summing; or, when ``cols`` is None, ``values`` is the dense (batch, d_sae)
+    matrix. Sparse architectures keep the first form so training never builds the dense one."""
+
+    values: torch.Tensor
+    cols: torch.Tensor | None = None
+    rows: torch.Tensor | None = None
+    shape: tuple[int, int] = (0, 0)  # (batch, d_sae)
+
+    @classmethod
+    def of_dense(cls, codes: torch.Tensor) -> Codes:
+        """Wrap dense (batch, d_sae) codes."""
+        return cls(codes.detach(), shape=tuple(codes.shape))
+
+    def dense(self) -> torch.Tensor:
+        """(batch, d_sae) codes (built here for the sparse form)."""
+        if self.cols is None:
+            return self.values
+        out = self.values.new_zeros(self.shape[0] * self.shape[1])
+        return out.index_add_(0, self.rows * self.shape[1] + self.cols, self.values).view(self.shape)
+
+    def fired(self) -> torch.Tensor:
+        """(d_sae,) bool: the latents non-zero in at least one row."""
+        if self.cols is None:
+            return (self.values != 0).any(0)
+        hits = torch.zeros(self.shape[1], dtype=torch.int32, device=self.values.device)
+        return hits.index_add_(0, self.cols, (self.values != 0).int()) > 0
+
+    def nonzero_values(self) -> torch.Tensor:
+        """The non-zero codes, flat, in no particular order."""
+        return self.values[self.values != 0]
+
+    def l0(self) -> torch.Tensor:
+        """Mean number of non-zero codes per row (a pair listed twice counts twice)."""
+        return (self.values != 0).sum().float() / max(self.shape[0], 1)
+
+
 class TrainStep(NamedTuple):
     """What a training step returns: the loss to minimise and its parts (for curves)."""
 
     loss: torch.Tensor
     x_hat: torch.Tensor
-    codes: torch.Tensor
+    latents: Codes  # the batch's codes, sparse where the architecture is
     parts: dict[str, torch.Tensor]  # e.g. mse, l1, l0, auxk; detached scalars
+
+    @property
+    def codes(self) -> torch.Tensor:
+        """(batch, d_sae) dense codes, built on demand (the trainer never asks)."""
+        return self.latents.dense()
 
 
 @dataclass
@@ -65,6 +108,18 @@ class TrainState:
     step: int = 0
     tokens_since_fired: torch.Tensor | None = None  # (d_sae,) for dead-latent detection
     grad: torch.Tensor | None = None  # (batch, d_in) dLoss/dx from the model (g-SAE)
+    scratch: dict[str, Any] = field(default_factory=dict)  # reused buffers, notes; never saved
+
+    def buffer(self, name: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor | None:
+        """A tensor of ``shape`` kept across steps (a fresh 75 MB tensor per step costs as
+        many page faults as its size: ~50 ms on a CPU); None under autocast, whose result
+        dtype is not the weights'."""
+        if torch.is_autocast_enabled(like.device.type):
+            return None
+        buf = self.scratch.get(name)
+        if buf is None or buf.shape != shape or buf.dtype != like.dtype or buf.device != like.device:
+            buf = self.scratch[name] = torch.empty(shape, dtype=like.dtype, device=like.device)
+        return buf
 
 
 ARCHITECTURES: dict[str, type[SparseAutoencoder]] = {}
@@ -96,8 +151,10 @@ class SparseAutoencoder(nn.Module):
         self.b_dec = nn.Parameter(torch.zeros(d_in))
 
     # ------------------------------------------------------------ the interface
-    def pre_acts(self, x: torch.Tensor) -> torch.Tensor:
-        """(batch, d_sae) encoder pre-activations."""
+    def pre_acts(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """(batch, d_sae) encoder pre-activations (into ``out`` when given, without autograd)."""
+        if out is not None:
+            return torch.addmm(self.b_enc, x - self.b_dec, self.W_enc, out=out)
         return torch.addmm(self.b_enc, x - self.b_dec, self.W_enc)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
@@ -128,9 +185,9 @@ class SparseAutoencoder(nn.Module):
         if self.W_dec.grad is None:
             return
         w = self.W_dec.data
-        self.W_dec.grad -= (self.W_dec.grad * w).sum(1, keepdim=True) * w
+        self.W_dec.grad.addcmul_(torch.linalg.vecdot(self.W_dec.grad, w)[:, None], w, value=-1)
 
-    def after_step(self, codes: torch.Tensor, state: TrainState) -> None:
+    def after_step(self, codes: Codes, state: TrainState) -> None:
         """Called after each optimiser step (e.g. to update a learnt threshold)."""
 
     @property

@@ -7,27 +7,32 @@ from __future__ import annotations
 from typing import ClassVar
 
 import torch
-import torch.nn.functional as F
 
-from engine.sae.base import SAEConfig, SparseAutoencoder, TrainState, TrainStep, mse, register
-from engine.sae.relu import mean_l0
-from engine.sae.topk import auxk_loss
+from engine.sae.base import Codes, SAEConfig, SparseAutoencoder, TrainState, TrainStep, register
+from engine.sae.sparse_grad import Active
+from engine.sae.topk import topk_family_step
 
-
-def batch_topk(acts: torch.Tensor, n_keep: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The n_keep largest entries of acts (batch, d_sae) overall: values and flat indices
-    (n_keep,), sorted by flat index so rows come in order."""
-    values, flat = acts.flatten().topk(min(n_keep, acts.numel()), sorted=False)
-    flat, order = flat.sort()
-    return values[order], flat
+CANDIDATES_PER_K = 2  # each row's top (2 k) are the candidates; rows that need more get all
 
 
-def bag_decode(values: torch.Tensor, flat: torch.Tensor, W_dec: torch.Tensor, batch: int) -> torch.Tensor:
-    """(batch, d_in) = per row, the sum of values * W_dec rows, from row-sorted flat indices."""
-    d_sae = W_dec.shape[0]
-    rows, cols = flat // d_sae, flat % d_sae
-    offsets = torch.searchsorted(rows, torch.arange(batch, device=rows.device))
-    return F.embedding_bag(cols, W_dec, offsets, mode="sum", per_sample_weights=values.to(W_dec.dtype))
+def batch_topk(pre: torch.Tensor, n_keep: int, per_row: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Rows, latents and values (n_keep,) each of the n_keep largest entries of pre (batch, d_sae)
+    overall. Exact without a top-k over the whole matrix: each row's top ``per_row`` are the
+    candidates, and a row whose smallest candidate beats the candidates' n_keep-th largest
+    (it may hide more winners) joins with all its entries."""
+    batch, d_sae = pre.shape
+    values, cols = pre.topk(min(per_row, d_sae), dim=1, sorted=False)  # (batch, per_row)
+    rows = torch.arange(batch, device=pre.device)[:, None].expand_as(cols)
+    kth = values.flatten().topk(min(n_keep, values.numel()), sorted=False).values.min()
+    full = values.min(1).values > kth  # (batch,) rows that may hold more than per_row winners
+    if per_row < d_sae and bool(full.any()):
+        whole = full.nonzero().squeeze(1)
+        keep = ~full
+        values = torch.cat([values[keep].flatten(), pre[whole].flatten()])
+        cols = torch.cat([cols[keep].flatten(), torch.arange(d_sae, device=pre.device).repeat(len(whole))])
+        rows = torch.cat([rows[keep].flatten(), whole.repeat_interleave(d_sae)])
+    kept, pick = values.flatten().topk(min(n_keep, values.numel()), sorted=False)
+    return rows.flatten()[pick], cols.flatten()[pick], kept
 
 
 @register("batchtopk")
@@ -46,20 +51,21 @@ class BatchTopKSAE(SparseAutoencoder):
         return torch.relu(pre) * (pre > self.threshold)
 
     def training_step(self, x: torch.Tensor, state: TrainState) -> TrainStep:
-        """mse of the batch-wide top-k reconstruction plus AuxK on dead latents."""
-        pre = self.pre_acts(x)  # (batch, d_sae)
-        values, flat = batch_topk(torch.relu(pre), self.cfg.k * len(x))
-        x_hat = bag_decode(values, flat, self.W_dec, len(x)) + self.b_dec  # (batch, d_in)
-        codes = pre.new_zeros(pre.numel()).scatter(0, flat, values).view_as(pre)
-        rec, aux = mse(x_hat, x), auxk_loss(self, pre, x - x_hat, state)
-        parts = {"mse": rec.detach(), "auxk": aux.detach(), "l0": mean_l0(codes),
-                 "threshold": self.threshold.detach().clone()}
-        return TrainStep(rec + aux, x_hat, codes, parts)
+        """mse of the batch-wide top-k reconstruction plus AuxK on dead latents; the sparse
+        backward is TopK's, only the selection differs."""
+        with torch.no_grad():
+            pre = self.pre_acts(x, state.buffer("pre", (len(x), self.d_sae), self.W_enc))  # (batch, d_sae)
+            rows, cols, kept = batch_topk(pre, self.cfg.k * len(x), CANDIDATES_PER_K * self.cfg.k)
+            active = Active.from_entries(rows, cols, kept, len(x), self.d_sae)
+        step = topk_family_step(self, x, pre, active, state)
+        step.parts["threshold"] = self.threshold.detach().clone()
+        return step
 
     @torch.no_grad()
-    def after_step(self, codes: torch.Tensor, state: TrainState) -> None:
+    def after_step(self, codes: Codes, state: TrainState) -> None:
         """Move ``threshold`` toward this batch's smallest kept positive activation (EMA)."""
-        positive = codes[codes > 0]
+        positive = codes.nonzero_values()
+        positive = positive[positive > 0]
         if positive.numel() == 0:
             return
         smallest = positive.min().to(self.threshold.dtype)

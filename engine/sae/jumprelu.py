@@ -7,7 +7,11 @@ Initialisation: the base class ties W_enc = W_dec.T (unit directions) and this c
 b_enc = 0, so once b_dec sits at the data's centre (the trainer's ``b_dec_init``) each
 pre-activation is positive for about half of the rows and almost all of those exceed the
 small initial threshold: every latent fires and gets gradient at the start, and the L0
-penalty then raises the thresholds. The threshold and bandwidth are in the data's units."""
+penalty then raises the thresholds. The threshold and bandwidth are in the data's units.
+
+Once few codes are active (a trained JumpReLU keeps tens per row), training decodes and
+backpropagates sparsely like TopK: the active entries and those within half a bandwidth of
+the threshold (the only ones the STEs reach) are taken from the one dense encoder GEMM."""
 
 from __future__ import annotations
 
@@ -16,7 +20,19 @@ import math
 import torch
 from torch import nn
 
-from engine.sae.base import SAEConfig, SparseAutoencoder, TrainState, TrainStep, mse, register
+from engine.sae.base import (
+    Codes,
+    SAEConfig,
+    SparseAutoencoder,
+    TrainState,
+    TrainStep,
+    mse,
+    register,
+)
+from engine.sae.sparse_grad import Active, sampled_dot, sparse_decode_train
+
+SPARSE_BELOW = 0.05  # decode sparsely while active + band entries are under this share of all codes
+SPARSE_NOTE = "jumprelu_sparse"  # in TrainState.scratch: whether the last step looked that sparse
 
 
 def rectangle(z: torch.Tensor) -> torch.Tensor:
@@ -56,7 +72,7 @@ class StepFn(torch.autograd.Function):
         pre, threshold = ctx.saved_tensors
         eps = ctx.bandwidth
         grad_thr = -(1.0 / eps) * rectangle((pre - threshold) / eps) * grad_out
-        return torch.zeros_like(pre), grad_thr.sum_to_size(threshold.shape), None
+        return None, grad_thr.sum_to_size(threshold.shape), None  # no gradient to pre: none computed
 
 
 def jumprelu(pre: torch.Tensor, threshold: torch.Tensor, bandwidth: float) -> torch.Tensor:
@@ -89,12 +105,64 @@ class JumpReLUSAE(SparseAutoencoder):
         return pre * (pre > self.threshold)
 
     def training_step(self, x: torch.Tensor, state: TrainState) -> TrainStep:
-        """mse plus l0_coeff * mean L0, both reaching theta through the STEs."""
-        pre = torch.relu(self.pre_acts(x))  # (batch, d_sae)
+        """mse plus l0_coeff * mean L0, both reaching theta through the STEs. Decoded sparsely
+        (``sparse_step``) when the previous step's codes were few (``SPARSE_NOTE`` in
+        ``state.scratch``); both paths give the same result, the note only decides whether the
+        dense pre-activations need autograd."""
+        if state.scratch.get(SPARSE_NOTE, False):
+            with torch.no_grad():
+                acts = self.pre_acts(x, state.buffer("pre", (len(x), self.d_sae), self.W_enc)).relu_()
+                theta, half = self.threshold, self.cfg.jumprelu_bandwidth / 2
+                on = acts > theta
+                band = (acts > theta - half) & (acts < theta + half)  # where the STEs reach theta
+                state.scratch[SPARSE_NOTE] = int(on.sum() + band.sum()) < SPARSE_BELOW * acts.numel()
+                active, band = Active.from_mask(acts, on), Active.from_mask(acts, band)
+            return self.sparse_step(x, active, band)
+        step = self.dense_step(x, torch.relu(self.pre_acts(x)))
+        # the band is not counted here (another pass): if it is wide, the next step notes it
+        state.scratch[SPARSE_NOTE] = float(step.parts["l0"]) < SPARSE_BELOW * self.d_sae
+        return step
+
+    def dense_step(self, x: torch.Tensor, acts: torch.Tensor) -> TrainStep:
+        """The step with dense codes; ``acts`` = ReLU(pre-activations) (batch, d_sae), with autograd."""
         theta, eps = self.threshold, self.cfg.jumprelu_bandwidth
-        codes = jumprelu(pre, theta, eps)
+        codes = jumprelu(acts, theta, eps)
         x_hat = self.decode(codes)  # (batch, d_in)
-        rec, l0 = mse(x_hat, x), heaviside(pre, theta, eps).sum(-1).mean()
+        rec, l0 = mse(x_hat, x), heaviside(acts, theta, eps).sum(-1).mean()
         penalty = self.cfg.l0_coeff * l0
         parts = {"mse": rec.detach(), "l0": l0.detach(), "l0_penalty": penalty.detach()}
-        return TrainStep(rec + penalty, x_hat, codes, parts)
+        return TrainStep(rec + penalty, x_hat.detach(), Codes.of_dense(codes), parts)
+
+    def sparse_step(self, x: torch.Tensor, active: Active, band: Active) -> TrainStep:
+        """The same step from the entries above the threshold (``active``) and within half a
+        bandwidth of it (``band``): sparse decode and backward as in TopK, and theta's
+        gradients from the band alone (the STEs vanish elsewhere)."""
+        x_hat = sparse_decode_train(self.W_enc, self.b_enc, self.W_dec, self.b_dec, x, active)
+        x_hat, l0 = _ThresholdSTE.apply(x_hat, self.log_threshold, self.W_dec.detach(), band,
+                                        self.cfg.jumprelu_bandwidth, len(active.cols) / len(x))
+        rec = mse(x_hat, x)
+        penalty = self.cfg.l0_coeff * l0
+        codes = Codes(active.pre.to(x_hat.dtype), active.cols, active.rows, (len(x), self.d_sae))
+        parts = {"mse": rec.detach(), "l0": l0.detach(), "l0_penalty": penalty.detach()}
+        return TrainStep(rec + penalty, x_hat.detach(), codes, parts)
+
+
+class _ThresholdSTE(torch.autograd.Function):
+    """Passes x_hat through and returns the mean L0; backward adds theta's STE gradients at
+    the band entries: from the mse, -(theta / eps) * dLoss/dcode with dLoss/dcode the
+    sampled product dLoss/dx_hat . W_dec[latent]; from the L0, -(1 / eps) per entry / batch."""
+
+    @staticmethod
+    def forward(ctx, x_hat, log_threshold, W_dec, band, eps, l0):  # noqa: N803
+        ctx.band, ctx.eps = band, eps
+        ctx.save_for_backward(log_threshold, W_dec)
+        return x_hat.clone(), log_threshold.new_tensor(l0)
+
+    @staticmethod
+    def backward(ctx, g, g_l0):
+        log_threshold, W_dec = ctx.saved_tensors  # noqa: N806
+        band, eps, theta = ctx.band, ctx.eps, log_threshold.exp()
+        per_latent = torch.zeros_like(theta).index_add_(0, band.cols, sampled_dot(g.contiguous(), W_dec, band))
+        count = torch.bincount(band.cols, minlength=len(theta)).to(theta.dtype)
+        grad_theta = -(theta / eps) * per_latent - g_l0 * count / (eps * len(g))
+        return g, grad_theta * theta, None, None, None, None

@@ -6,7 +6,10 @@ Each step picks the row with the largest normalised correlation with the residua
 ReLU(<r, W_dec_i>) / ||W_dec_i||^2 to its coefficient (an atom may be picked again) and
 removes that projection from r, so ||r||^2 drops by ReLU(<r, w_i>)^2 / ||w_i||^2 >= 0.
 Training backpropagates the mse through the unrolled steps: the selections are constants,
-the coefficients and residuals depend on W_dec and b_dec. W_enc is unused by the encoder
+the coefficients and residuals depend on W_dec and b_dec. The selections need each row's
+correlation with every atom at every step; for training-sized batches they are tracked
+through the atoms' Gram matrix (one d_sae x d_sae GEMM, then a gathered row per step) instead
+of a GEMM per step, and the decode is sparse (``embedding_bag`` over the picked atoms). W_enc is unused by the encoder
 and kept equal to W_dec.T (in ``after_step``) so the common interface stays meaningful."""
 
 from __future__ import annotations
@@ -15,8 +18,15 @@ from typing import NamedTuple
 
 import torch
 
-from engine.sae.base import ForwardOutput, SparseAutoencoder, TrainState, TrainStep, mse, register
-from engine.sae.relu import mean_l0
+from engine.sae.base import (
+    Codes,
+    ForwardOutput,
+    SparseAutoencoder,
+    TrainState,
+    TrainStep,
+    mse,
+    register,
+)
 from engine.sae.topk import sparse_decode
 
 
@@ -26,29 +36,92 @@ class Pursuit(NamedTuple):
     residual: torch.Tensor  # (batch, d_in) x - b_dec - sum of the picked atoms' parts
 
 
-def pursuit_step(r: torch.Tensor, W_dec: torch.Tensor,
-                 sq_norms: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One greedy step on residual r (batch, d_in): index (batch,), coef (batch,), new r."""
+CHUNK = 512  # rows pursued together: their correlations stay in cache across the steps
+
+
+def use_gram(batch: int, d_sae: int, n_steps: int) -> bool:
+    """Whether tracking correlations through the Gram matrix beats a GEMM per step: the Gram
+    GEMM (d_sae^2 d_in) is paid once and must cost less than the per-step GEMMs it replaces
+    (batch d_sae d_in each), and it must not hold more than 4x the correlations' memory."""
+    return d_sae <= batch * (n_steps - 1) and d_sae <= 4 * batch
+
+
+def pursue(x: torch.Tensor, W_dec: torch.Tensor, b_dec: torch.Tensor, n_steps: int,  # noqa: N803
+           gram: bool | None = None, state: TrainState | None = None) -> Pursuit:
+    """n_steps of matching pursuit of x - b_dec over W_dec's rows: the atoms are chosen
+    without autograd (``choose_atoms``, its Gram matrix in a buffer of ``state`` if given),
+    then, when gradients are wanted, the coefficients and residuals are recomputed
+    differentiably from them (``unroll``)."""
     with torch.no_grad():
-        idx = ((r @ W_dec.t()) / sq_norms.sqrt()).argmax(-1)  # (batch,) best normalised match
-    atom = W_dec[idx]  # (batch, d_in)
-    coef = torch.relu((r * atom).sum(-1)) / sq_norms[idx]  # (batch,)
-    return idx, coef, r - coef[:, None] * atom
+        chosen = choose_atoms(x - b_dec, W_dec, n_steps, gram, state)
+    if torch.is_grad_enabled() and (W_dec.requires_grad or b_dec.requires_grad or x.requires_grad):
+        return unroll(x, W_dec, b_dec, chosen.indices)
+    return chosen
 
 
-def pursue(x: torch.Tensor, W_dec: torch.Tensor, b_dec: torch.Tensor, n_steps: int) -> Pursuit:
-    """n_steps of matching pursuit of x - b_dec over W_dec's rows."""
-    r = x - b_dec
+def choose_atoms(r0: torch.Tensor, W_dec: torch.Tensor, n_steps: int, gram: bool | None = None,  # noqa: N803
+                 state: TrainState | None = None) -> Pursuit:
+    """The greedy steps for residuals r0 (batch, d_in), CHUNK rows at a time. Each step needs
+    every row's normalised correlation with every atom; with ``gram`` (default: ``use_gram``)
+    they are computed once and then updated with rows of the atoms' Gram matrix, a gather per
+    step instead of a (rows x d_in x d_sae) GEMM."""
+    gram = use_gram(len(r0), W_dec.shape[0], n_steps) if gram is None else gram
     sq_norms = W_dec.pow(2).sum(1).clamp_min(1e-12)  # (d_sae,)
-    indices, coefs = [], []
-    for _ in range(n_steps):
-        idx, coef, r = pursuit_step(r, W_dec, sq_norms)
-        indices.append(idx)
+    norms = sq_norms.sqrt()
+    gram_n = None
+    if gram and n_steps > 1:  # <w_j, w_i> / ||w_i||
+        d_sae = W_dec.shape[0]
+        out = state.buffer("gram", (d_sae, d_sae), W_dec) if state is not None else None
+        gram_n = torch.mm(W_dec, W_dec.t(), out=out).div_(norms)
+    parts = [_choose_chunk(r0[lo:lo + CHUNK].clone(), W_dec, sq_norms, norms, gram_n, n_steps)
+             for lo in range(0, len(r0), CHUNK)]
+    if not parts:
+        return Pursuit(r0.new_zeros(0, n_steps, dtype=torch.long), r0.new_zeros(0, n_steps), r0.clone())
+    return Pursuit(*(torch.cat(t) for t in zip(*parts, strict=True)))
+
+
+def _choose_chunk(r: torch.Tensor, W_dec: torch.Tensor, sq_norms: torch.Tensor, norms: torch.Tensor,  # noqa: N803
+                  gram_n: torch.Tensor | None, n_steps: int) -> Pursuit:
+    """Matching pursuit of the rows r (updated in place), tracking correlations by ``gram_n``
+    when given, else recomputing them each step."""
+    indices = r.new_zeros(len(r), n_steps, dtype=torch.long)
+    coefs = r.new_zeros(len(r), n_steps)
+    corr = None
+    for t in range(n_steps):
+        if corr is None or gram_n is None:
+            corr = (r @ W_dec.t()) / norms  # (rows, d_sae) <r, w_i> / ||w_i||
+        idx = corr.argmax(-1)  # (rows,) best normalised match
+        atom = W_dec[idx]
+        coef = torch.relu((r * atom).sum(-1)) / sq_norms[idx]
+        r -= coef[:, None] * atom
+        if gram_n is not None and t + 1 < n_steps:
+            corr.addcmul_(gram_n.index_select(0, idx), coef[:, None], value=-1)
+        indices[:, t], coefs[:, t] = idx, coef
+    return Pursuit(indices, coefs, r)
+
+
+def unroll(x: torch.Tensor, W_dec: torch.Tensor, b_dec: torch.Tensor, indices: torch.Tensor) -> Pursuit:  # noqa: N803
+    """The coefficients and residual of the pursuit that picked ``indices`` (batch, n_steps),
+    differentiable in W_dec, b_dec and x: the picked atoms are gathered once (one scatter in
+    backward instead of one per step)."""
+    r = x - b_dec
+    sq_norms = W_dec.pow(2).sum(1).clamp_min(1e-12)
+    atoms, sq = W_dec[indices], sq_norms[indices]  # (batch, n_steps, d_in), (batch, n_steps)
+    coefs = []
+    for atom, s in zip(atoms.unbind(1), sq.unbind(1), strict=True):
+        coef = torch.relu((r * atom).sum(-1)) / s
+        r = r - coef[:, None] * atom
         coefs.append(coef)
-    if not indices:
-        empty = x.new_zeros(len(x), 0)
-        return Pursuit(empty.long(), empty, r)
-    return Pursuit(torch.stack(indices, 1), torch.stack(coefs, 1), r)
+    return Pursuit(indices, torch.stack(coefs, 1) if coefs else x.new_zeros(len(x), 0), r)
+
+
+def distinct_l0(p: Pursuit) -> torch.Tensor:
+    """Mean number of distinct latents with a positive summed coefficient per row."""
+    pos = p.coefs.detach() > 0  # (batch, n)
+    same = p.indices[:, :, None] == p.indices[:, None, :]  # (batch, n, n)
+    earlier = torch.ones_like(same[0]).tril(-1)  # j' < j
+    repeat = (same & earlier & pos[:, None, :]).any(-1)
+    return (pos & ~repeat).sum(-1).float().mean()
 
 
 @register("mp")
@@ -70,14 +143,15 @@ class MatchingPursuitSAE(SparseAutoencoder):
 
     def training_step(self, x: torch.Tensor, state: TrainState) -> TrainStep:
         """mse through the unrolled pursuit (gradients reach W_dec via coefficients and atoms)."""
-        p = self.pursue(x)
+        p = pursue(x, self.W_dec, self.b_dec, self.cfg.k, state=state)
         x_hat = sparse_decode(p.coefs, p.indices, self.W_dec) + self.b_dec  # (batch, d_in)
-        codes = self._dense(p)
+        rows = torch.arange(len(x), device=x.device).repeat_interleave(p.indices.shape[1])
+        codes = Codes(p.coefs.detach().flatten(), p.indices.flatten(), rows, (len(x), self.d_sae))
         rec = mse(x_hat, x)
-        return TrainStep(rec, x_hat, codes, {"mse": rec.detach(), "l0": mean_l0(codes)})
+        return TrainStep(rec, x_hat.detach(), codes, {"mse": rec.detach(), "l0": distinct_l0(p)})
 
     @torch.no_grad()
-    def after_step(self, codes: torch.Tensor, state: TrainState) -> None:
+    def after_step(self, codes: Codes, state: TrainState) -> None:
         """Keep the unused encoder tied to the decoder: W_enc = W_dec.T."""
         self.W_enc.copy_(self.W_dec.t())
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from engine.sae.base import SparseAutoencoder, TrainState, TrainStep, mse, register
+from engine.sae.base import Codes, SparseAutoencoder, TrainState, TrainStep, mse, register
 
 
 def weighted_l1(codes: torch.Tensor, W_dec: torch.Tensor) -> torch.Tensor:
@@ -33,4 +33,4 @@ class ReLUSAE(SparseAutoencoder):
         rec, l1 = mse(x_hat, x), weighted_l1(codes, self.W_dec)
         loss = rec + self.cfg.l1_coeff * l1
         parts = {"mse": rec.detach(), "l1": l1.detach(), "l0": mean_l0(codes)}
-        return TrainStep(loss, x_hat, codes, parts)
+        return TrainStep(loss, x_hat, Codes.of_dense(codes), parts)

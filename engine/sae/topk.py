@@ -1,6 +1,7 @@
 """TopK SAE (Gao et al. 2024): each row keeps its k largest pre-activations (ReLU after the
-top-k), decoded sparsely with ``embedding_bag``; plus the AuxK loss and the sparse helpers the
-rest of the TopK family (batchtopk, gtopk) shares."""
+top-k), decoded sparsely with ``embedding_bag``; plus the AuxK loss and the training step the
+rest of the TopK family (batchtopk, gtopk) shares: one dense encoder GEMM without autograd,
+then everything sparse in both directions (``sparse_grad``)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.sae.base import (
+    Codes,
     ForwardOutput,
     SAEConfig,
     SparseAutoencoder,
@@ -16,8 +18,7 @@ from engine.sae.base import (
     mse,
     register,
 )
-from engine.sae.relu import mean_l0
-from engine.sae.sparse_grad import gather_pre
+from engine.sae.sparse_grad import Active, aux_selection, dead_decode_train, sparse_decode_train
 
 
 def topk_relu(pre: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -45,32 +46,21 @@ def dead_latents(state: TrainState, cfg: SAEConfig) -> torch.Tensor | None:
     return state.tokens_since_fired > cfg.dead_after_tokens
 
 
-def auxk_loss(sae: SparseAutoencoder, pre: torch.Tensor, residual: torch.Tensor,
-              state: TrainState, x: torch.Tensor | None = None) -> torch.Tensor:
-    """aux_coeff * mse of the residual (detached) rebuilt from the top aux_k dead latents only;
-    zero when none is dead (Gao et al. 2024, appendix A.2). With ``x`` the chosen
-    pre-activations are re-gathered with sparse gradients (``pre`` then carries none)."""
-    dead = dead_latents(state, sae.cfg)
-    n_dead = 0 if dead is None else int(dead.sum())
-    if n_dead == 0:
-        return pre.new_zeros(())
-    aux_k = min(sae.cfg.aux_k or sae.d_in // 2, n_dead)
-    values, indices = topk_relu(pre.masked_fill(~dead, float("-inf")), aux_k)  # (batch, aux_k)
-    if x is not None:
-        values = torch.relu(gather_pre(pre, x, sae.W_enc, sae.b_enc, sae.b_dec, indices))
-    aux_recon = sparse_decode(values, indices, sae.W_dec)  # (batch, d_in), no bias: a residual
-    return sae.cfg.aux_coeff * mse(aux_recon, residual.detach())
-
-
-def topk_step(sae: SparseAutoencoder, x: torch.Tensor, pre: torch.Tensor, values: torch.Tensor,
-              indices: torch.Tensor, state: TrainState) -> TrainStep:
-    """Loss (mse + AuxK) for a row-wise sparse selection (values, indices), each (batch, k)."""
-    x_hat = sparse_decode(values, indices, sae.W_dec) + sae.b_dec  # (batch, d_in)
-    codes = scatter_codes(values.detach(), indices, sae.d_sae)  # (batch, d_sae), for statistics
+def topk_family_step(sae: SparseAutoencoder, x: torch.Tensor, pre: torch.Tensor, active: Active,
+                     state: TrainState) -> TrainStep:
+    """mse of the sparse reconstruction from ``active`` plus AuxK on the dead latents (their
+    top aux_k per row, from the same ``pre``, computed without autograd); zero AuxK when none
+    is dead (Gao et al. 2024, appendix A.2)."""
+    weights = (sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec, x)
+    x_hat = sparse_decode_train(*weights, active)  # (batch, d_in)
     rec = mse(x_hat, x)
-    aux = auxk_loss(sae, pre, x - x_hat, state, x=None if pre.requires_grad else x)
-    parts = {"mse": rec.detach(), "auxk": aux.detach(), "l0": mean_l0(codes)}
-    return TrainStep(rec + aux, x_hat, codes, parts)
+    aux = aux_selection(pre, dead_latents(state, sae.cfg), sae.cfg.aux_k or sae.d_in // 2)
+    auxk = rec.new_zeros(())
+    if aux is not None:  # the residual is detached: AuxK trains only the dead latents' weights
+        auxk = sae.cfg.aux_coeff * mse(dead_decode_train(*weights, aux), (x - x_hat).detach())
+    codes = Codes(torch.relu(active.pre).to(x_hat.dtype), active.cols, active.rows, (len(x), sae.d_sae))
+    parts = {"mse": rec.detach(), "auxk": auxk.detach(), "l0": codes.l0()}
+    return TrainStep(rec + auxk, x_hat.detach(), codes, parts)
 
 
 @register("topk")
@@ -100,11 +90,8 @@ class TopKSAE(SparseAutoencoder):
         return pre.topk(min(self.cfg.k, self.d_sae), dim=-1, sorted=False).indices
 
     def training_step(self, x: torch.Tensor, state: TrainState) -> TrainStep:
-        """mse of the sparse TopK reconstruction plus AuxK. The dense pre-activations are
-        computed without autograd; only the k chosen per row carry gradients (sparse_grad),
-        which saves the second dense GEMM that autograd would spend on dW_enc."""
+        """mse of the sparse TopK reconstruction plus AuxK; autograd sees only the sparse loss."""
         with torch.no_grad():
-            pre = self.pre_acts(x)  # (batch, d_sae)
-            indices = self.select(pre, state)
-        values = torch.relu(gather_pre(pre, x, self.W_enc, self.b_enc, self.b_dec, indices))
-        return topk_step(self, x, pre, values, indices, state)
+            pre = self.pre_acts(x, state.buffer("pre", (len(x), self.d_sae), self.W_enc))  # (batch, d_sae)
+            active = Active.per_row(pre, self.select(pre, state))
+        return topk_family_step(self, x, pre, active, state)

@@ -18,7 +18,7 @@ import torch
 from engine.errors import LatentLabError, StoreError
 from engine.jobs import JobContext
 from engine.sae.base import SAEConfig, SparseAutoencoder, TrainState, build_sae
-from engine.sae.trainer import TrainConfig, fit, init_b_dec
+from engine.sae.trainer import TrainConfig, fit, init_b_dec, make_optimizer
 from engine.store import ActivationStore
 
 CHECKPOINT = "checkpoint"
@@ -118,7 +118,7 @@ def train_sae(ctx: JobContext, store: str | os.PathLike, hook: str, out: str | o
         sae, history, state, opt_state = _start(ctx, st, hook, out, arch, expansion, k, tcfg, resume, n_train,
                                                 sae_options)
         sae.to(ctx.device)
-        opt = torch.optim.Adam(sae.parameters(), lr=lr, betas=tcfg.betas)
+        opt = make_optimizer(sae, tcfg)
         if opt_state is not None:
             opt.load_state_dict(opt_state)
         if state.tokens_since_fired is not None:
