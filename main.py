@@ -107,12 +107,41 @@ def cmd_train_sae(args: argparse.Namespace) -> int:
 
 
 def cmd_feature_stats(args: argparse.Namespace) -> int:
-    from engine.features import feature_stats
-    from engine.jobs import run_cli
+    from engine.errors import LatentLabError
     from engine.sae.io import load_sae
-    from engine.store import ActivationStore
+    if (args.store is None) == (args.source is None):
+        raise LatentLabError("give either --store STORE (statistics of its rows) or --model M "
+                             "--source S --out STORE (one pass over the source)")
     sae = load_sae(args.sae)
     hook = args.hook or sae.cfg.hook_name
+    if not hook:
+        raise LatentLabError(f"{args.sae}: the SAE names no hook point; pass --hook")
+    sae_id = args.sae_id or Path(args.sae).resolve().name
+    result = (_feature_pass(args, sae, hook, sae_id) if args.source is not None
+              else _feature_stats_of_store(args, sae, hook, sae_id))
+    print(f"{result.path}: /features/{result.sae_id}: {result.d_sae} latents over {result.n_rows} rows "
+          f"in {result.seconds:.1f} s (pass {result.pass_seconds:.1f} s)")
+    return 0
+
+
+def _feature_pass(args: argparse.Namespace, sae, hook: str, sae_id: str):
+    """feature-stats --model --source --out: one pass of the model over the source."""
+    from engine.errors import LatentLabError
+    from engine.feature_pass import feature_pass
+    from engine.jobs import run_cli
+    if args.model is None or args.out is None:
+        raise LatentLabError("a pass over --source needs --model and --out")
+    return run_cli(feature_pass, device=args.device, model=args.model, source=args.source, sae=sae,
+                   hook=hook, sae_id=sae_id, out=args.out, max_tokens=args.max_tokens,
+                   batch_size=args.batch_size or 8, ctx_len=args.ctx_len, dtype=args.dtype,
+                   top_n=args.top_n, write_acts=not args.no_acts, logits=not args.no_logits)
+
+
+def _feature_stats_of_store(args: argparse.Namespace, sae, hook: str, sae_id: str):
+    """feature-stats --store: one pass over the rows a capture stored."""
+    from engine.features import feature_stats
+    from engine.jobs import run_cli
+    from engine.store import ActivationStore
     with ActivationStore.open(args.store) as store:
         model_id = store.meta.model_id
     adapter = None
@@ -123,12 +152,9 @@ def cmd_feature_stats(args: argparse.Namespace) -> int:
             adapter = cached_model(args.model or model_id)
         except ModelError as exc:
             print(f"note: no logit effects ({exc})", file=sys.stderr)
-    sae_id = args.sae_id or Path(args.sae).resolve().name
-    result = run_cli(feature_stats, device=args.device, store_path=args.store, sae=sae, hook=hook,
-                     sae_id=sae_id, batch_size=args.batch_size, top_n=args.top_n, adapter=adapter)
-    print(f"{result.path}: /features/{result.sae_id}: {result.d_sae} latents over {result.n_rows} rows "
-          f"in {result.seconds:.1f} s")
-    return 0
+    return run_cli(feature_stats, device=args.device, store_path=args.store, sae=sae, hook=hook,
+                   sae_id=sae_id, batch_size=args.batch_size or 4096, top_n=args.top_n,
+                   adapter=adapter)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -535,15 +561,26 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--quiet", action="store_true")
     t.set_defaults(func=cmd_train_sae)
 
-    f = sub.add_parser("feature-stats", help="per-latent statistics of an SAE over a store, written into it")
-    f.add_argument("--store", required=True)
+    f = sub.add_parser("feature-stats", help="per-latent statistics of an SAE: over a store's rows, "
+                       "or in one pass of the model over a source into a new store")
+    f.add_argument("--store", default=None, help="a store holding the SAE's hook point")
+    f.add_argument("--source", default=None, help="one pass over this source instead (with --model, --out)")
+    f.add_argument("--out", default=None, help="the store the one pass writes (must not exist)")
     f.add_argument("--sae", required=True, help="an SAE folder (cfg.json + sae_weights.safetensors)")
     f.add_argument("--hook", default=None, help="default: the SAE's hook_name")
     f.add_argument("--sae-id", default=None, help="name under /features/ (default: the SAE folder's name)")
-    f.add_argument("--model", default=None, help="model for logit effects (default: the store's model)")
-    f.add_argument("--no-logits", action="store_true", help="skip logit effects (no model load)")
-    f.add_argument("--batch-size", type=int, default=4096)
+    f.add_argument("--model", default=None, help="the model to run (one pass), or for logit effects "
+                   "(default: the store's model)")
+    f.add_argument("--no-logits", action="store_true", help="skip logit effects (no model load with --store)")
+    f.add_argument("--batch-size", type=int, default=None,
+                   help="rows per SAE batch with --store (default 4096); windows per batch in one pass (default 8)")
     f.add_argument("--top-n", type=int, default=32)
+    f.add_argument("--max-tokens", type=int, default=None, help="one pass: rows to run (default: the whole source)")
+    f.add_argument("--ctx-len", type=int, default=128, help="one pass: tokens per window")
+    f.add_argument("--dtype", choices=("float16", "float32"), default="float16",
+                   help="one pass: how rows are stored (and rounded before encoding)")
+    f.add_argument("--no-acts", action="store_true",
+                   help="one pass: keep tokens, contexts and the SAE codes but not the activation rows")
     f.set_defaults(func=cmd_feature_stats)
 
     d = sub.add_parser("demo", help="build the demo workspace headless (smollm2 over the demo corpus)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -118,16 +118,21 @@ def _open_store(out: Path, meta: StoreMeta, source: Source, resume: bool) -> Act
     return ActivationStore.create(out, meta, labels=source.label_names, images_shape=source.image_shape)
 
 
-def capture(ctx: JobContext, model: str | ModelAdapter, source: str | Source, hooks: Sequence[str],
-            out: str | os.PathLike, max_tokens: int | None = None, resume: bool = False,
-            batch_size: int = 8, ctx_len: int = 128, dtype: str = "float16",
-            rank: int = 0, world: int = 1) -> CaptureResult:
-    """Capture ``hooks`` of ``model`` over ``source`` into the store ``out``.
+class CapturePlan(NamedTuple):
+    """What a capture runs: the loaded model, the source, the identity of the store it
+    writes and the window length actually used."""
 
-    ``max_tokens`` caps the rows (tokens, or examples for image models and pooled
-    encoders); with ``resume`` an existing store continues from its committed rows."""
-    t0 = time.perf_counter()
-    out = Path(out)
+    adapter: ModelAdapter
+    source: Source
+    meta: StoreMeta
+    ctx_len: int
+
+
+def plan_capture(ctx: JobContext, model: str | ModelAdapter, source: str | Source,
+                 hooks: Sequence[str], ctx_len: int = 128, dtype: str = "float16",
+                 rank: int = 0, world: int = 1, stored: Sequence[str] | None = None) -> CapturePlan:
+    """Load the model onto ``ctx.device`` and check the hook points and the source; the
+    store's identity names the hook points in ``stored`` (default: all of ``hooks``)."""
     ctx.progress(0, 0, "loading model")
     adapter = cached_model(model) if isinstance(model, str) else model
     adapter.to(ctx.device)
@@ -146,18 +151,47 @@ def capture(ctx: JobContext, model: str | ModelAdapter, source: str | Source, ho
         params["rank"] = rank
     if getattr(src, "label_classes", None):
         params["label_classes"] = src.label_classes
-    meta = StoreMeta(adapter.model_id, adapter.weight_hash(), src.source_id, tuple(hooks),
-                     adapter.hook_dims(hooks), dtype, params)
-    quota = None if max_tokens is None else max_tokens // world + (rank < max_tokens % world)
-    with _open_store(out, meta, src, resume) as store:
+    stored = hooks if stored is None else list(dict.fromkeys(stored))
+    meta = StoreMeta(adapter.model_id, adapter.weight_hash(), src.source_id, tuple(stored),
+                     adapter.hook_dims(stored) if stored else {}, dtype, params)
+    return CapturePlan(adapter, src, meta, ctx_len)
+
+
+def capture(ctx: JobContext, model: str | ModelAdapter, source: str | Source, hooks: Sequence[str],
+            out: str | os.PathLike, max_tokens: int | None = None, resume: bool = False,
+            batch_size: int = 8, ctx_len: int = 128, dtype: str = "float16",
+            rank: int = 0, world: int = 1) -> CaptureResult:
+    """Capture ``hooks`` of ``model`` over ``source`` into the store ``out``.
+
+    ``max_tokens`` caps the rows (tokens, or examples for image models and pooled
+    encoders); with ``resume`` an existing store continues from its committed rows."""
+    t0 = time.perf_counter()
+    out = Path(out)
+    plan = plan_capture(ctx, model, source, hooks, ctx_len, dtype, rank, world)
+    with _open_store(out, plan.meta, plan.source, resume) as store:
         start = store.n_rows
-        _capture_into(ctx, adapter, store, _plan(iter_units(adapter, src, ctx_len, rank, world),
-                                                 start, quota), hooks, batch_size, quota)
+        run_capture(ctx, plan, store, list(plan.meta.hooks), batch_size, max_tokens, rank, world)
         return CaptureResult(str(out), store.n_rows, store.n_rows - start, time.perf_counter() - t0)
 
 
+RowsConsumer = Callable[[dict[str, torch.Tensor], int, dict[str, np.ndarray]], None]
+
+
+def run_capture(ctx: JobContext, plan: CapturePlan, store: ActivationStore, hooks: Sequence[str],
+                batch_size: int, max_tokens: int | None = None, rank: int = 0, world: int = 1,
+                consume: RowsConsumer | None = None) -> None:
+    """Run the model over this rank's share of the source from the store's committed rows
+    on, stopping after the deepest of ``hooks``, and append each batch's rows of the
+    store's hook points; ``consume(acts, first_row, labels)`` then gets every batch's rows
+    of ``hooks`` (on the model's device) and its per-row labels."""
+    quota = None if max_tokens is None else max_tokens // world + (rank < max_tokens % world)
+    units = _plan(iter_units(plan.adapter, plan.source, plan.ctx_len, rank, world), store.n_rows, quota)
+    _capture_into(ctx, plan.adapter, store, units, hooks, batch_size, quota, consume)
+
+
 def _capture_into(ctx: JobContext, adapter: ModelAdapter, store: ActivationStore, plan: Iterator,
-                  hooks: Sequence[str], batch_size: int, quota: int | None) -> None:
+                  hooks: Sequence[str], batch_size: int, quota: int | None,
+                  consume: RowsConsumer | None = None) -> None:
     np_dtype = np.dtype(store.meta.dtype)
     label_names = store.label_names
     total = quota or 0
@@ -166,9 +200,13 @@ def _capture_into(ctx: JobContext, adapter: ModelAdapter, store: ActivationStore
     def flush() -> None:
         batch = adapter.make_batch([u.item for u in pending])
         acts, tokens, sample, position, labels = _rows_of(adapter, batch, pending, hooks)
-        rows = {h: a.to("cpu", torch.float32).numpy().astype(np_dtype, copy=False) for h, a in acts.items()}
+        rows = {h: acts[h].to("cpu", torch.float32).numpy().astype(np_dtype, copy=False)
+                for h in store.hooks}
         lab = {n: np.array([d.get(n, -1) for d in labels], np.int32) for n in label_names}
+        first = store.n_rows
         done = store.append(rows, tokens, sample, position, lab)
+        if consume is not None:
+            consume(acts, first, lab)
         ctx.progress(done, max(total, done), f"{store.path.name}")
         pending.clear()
 

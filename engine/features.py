@@ -1,10 +1,12 @@
 """Per-latent statistics of an SAE over a store, in one streaming pass that never holds all
-codes: firing density, mean and max activation, a histogram of log10 activations and
-quantiles read from it, the top activating rows (a running top-k merged per batch); then,
-from the weights alone, each latent's logit effects (causal LMs) and its nearest latents
-by decoder cosine. When the store has label fields, the pass also counts, per latent and
-class of the first field, the firing rows of that class (``label_association`` reads them).
-Results go into the store file under ``/features/<sae id>/``.
+codes (the accumulators live in ``engine.feature_running``): firing density, mean and max
+activation, a histogram of log10 activations and quantiles read from it, the top activating
+rows, a few example rows from each quantile interval; then, from the weights alone
+(``engine.feature_weights``), each latent's logit effects (causal LMs) and its nearest
+latents by decoder cosine. When the store has label fields, the pass also counts, per
+latent and class of the first field, the firing rows of that class (``label_association``
+reads them). Results go into the store file under ``/features/<sae id>/``.
+``engine.feature_pass`` feeds the same accumulators straight from the model instead.
 
 Shapes: codes (batch, d_sae); W_dec (d_sae, d_in); W_U (vocab, d_model)."""
 
@@ -20,24 +22,23 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-from torch import nn
 
 from engine.errors import LatentLabError
+from engine.feature_running import (  # noqa: F401  (HIST_*, hist_quantiles: part of this API)
+    HIST_BINS,
+    HIST_RANGE,
+    MAX_LABEL_CELLS,
+    RunningStats,
+    hist_quantiles,
+    interval_examples,
+)
+from engine.feature_weights import decoder_neighbours, logit_effects
 from engine.jobs import JobContext
 from engine.models.base import ModelAdapter, weight_fingerprint
 from engine.sae.base import SparseAutoencoder
 from engine.store import ActivationStore
 
-HIST_RANGE = (-5.0, 5.0)  # log10 |activation|; values outside land in the end bins
-HIST_BINS = 100  # 0.1 decade per bin
-N_LOGITS = 10  # promoted / suppressed tokens kept per latent
-N_NEIGHBOURS = 10
-BLOCK_ELEMENTS = 1 << 26  # bound on a (rows, d_sae) or (rows, vocab) block in the weight passes
-_SLICE_ELEMENTS = 1 << 22  # codes per histogram slice (bounds the nonzero index list)
 CODE_ARRAYS = ("code_ptr", "code_latent", "code_value")  # read in slices, see engine.encode
-MAX_STORED_CODES = 1 << 26  # nonzero codes kept as CSR in the statistics (about 0.5 GB at most)
-_FINAL_NORMS = ("norm", "ln_f", "final_layer_norm", "final_norm", "norm_f")
-MAX_LABEL_CELLS = 1 << 24  # bound on d_sae * n_classes: a label field with more is skipped
 
 
 class FeatureStatsResult(NamedTuple):
@@ -46,7 +47,8 @@ class FeatureStatsResult(NamedTuple):
     group: str  # where the statistics live in the store file
     n_rows: int
     d_sae: int
-    seconds: float
+    seconds: float  # the whole job
+    pass_seconds: float = 0.0  # the streaming pass alone (no weight-only work, no writing)
 
 
 @dataclass
@@ -77,6 +79,8 @@ class FeatureStats:
     label_classes: list[str] = field(default_factory=list)  # (n_classes,) class names
     label_counts: np.ndarray | None = None  # (d_sae, n_classes) int64 firing rows per class
     label_totals: np.ndarray | None = None  # (n_classes,) int64 rows per class
+    interval_rows: np.ndarray | None = None  # (d_sae, intervals, n) int64 rows per quantile interval; -1 none
+    interval_values: np.ndarray | None = None  # (d_sae, intervals, n) their activations
     sae_cfg: dict[str, Any] = field(default_factory=dict)
 
 
@@ -95,212 +99,9 @@ class TopContext(NamedTuple):
     value: float  # the latent's activation on the row
 
 
-# ---------------------------------------------------------------- the streaming pass
-class _Running:
-    """Accumulators of the one pass over the rows, kept on the SAE's device."""
-
-    def __init__(self, d_sae: int, top_n: int, device: torch.device, n_classes: int = 0) -> None:
-        self.n_classes = n_classes
-        self.label_counts = torch.zeros(d_sae * n_classes, dtype=torch.int64, device=device)
-        self.count = torch.zeros(d_sae, dtype=torch.int64, device=device)
-        self.sum = torch.zeros(d_sae, dtype=torch.float64, device=device)
-        self.max_fired = torch.full((d_sae,), -torch.inf, device=device)
-        self.hist = torch.zeros(d_sae * HIST_BINS, dtype=torch.int64, device=device)
-        self.top_values = torch.full((d_sae, top_n), -torch.inf, device=device)
-        self.top_rows = torch.full((d_sae, top_n), -1, dtype=torch.int64, device=device)
-        self.n = 0
-        self.nnz_per_row: list[np.ndarray] = []  # the sparse codes, row by row (CSR parts)
-        self.code_latent: list[np.ndarray] = []
-        self.code_value: list[np.ndarray] = []
-        self.stored = 0  # nonzero codes kept so far; -1 once past MAX_STORED_CODES
-
-    def update(self, codes: torch.Tensor, first_row: int,
-               labels: torch.Tensor | None = None) -> None:
-        """Fold in a batch of codes (batch, d_sae) whose first row is store row ``first_row``;
-        ``labels`` (batch,) int64 class of each row (-1 none) when classes are counted."""
-        codes = codes.float()
-        step = max(1, _SLICE_ELEMENTS // codes.shape[1])
-        for s in range(0, len(codes), step):  # slices bound the nonzero index lists
-            self._fold_nonzero(codes[s:s + step], None if labels is None else labels[s:s + step])
-        self._update_top(codes, first_row)
-        self.n += len(codes)
-
-    def _fold_nonzero(self, codes: torch.Tensor, labels: torch.Tensor | None = None) -> None:
-        """Counts, sums, maxima and histogram bins from the nonzero codes only (a sparse
-        batch costs its l0, not d_sae, per row)."""
-        row, latent = torch.nonzero(codes, as_tuple=True)  # row-major: rows ascending
-        value = codes[row, latent]
-        self._keep_codes(len(codes), row, latent, value)
-        self.count += torch.bincount(latent, minlength=len(self.count))
-        self.sum.index_add_(0, latent, value.double())
-        self.max_fired.scatter_reduce_(0, latent, value, "amax")
-        lo, hi = HIST_RANGE
-        bins = ((value.abs().log10() - lo) / ((hi - lo) / HIST_BINS)).floor()
-        bins = bins.clamp(0, HIST_BINS - 1).long()
-        self.hist += torch.bincount(latent * HIST_BINS + bins, minlength=self.hist.numel())
-        if labels is not None and self.n_classes:
-            lab = labels[row]
-            keep = lab >= 0
-            cell = latent[keep] * self.n_classes + lab[keep]
-            self.label_counts += torch.bincount(cell, minlength=self.label_counts.numel())
-
-    def _keep_codes(self, n_rows: int, row: torch.Tensor, latent: torch.Tensor,
-                    value: torch.Tensor) -> None:
-        """Keep the nonzero codes (CSR) so views can read any latent's activation on every
-        row without encoding again; given up once they would exceed MAX_STORED_CODES."""
-        if self.stored < 0:
-            return
-        self.stored += len(latent)
-        if self.stored > MAX_STORED_CODES:
-            self.stored = -1
-            self.nnz_per_row, self.code_latent, self.code_value = [], [], []
-            return
-        self.nnz_per_row.append(torch.bincount(row, minlength=n_rows).cpu().numpy())
-        self.code_latent.append(latent.to(torch.int32).cpu().numpy())
-        self.code_value.append(value.cpu().numpy())
-
-    def code_arrays(self) -> dict[str, np.ndarray]:
-        """code_ptr (n + 1,), code_latent (nnz,) int32, code_value (nnz,) float32: row r's
-        codes are entries code_ptr[r]:code_ptr[r + 1]. Empty when too many to keep."""
-        if self.stored < 0 or not self.nnz_per_row:
-            return {}
-        ptr = np.concatenate([[0], np.cumsum(np.concatenate(self.nnz_per_row))]).astype(np.int64)
-        return {"code_ptr": ptr, "code_latent": np.concatenate(self.code_latent),
-                "code_value": np.concatenate(self.code_value).astype(np.float32)}
-
-    def _update_top(self, codes: torch.Tensor, first_row: int) -> None:
-        k = min(self.top_values.shape[1], len(codes))
-        values, rows = codes.topk(k, dim=0)  # (k, d_sae)
-        values = torch.cat([self.top_values, values.t()], 1)
-        rows = torch.cat([self.top_rows, rows.t() + first_row], 1)
-        self.top_values, pick = values.topk(self.top_values.shape[1], dim=1)
-        self.top_rows = rows.gather(1, pick)
-
-    def arrays(self, levels: np.ndarray) -> dict[str, np.ndarray]:
-        count = self.count.cpu().numpy()
-        hist = self.hist.view(-1, HIST_BINS).cpu().numpy()
-        top_values = self.top_values.cpu().numpy()
-        fired = top_values > 0  # rows beyond a latent's firing rows are not examples
-        mx = self.max_fired.cpu().numpy()  # a latent silent on some row also has max >= 0
-        mx = np.where(count < self.n, np.maximum(mx, 0), mx) if self.n else np.zeros_like(mx)
-        edges = np.linspace(*HIST_RANGE, HIST_BINS + 1)
-        out = {"label_counts": self.label_counts.view(-1, self.n_classes).cpu().numpy()} \
-            if self.n_classes else {}
-        return out | {"count": count, "density": (count / max(self.n, 1)).astype(np.float32),
-                "mean": (self.sum.cpu().numpy() / np.maximum(count, 1)).astype(np.float32),
-                "max": mx.astype(np.float32), "hist": hist, "hist_edges": edges,
-                "quantile_levels": levels, "quantiles": hist_quantiles(hist, edges, levels, mx),
-                "top_values": np.where(fired, top_values, 0).astype(np.float32),
-                "top_rows": np.where(fired, self.top_rows.cpu().numpy(), -1)}
-
-
-def hist_quantiles(hist: np.ndarray, edges: np.ndarray, levels: np.ndarray,
-                   mx: np.ndarray | None = None) -> np.ndarray:
-    """Quantiles (d_sae, q) of each row's histogram of log10 values, interpolating linearly
-    in log10 inside a bin; capped at ``mx`` when given, 0 for an empty histogram."""
-    count = hist.sum(1, keepdims=True)
-    cum = hist.cumsum(1)
-    out = np.zeros((len(hist), len(levels)), np.float64)
-    for j, q in enumerate(levels):
-        target = np.maximum(q * count, 1e-9)  # (d_sae, 1)
-        b = np.minimum((cum < target).sum(1), hist.shape[1] - 1)
-        rows = np.arange(len(hist))
-        inside = hist[rows, b]
-        frac = (target[:, 0] - (cum[rows, b] - inside)) / np.maximum(inside, 1)
-        out[:, j] = 10.0 ** (edges[b] + np.clip(frac, 0, 1) * (edges[b + 1] - edges[b]))
-    if mx is not None:
-        out = np.minimum(out, np.maximum(mx, 0)[:, None])
-    out[count[:, 0] == 0] = 0
-    return out.astype(np.float32)
-
-
-# ---------------------------------------------------------------- weights only
-def decoder_neighbours(W_dec: torch.Tensor, k: int = N_NEIGHBOURS,
-                       ctx: JobContext | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """The ``k`` latents whose decoder rows have the highest cosine with each latent's
-    (itself excluded): ids (d_sae, k) int64 and cosines, in blocks of rows (no d_sae^2)."""
-    w = W_dec.detach().float()
-    w = w / w.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    d_sae = len(w)
-    k = min(k, d_sae - 1)
-    step = max(1, min(4096, BLOCK_ELEMENTS // d_sae))
-    ids, cos = [], []
-    for s in range(0, d_sae, step):
-        if ctx is not None:
-            ctx.check_cancelled()
-        sim = w[s:s + step] @ w.t()  # (block, d_sae)
-        idx = torch.arange(len(sim), device=sim.device)
-        sim[idx, idx + s] = -torch.inf
-        values, top = sim.topk(k, dim=1)
-        ids.append(top.cpu())
-        cos.append(values.cpu())
-    return torch.cat(ids).numpy(), torch.cat(cos).numpy()
-
-
-def _final_norm(module: nn.Module) -> nn.Module | None:
-    """The norm applied before the unembedding (llama ``model.norm``, gpt2 ``ln_f``, ...)."""
-    base = getattr(module, "base_model", module)
-    for name in _FINAL_NORMS:
-        norm = getattr(base, name, None)
-        if isinstance(norm, nn.Module):
-            return norm
-    return None
-
-
-def unembed_directions(adapter: ModelAdapter) -> tuple[torch.Tensor, nn.Module | None] | None:
-    """W_U (vocab, d_model) and the final norm of a causal LM; None when it has none."""
-    if adapter.kind != "causal-lm" or not hasattr(adapter.module, "get_output_embeddings"):
-        return None
-    head = adapter.module.get_output_embeddings()
-    if head is None or getattr(head, "weight", None) is None:
-        return None
-    return head.weight.detach(), _final_norm(adapter.module)
-
-
-def fold_norm(dirs: torch.Tensor, norm: nn.Module | None) -> torch.Tensor:
-    """Decoder directions as the unembedding sees them through the final norm, dropping
-    its per-token scale (one positive number per token: it changes no ranking): a
-    LayerNorm removes the mean first; then its elementwise weight multiplies
-    (Gemma's RMSNorm multiplies by 1 + weight). A bias only shifts every latent alike
-    and is left out."""
-    if norm is None:
-        return dirs
-    if isinstance(norm, nn.LayerNorm):
-        dirs = dirs - dirs.mean(-1, keepdim=True)
-    weight = getattr(norm, "weight", None)
-    if isinstance(weight, torch.Tensor):
-        gain = weight.detach().float().to(dirs.device)
-        dirs = dirs * (1 + gain if "Gemma" in type(norm).__name__ else gain)
-    return dirs
-
-
-def logit_effects(sae: SparseAutoencoder, adapter: ModelAdapter, n: int = N_LOGITS,
-                  ctx: JobContext | None = None) -> dict[str, np.ndarray]:
-    """Each latent's direct effect on the logits, fold_norm(W_dec) @ W_U^T: the ``n``
-    most promoted and most suppressed token ids and values; {} if the model has no
-    unembedding of the SAE's width."""
-    found = unembed_directions(adapter)
-    if found is None or found[0].shape[1] != sae.d_in:
-        return {}
-    W_U, norm = found
-    W_U = W_U.float().to(sae.W_dec.device)
-    n = min(n, len(W_U))
-    step = max(1, min(4096, BLOCK_ELEMENTS // len(W_U)))
-    parts: dict[str, list[torch.Tensor]] = {k: [] for k in
-                                            ("top_values", "top_ids", "bottom_values", "bottom_ids")}
-    for s in range(0, sae.d_sae, step):
-        if ctx is not None:
-            ctx.check_cancelled()
-        eff = fold_norm(sae.W_dec[s:s + step].detach().float(), norm) @ W_U.t()  # (block, vocab)
-        for side, largest in (("top", True), ("bottom", False)):
-            values, ids = eff.topk(n, dim=1, largest=largest)
-            parts[f"{side}_values"].append(values.cpu())
-            parts[f"{side}_ids"].append(ids.cpu())
-    return {f"logit_{k}": torch.cat(v).numpy() for k, v in parts.items()}
-
-
 # ---------------------------------------------------------------- the job
-def _check_id(sae_id: str) -> str:
+def check_stats_id(sae_id: str) -> str:
+    """``sae_id`` when it can name a group under /features/ (raises otherwise)."""
     if not sae_id or "/" in sae_id or sae_id in (".", ".."):
         raise LatentLabError(f"SAE id {sae_id!r} must be a non-empty name without '/'")
     return sae_id
@@ -322,19 +123,34 @@ def row_labels(store: ActivationStore, d_sae: int | None = None) -> RowLabels | 
     return RowLabels(name, classes, values)
 
 
+def check_sae(sae: SparseAutoencoder, width: int, hook: str, where: str, top_n: int) -> None:
+    """Refuse an SAE whose input width is not the hook point's, or a top_n below 1."""
+    if sae.d_in != width:
+        raise LatentLabError(f"the SAE reads {sae.d_in}-wide rows, but {hook!r} in {where} is "
+                             f"{width} wide")
+    if top_n < 1:
+        raise LatentLabError(f"--top-n must be at least 1, not {top_n}")
+
+
+def new_running(sae: SparseAutoencoder, top_n: int, n_classes: int = 0,
+                count_labels: bool = False) -> RunningStats:
+    """Empty accumulators for ``sae`` on its device."""
+    return RunningStats(sae.d_sae, top_n, sae.W_dec.device, n_classes, count_labels)
+
+
 @torch.inference_mode()
 def _stream(ctx: JobContext, store: ActivationStore, sae: SparseAutoencoder, hook: str,
-            batch_size: int, top_n: int, labels: RowLabels | None = None) -> _Running:
+            batch_size: int, top_n: int, labels: RowLabels | None = None) -> RunningStats:
     """The one pass: encode each batch in row order and fold it into the accumulators."""
-    device = next(sae.parameters()).device
-    run = _Running(sae.d_sae, top_n, device, len(labels.classes) if labels else 0)
+    device = sae.W_dec.device
+    run = new_running(sae, top_n, len(labels.classes) if labels else 0)
     total = store.n_rows
     values = None if labels is None else torch.from_numpy(labels.values).to(device)
     ctx.progress(0, total, "feature statistics")
     for block in store.iter_batches(hook, batch_size, shuffle=False):
         ctx.check_cancelled()
         lab = None if values is None else values[run.n:run.n + len(block)]
-        run.update(sae.encode(torch.from_numpy(block).to(device)), run.n, lab)
+        run.encode_and_add(sae, torch.from_numpy(block).to(device), lab)
         ctx.progress(run.n, total, "feature statistics")
     return run
 
@@ -349,33 +165,26 @@ def _label_arrays(labels: RowLabels | None, n_rows: int) -> tuple[dict[str, np.n
                                       "label_classes": json.dumps(labels.classes)}
 
 
-def _top_tokens(store: ActivationStore, top_rows: np.ndarray) -> np.ndarray:
-    """(d_sae, top_n) int32 token ids of the top rows; -1 where there is no row."""
-    tokens = store.index("tokens")
-    return np.where(top_rows >= 0, tokens[np.maximum(top_rows, 0)], -1).astype(np.int32)
-
-
-def feature_stats(ctx: JobContext, store_path: str | os.PathLike, sae: SparseAutoencoder,
-                  hook: str, sae_id: str, batch_size: int = 4096, top_n: int = 32,
-                  n_quantiles: int = 11, adapter: ModelAdapter | None = None) -> FeatureStatsResult:
-    """Job: per-latent statistics of ``sae`` over every row of ``hook`` in the store, written
-    into the store under ``/features/<sae_id>/`` (replacing an earlier group of that id).
-    Logit effects are computed when ``adapter`` is a causal LM (see ``logit_effects``).
-    Nothing is written if the job is cancelled. The SAE is moved to ``ctx.device``."""
-    t0 = time.perf_counter()
-    path = Path(store_path)
-    group = f"features/{_check_id(sae_id)}"
-    sae = sae.to(ctx.device).eval()
-    with ActivationStore.open(path) as store:
-        if sae.d_in != store.dim(hook):
-            raise LatentLabError(f"the SAE reads {sae.d_in}-wide rows, but {hook!r} in "
-                                 f"{path.name} is {store.dim(hook)} wide")
-        labels = row_labels(store, sae.d_sae)
-        run = _stream(ctx, store, sae, hook, batch_size, top_n, labels)
-        arrays = run.arrays(np.linspace(0.0, 1.0, n_quantiles)) | run.code_arrays()
-        arrays["top_tokens"] = _top_tokens(store, arrays["top_rows"])
+def _data_arrays(run: RunningStats, n_quantiles: int, tokens: np.ndarray,
+                 labels: RowLabels | None) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Everything the pass measured, as the arrays and attributes of the group."""
+    arrays = run.arrays(np.linspace(0.0, 1.0, n_quantiles),
+                        None if labels is None else len(labels.classes)) | run.code_arrays()
+    top = arrays["top_rows"]
+    arrays["top_tokens"] = np.where(top >= 0, tokens[np.maximum(top, 0)], -1).astype(np.int32)
+    if "code_ptr" in arrays:
+        arrays.update(interval_examples(arrays, arrays["quantiles"]))
     label_totals, label_attrs = _label_arrays(labels, run.n)
-    arrays.update(label_totals)
+    return arrays | label_totals, label_attrs
+
+
+def write_feature_stats(ctx: JobContext, path: Path, run: RunningStats, sae: SparseAutoencoder,
+                        hook: str, sae_id: str, top_n: int, n_quantiles: int, tokens: np.ndarray,
+                        labels: RowLabels | None, adapter: ModelAdapter | None) -> None:
+    """The end of either pass: add the weight-only statistics to what ``run`` measured
+    (``tokens`` (n_rows,) are the store's /tokens, ``labels`` the counted field) and
+    write them into the closed store ``path`` under ``/features/<sae_id>/``."""
+    arrays, label_attrs = _data_arrays(run, n_quantiles, tokens, labels)
     ctx.progress(run.n, run.n, "decoder neighbours")
     arrays["neighbours"], arrays["neighbour_cos"] = decoder_neighbours(sae.W_dec, ctx=ctx)
     if adapter is not None and not hook.endswith("hook_z"):  # hook_z is not in the residual basis
@@ -387,14 +196,35 @@ def feature_stats(ctx: JobContext, store_path: str | os.PathLike, sae: SparseAut
              "sae_fingerprint": weight_fingerprint(sae),
              "sae_cfg": json.dumps(cfg, default=str),
              "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **label_attrs}
-    ActivationStore.write_group(path, group, arrays, attrs)
-    return FeatureStatsResult(str(path), sae_id, group, run.n, sae.d_sae, time.perf_counter() - t0)
+    ActivationStore.write_group(path, f"features/{sae_id}", arrays, attrs)
+
+
+def feature_stats(ctx: JobContext, store_path: str | os.PathLike, sae: SparseAutoencoder,
+                  hook: str, sae_id: str, batch_size: int = 4096, top_n: int = 32,
+                  n_quantiles: int = 11, adapter: ModelAdapter | None = None) -> FeatureStatsResult:
+    """Job: per-latent statistics of ``sae`` over every row of ``hook`` in the store, written
+    into the store under ``/features/<sae_id>/`` (replacing an earlier group of that id).
+    Logit effects are computed when ``adapter`` is a causal LM (see ``logit_effects``).
+    Nothing is written if the job is cancelled. The SAE is moved to ``ctx.device``."""
+    t0 = time.perf_counter()
+    path = Path(store_path)
+    check_stats_id(sae_id)
+    sae = sae.to(ctx.device).eval()
+    with ActivationStore.open(path) as store:
+        check_sae(sae, store.dim(hook), hook, path.name, top_n)
+        labels = row_labels(store, sae.d_sae)
+        run = _stream(ctx, store, sae, hook, batch_size, top_n, labels)
+        tokens = store.index("tokens")
+    pass_seconds = time.perf_counter() - t0
+    write_feature_stats(ctx, path, run, sae, hook, sae_id, top_n, n_quantiles, tokens, labels, adapter)
+    return FeatureStatsResult(str(path), sae_id, f"features/{sae_id}", run.n, sae.d_sae,
+                              time.perf_counter() - t0, pass_seconds)
 
 
 # ---------------------------------------------------------------- reading
 def load_feature_stats(store: ActivationStore, sae_id: str) -> FeatureStats:
     """The statistics ``feature_stats`` wrote for ``sae_id`` (open the store after writing)."""
-    arrays, attrs = store.read_group(f"features/{_check_id(sae_id)}", exclude=CODE_ARRAYS)
+    arrays, attrs = store.read_group(f"features/{check_stats_id(sae_id)}", exclude=CODE_ARRAYS)
     known = set(FeatureStats.__dataclass_fields__)
     label_name = attrs.get("label_name")
     return FeatureStats(sae_id=sae_id, hook=str(attrs["hook"]), n_rows=int(attrs["n_rows"]),
