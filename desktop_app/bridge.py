@@ -8,7 +8,9 @@ signal-slot mutex while copying the arguments, which needs the GIL, while the GU
 holding the GIL, destroys a garbage-collected QObject that needs the same mutex. For the
 same reason Python's cyclic garbage collector must not run on the engine thread (it would
 destroy Qt wrappers there): while a bridge lives, automatic collection is off and a GUI-thread
-timer collects by the same thresholds (as pyqtgraph's GarbageCollector does).
+timer collects by the same thresholds (as pyqtgraph's GarbageCollector does). A full
+collection walks every object (hundreds of milliseconds once torch and a model are loaded)
+while holding the GIL, so it waits while a job runs, up to MAX_GC_DEFER seconds.
 
 Jobs follow the engine's protocol (``fn(ctx, **params)``). A job submitted with a ``key``
 replaces any queued or running job of the same key (a stale request is cancelled and its
@@ -66,14 +68,6 @@ def describe_error(exc: BaseException) -> tuple[str, str]:
     return (f"The job failed with {name}: {text}" if text else f"The job failed with {name}."), details
 
 
-def _collect_garbage() -> None:
-    """On the GUI thread: collect the generation whose allocation threshold was passed."""
-    counts, thresholds = gc.get_count(), gc.get_threshold()
-    generation = max((g for g in range(3) if counts[g] > thresholds[g]), default=None)
-    if generation is not None:
-        gc.collect(generation)
-
-
 class _Worker(QThread):
     """The engine thread: pops jobs off a queue and runs them in order."""
 
@@ -120,6 +114,9 @@ class _Worker(QThread):
             self.bridge._finish(job, CANCELLED if job.cancel_event.is_set() else DONE, result)
 
 
+MAX_GC_DEFER = 30.0  # seconds a full collection may wait for the engine to go idle
+
+
 class EngineBridge(QObject):
     """Submit engine jobs from the GUI thread; watch them through signals."""
 
@@ -147,7 +144,8 @@ class EngineBridge(QObject):
         EngineBridge._live += 1
         self._gc_timer = QTimer(self)
         self._gc_timer.setInterval(500)
-        self._gc_timer.timeout.connect(_collect_garbage)
+        self._gc_timer.timeout.connect(self._collect_garbage)
+        self._full_gc_due: float | None = None  # when a deferred full collection fell due
         self._gc_timer.start()
         self._worker.start()
 
@@ -206,6 +204,20 @@ class EngineBridge(QObject):
             EngineBridge._live -= 1
             if EngineBridge._live == 0:
                 gc.enable()
+
+    def _collect_garbage(self) -> None:
+        """On the GUI thread: collect the generation whose allocation threshold was passed;
+        a full collection only while no job runs (or once it has waited MAX_GC_DEFER s)."""
+        counts, thresholds = gc.get_count(), gc.get_threshold()
+        generation = max((g for g in range(3) if counts[g] > thresholds[g]), default=None)
+        if generation == 2 and self.busy():
+            now = time.perf_counter()
+            self._full_gc_due = self._full_gc_due or now
+            if now - self._full_gc_due < MAX_GC_DEFER:
+                generation = 1  # the young generations still go
+        if generation is not None:
+            self._full_gc_due = None if generation == 2 else self._full_gc_due
+            gc.collect(generation)
 
     # ----------------------------------------------------------- engine thread -> GUI
     def _finish(self, job: Job, state: str, payload: Any) -> None:

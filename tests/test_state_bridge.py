@@ -169,3 +169,39 @@ def test_garbage_is_collected_on_the_gui_thread_only(qapp, qtbot):
     finally:
         bridge.shutdown()
     assert gc.isenabled()
+
+
+def _wait_for(ctx, event):
+    while not event.wait(0.01):
+        ctx.check_cancelled()
+
+
+def test_full_collections_wait_until_the_engine_is_idle(qapp, qtbot):
+    """A full collection pauses every thread for as long as it walks all objects, so while a
+    job runs the GUI thread collects only the young generations; the full one follows at idle."""
+    import gc
+    thresholds = gc.get_threshold()
+    bridge = EngineBridge("cpu")
+    seen: list[tuple[int, bool]] = []  # (generation, engine busy) of each collection
+
+    def watch(phase, info):
+        if phase == "start":
+            seen.append((info["generation"], bridge.busy()))
+    gc.callbacks.append(watch)
+    try:
+        gc.set_threshold(100, 2, 2)  # a full collection falls due after a few hundred allocations
+        release = threading.Event()
+        bridge.submit("wait", _wait_for, event=release)
+        junk = []
+        for _ in range(40):
+            junk.extend([i] for i in range(200))
+            qtbot.wait(20)
+        assert any(g < 2 for g, busy in seen if busy)  # young generations were collected meanwhile
+        assert not [g for g, busy in seen if busy and g == 2]
+        release.set()
+        assert bridge.wait_idle(10)
+        qtbot.waitUntil(lambda: any(g == 2 for g, busy in seen if not busy), timeout=5000)
+    finally:
+        gc.callbacks.remove(watch)
+        gc.set_threshold(*thresholds)
+        bridge.shutdown()
