@@ -194,20 +194,28 @@ def _prompt_inputs(adapter: ModelAdapter, prompt: str) -> dict[str, torch.Tensor
     return {"input_ids": ids[:, :end], "attention_mask": mask[:, :end]}
 
 
-def _generate(adapter: ModelAdapter, inputs: dict[str, torch.Tensor], max_new_tokens: int,
-              seed: int, sample: bool, temperature: float) -> list[int]:
-    """New token ids from HF ``generate`` (KV cache on), seeded for sampling."""
+def generation_options(adapter: ModelAdapter, max_new_tokens: int, sample: bool,
+                       temperature: float) -> dict[str, Any]:
+    """HF ``generate`` options shared by every steered and unsteered run: KV cache on,
+    greedy or plain sampling at ``temperature`` (no top-k / top-p), EOS as padding if needed."""
     tok = adapter.tokenizer
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    torch.manual_seed(seed)
     opts: dict[str, Any] = {"do_sample": sample, "max_new_tokens": max_new_tokens, "use_cache": True,
                             "pad_token_id": pad}
     if sample:
         opts.update(temperature=temperature, top_k=0, top_p=1.0)
     else:
         opts.update(temperature=None, top_k=None, top_p=None)
+    return opts
+
+
+def _generate(adapter: ModelAdapter, inputs: dict[str, torch.Tensor], max_new_tokens: int,
+              seed: int, sample: bool, temperature: float) -> list[int]:
+    """New token ids from HF ``generate``, seeded for sampling."""
+    torch.manual_seed(seed)
     with torch.inference_mode():
-        out = adapter.module.generate(**inputs, **opts)
+        out = adapter.module.generate(**inputs, **generation_options(adapter, max_new_tokens, sample,
+                                                                     temperature))
     return out[0, inputs["input_ids"].shape[1]:].tolist()
 
 
@@ -215,6 +223,26 @@ def _next_token_logprobs(adapter: ModelAdapter, inputs: dict[str, torch.Tensor])
     with torch.inference_mode():
         logits = adapter.module(**inputs, use_cache=False).logits[0, -1].float()
     return torch.log_softmax(logits, -1)
+
+
+def kl_divergence(logprobs: torch.Tensor, base: torch.Tensor) -> float:
+    """KL(p || base) of two log-probability vectors (rounding below 0 clamped)."""
+    return float((logprobs.exp() * (logprobs - base)).sum().clamp_min(0))
+
+
+class NextTokenShift(NamedTuple):
+    kl: float  # KL(steered || baseline)
+    gained: list[TokenShift]  # tokens whose probability rose most, largest first
+    lost: list[TokenShift]  # tokens whose probability fell most, largest fall first
+
+
+def next_token_shift(adapter: ModelAdapter, steered_lp: torch.Tensor, base_lp: torch.Tensor,
+                     top: int) -> NextTokenShift:
+    """How steering moved one next-token distribution: its KL and the ``top`` tokens
+    gained and lost (probability differences)."""
+    delta = steered_lp.exp() - base_lp.exp()
+    return NextTokenShift(kl_divergence(steered_lp, base_lp), _shifts(adapter, delta, top, True),
+                          _shifts(adapter, delta, top, False))
 
 
 def first_divergence(a: Sequence[int], b: Sequence[int]) -> int:
@@ -246,8 +274,6 @@ def compare_generation(ctx: Any, adapter: ModelAdapter, prompt: str, interventio
         steer_lp = _next_token_logprobs(adapter, inputs)
         steer = _generate(adapter, inputs, max_new_tokens, seed, sample, temperature)
     ctx.progress(2, 2, "done")
-    kl = float((steer_lp.exp() * (steer_lp - base_lp)).sum().clamp_min(0))
-    delta = steer_lp.exp() - base_lp.exp()
     decode = adapter.tokenizer.decode
     return GenerationComparison(base, steer, decode(base), decode(steer), first_divergence(base, steer),
-                                kl, _shifts(adapter, delta, top, True), _shifts(adapter, delta, top, False))
+                                *next_token_shift(adapter, steer_lp, base_lp, top))

@@ -5,6 +5,7 @@ view's sliders drive (one token at a time, cancellable between tokens)."""
 from __future__ import annotations
 
 import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -24,9 +25,10 @@ from engine.steering import (
     TokenShift,
     _next_token_logprobs,
     _prompt_inputs,
-    _shifts,
     concept_vector,
+    generation_options,
     latent_direction,
+    next_token_shift,
     steered,
 )
 from engine.steering_injection import InjectionResult, inject_concept
@@ -214,27 +216,49 @@ def generate_stream(ctx: JobContext, model: str | ModelAdapter, prompt: str,
     adapter = _ready_model(model, ctx.device)
     interventions = recipe_interventions(adapter, recipe) if which == "steered" else []
     inputs = _prompt_inputs(adapter, prompt)
-    tok = adapter.tokenizer
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    opts: dict[str, Any] = {"do_sample": sample, "max_new_tokens": max_new_tokens, "use_cache": True,
-                            "pad_token_id": pad}
-    opts.update(dict(temperature=temperature, top_k=0, top_p=1.0) if sample
-                else dict(temperature=None, top_k=None, top_p=None))
     stream = _TokenStream(ctx, adapter, which, max_new_tokens)
     torch.manual_seed(seed)
     with steered(adapter, interventions), torch.inference_mode():
-        adapter.module.generate(**inputs, **opts, streamer=stream)
+        out = adapter.module.generate(**inputs, **generation_options(adapter, max_new_tokens, sample, temperature),
+                                      streamer=stream, output_logits=True, return_dict_in_generate=True)
     result = Generation(which, stream.tokens, stream.texts, True)
-    if which != "steered" or not compare:
+    first = torch.log_softmax(out.logits[0][0].float(), -1)  # the step after the prompt, unprocessed
+    if which != "steered":
+        _remember_baseline(adapter, inputs, first)
+        return result
+    if not compare:
         return result
     ctx.check_cancelled()
-    base_lp = _next_token_logprobs(adapter, inputs)
-    with steered(adapter, interventions):
-        steer_lp = _next_token_logprobs(adapter, inputs)
-    kl = float((steer_lp.exp() * (steer_lp - base_lp)).sum().clamp_min(0))
-    delta = steer_lp.exp() - base_lp.exp()
-    return result._replace(kl=kl, gained=_shifts(adapter, delta, top, True),
-                           lost=_shifts(adapter, delta, top, False))
+    shift = next_token_shift(adapter, first, _baseline_logprobs(adapter, inputs), top)
+    return result._replace(kl=shift.kl, gained=shift.gained, lost=shift.lost)
+
+
+_BASELINES: OrderedDict[tuple, tuple[weakref.ref, torch.Tensor]] = OrderedDict()
+_baselines_lock = threading.Lock()
+BASELINE_CACHE_SIZE = 16
+
+
+def _remember_baseline(adapter: ModelAdapter, inputs: dict[str, torch.Tensor], logprobs: torch.Tensor) -> None:
+    """Keep the unsteered next-token distribution after a prompt, which the baseline run
+    computes anyway, so a steered run compares against it without another forward pass."""
+    with _baselines_lock:
+        key = (id(adapter.module), tuple(inputs["input_ids"][0].tolist()))
+        _BASELINES[key] = (weakref.ref(adapter.module), logprobs)
+        _BASELINES.move_to_end(key)
+        while len(_BASELINES) > BASELINE_CACHE_SIZE:
+            _BASELINES.popitem(last=False)
+
+
+def _baseline_logprobs(adapter: ModelAdapter, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The unsteered next-token log-probabilities after the prompt: remembered from the
+    baseline run when it came first, computed (and remembered) otherwise."""
+    with _baselines_lock:
+        found = _BASELINES.get((id(adapter.module), tuple(inputs["input_ids"][0].tolist())))
+    if found is not None and found[0]() is adapter.module:
+        return found[1]
+    logprobs = _next_token_logprobs(adapter, inputs)
+    _remember_baseline(adapter, inputs, logprobs)
+    return logprobs
 
 
 def steerable_hooks(ctx: JobContext, model: str) -> list[str]:

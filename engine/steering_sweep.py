@@ -22,6 +22,7 @@ from engine.steering import (
     _generate,
     _next_token_logprobs,
     _prompt_inputs,
+    kl_divergence,
     steered,
 )
 
@@ -158,7 +159,7 @@ def _cell(adapter: ModelAdapter, prompts: list[dict[str, torch.Tensor]], base_lp
             lp = _next_token_logprobs(adapter, inputs)
             new = _generate(adapter, inputs, max_new_tokens, seed, False, 1.0)
         scores.append(float(torch.logsumexp(lp[concept], 0)))
-        kls.append(float((lp.exp() * (lp - base)).sum().clamp_min(0)))
+        kls.append(kl_divergence(lp, base))
         ppls.append(_perplexity(adapter, inputs, new))
     return float(np.mean(scores)), float(np.nanmean(ppls)), float(np.mean(kls))
 

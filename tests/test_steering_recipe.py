@@ -16,6 +16,7 @@ from engine.steering import (
     ClampLatents,
     _generate,
     _prompt_inputs,
+    compare_generation,
     latent_direction,
     steered,
 )
@@ -65,6 +66,14 @@ def test_recipe_means_its_interventions(small_workspace):
     base = generate_stream(_ctx(), small_workspace.model, PROMPT, which="baseline", max_new_tokens=10)
     assert gen.tokens != base.tokens and gen.kl > 0
     assert gen.gained[0].delta > 0 > gen.lost[0].delta
+    # the same shift as separate forward passes give, whether the baseline ran before or after
+    ivs = recipe_interventions(adapter, recipe)
+    reference = compare_generation(_ctx(), adapter, PROMPT, ivs, max_new_tokens=10, top=8)
+    again = generate_stream(_ctx(), small_workspace.model, PROMPT, recipe=recipe, max_new_tokens=10)
+    for run in (gen, again):
+        assert run.kl == pytest.approx(reference.kl, rel=1e-4)
+        assert [t.token for t in run.gained] == [t.token for t in reference.gained]
+        assert [t.token for t in run.lost] == [t.token for t in reference.lost]
 
 
 def test_zero_and_disabled_items_run_the_plain_model(small_workspace):
