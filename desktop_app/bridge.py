@@ -1,8 +1,9 @@
 """The engine bridge: one QThread that owns the torch device and runs engine jobs one at a
 time, turning their progress, partial results, results and errors into Qt signals.
 
-The engine thread never touches Qt: it puts its reports into a plain queue that a timer on
-the GUI thread drains (every 15 ms) and turns into signals there. A queued Qt signal with
+The engine thread never touches Qt: it puts its reports into a plain queue and, when the
+queue was empty, writes one byte to a socket pair; a QSocketNotifier on the GUI thread wakes
+on it and drains the queue into signals there (nothing polls while the engine is quiet). A queued Qt signal with
 Python arguments emitted from the worker can deadlock with PySide6: Qt holds a pooled
 signal-slot mutex while copying the arguments, which needs the GIL, while the GUI thread,
 holding the GIL, destroys a garbage-collected QObject that needs the same mutex. For the
@@ -21,6 +22,7 @@ from __future__ import annotations
 import gc
 import itertools
 import queue
+import socket
 import threading
 import time
 import traceback
@@ -28,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from PySide6.QtCore import QObject, QThread, QTimer, Signal, Slot
+from PySide6.QtCore import QObject, QSocketNotifier, QThread, QTimer, Signal, Slot
 
 from engine.errors import LatentLabError
 from engine.jobs import Cancelled, JobContext, resolve_device
@@ -97,13 +99,13 @@ class _Worker(QThread):
             if now - last[0] < 0.05 and pct == last[1] and done < total:
                 return
             last[0], last[1] = now, pct
-            self.bridge._inbox.put(("progress", job.id, (int(done), int(total), str(message))))
+            self.bridge._post(("progress", job.id, (int(done), int(total), str(message))))
 
         job.ctx = JobContext(device=self.device, on_progress=progress,
-                             on_partial=lambda obj: self.bridge._inbox.put(("partial", job.id, obj)),
+                             on_partial=lambda obj: self.bridge._post(("partial", job.id, obj)),
                              cancel_event=job.cancel_event)
         job.state, job.started = RUNNING, time.perf_counter()
-        self.bridge._inbox.put(("started", job.id, None))
+        self.bridge._post(("started", job.id, None))
         try:
             result = job.fn(job.ctx, **job.params)
         except Cancelled:
@@ -135,10 +137,12 @@ class EngineBridge(QObject):
         self._inbox: queue.SimpleQueue[tuple[str, int, Any]] = queue.SimpleQueue()
         self._worker = _Worker(self, device)
         self.partial.connect(self._on_partial)
-        self._timer = QTimer(self)
-        self._timer.setInterval(15)
-        self._timer.timeout.connect(self._drain)
-        self._timer.start()
+        self._wake_in, self._wake_out = socket.socketpair()  # engine thread -> GUI thread
+        for end in (self._wake_in, self._wake_out):
+            end.setblocking(False)
+        self._wake_pending = False  # a byte is on its way; cleared by the GUI thread first
+        self._notifier = QSocketNotifier(self._wake_in.fileno(), QSocketNotifier.Type.Read, self)
+        self._notifier.activated.connect(self._on_wake)
         if EngineBridge._live == 0:
             gc.disable()
         EngineBridge._live += 1
@@ -197,8 +201,10 @@ class EngineBridge(QObject):
         self.cancel_all()
         self._worker.jobs.put(None)
         self._worker.wait(int(timeout * 1000))
-        self._timer.stop()
+        self._notifier.setEnabled(False)
         self._drain()  # deliver the last reports (cancellations) before the bridge goes
+        self._wake_in.close()
+        self._wake_out.close()
         if self._gc_timer.isActive():
             self._gc_timer.stop()
             EngineBridge._live -= 1
@@ -220,9 +226,29 @@ class EngineBridge(QObject):
             gc.collect(generation)
 
     # ----------------------------------------------------------- engine thread -> GUI
+    def _post(self, report: tuple[str, int, Any]) -> None:
+        """On the engine thread: queue a report and wake the GUI thread unless a wake is pending."""
+        self._inbox.put(report)
+        if not self._wake_pending:
+            self._wake_pending = True
+            try:
+                self._wake_out.send(b"\0")
+            except OSError:  # the buffer is full (a wake is certainly pending) or the bridge shut down
+                pass
+
+    def _on_wake(self, *_: Any) -> None:
+        """The socket has bytes: clear the pending mark, then drain (a report queued after
+        the clear sends another byte, so none waits for a later wake)."""
+        try:
+            while self._wake_in.recv(4096):
+                pass
+        except OSError:  # nothing more to read
+            pass
+        self._wake_pending = False
+        self._drain()
     def _finish(self, job: Job, state: str, payload: Any) -> None:
         job.seconds = time.perf_counter() - job.started if job.started else 0.0
-        self._inbox.put(("done", job.id, (state, payload)))
+        self._post(("done", job.id, (state, payload)))
 
     @Slot()
     def _drain(self) -> None:
