@@ -82,8 +82,9 @@ def test_slider_to_steered_text_against_plain_generate(qtbot):
             marks.clear()
             drawn.clear()
             t0 = time.perf_counter()
-            gen.strength_slider.setValue(tick)
-            qtbot.waitUntil(lambda: "full" in marks, timeout=60000)
+            with qtbot.waitSignal(gen.text_shown, timeout=60000,  # event-driven: no polling beside the run
+                                  check_params_cb=lambda which, n, done: which == "steered" and n >= NEW_TOKENS):
+                gen.strength_slider.setValue(tick)
             first.append(marks["first"] - t0)
             full.append(marks["full"] - t0)
             assert bridge.wait_idle(60)
