@@ -5,11 +5,16 @@ tokens (in its own environment, ``--dashboard-python``; see ../shared/BENCHMARKS
 Ours = ``engine.feature_pass.feature_pass``: SmolLM2 run once over the tokens, stopped after
 the hook's block, each batch encoded by the SAE and folded into the running statistics,
 rows and codes written to a new store; "pass" is that loop, "end to end" adds the
-once-per-SAE work (decoder neighbours, logit effects over the 49k-token unembedding,
-quantile-interval examples) and writing the statistics. Bare forward = the HF model with
+quantile-interval examples, the weight-only tables and writing the statistics. The
+weight-only tables (decoder neighbours, logit effects over the 49k-token unembedding) are
+cached per SAE and model (``engine.feature_weights.weight_tables``): each repeat runs ours
+"cold" (an empty cache folder: the tables are computed) and then "warm" (the same SAE again,
+the tables read from the cache). Bare forward = the HF model with
 ``num_hidden_layers`` cut after the hook's block (no hooks, no head) on exactly the same
-padded batches (``benchmarks/capture.py``). Runs alternate; medians are compared
-(``--best``: the fastest runs, when other work loads the box now and then).
+padded batches (``benchmarks/capture.py``), run just before each of ours. Each run of ours
+is divided by that bare run; the medians of these ratios are compared (``--best``: the
+smallest, when other work loads the box now and then). "beyond the pass" is a run's end to
+end minus its pass: the part the cache of weight-only tables removes.
 
 sae-dashboard gets the same token ids, reflowed into full windows of 128 (no padding), and
 SmolLM2 in TransformerLens built from the same local weights with the right RoPE theta
@@ -37,6 +42,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -136,13 +142,44 @@ for per_batch, n_features, html in runs:
 """
 
 
-def ours(model, source, sae, hook: str, args: argparse.Namespace, out: Path) -> tuple[float, float, float]:
-    """(pass seconds, end-to-end seconds, end-to-end CPU seconds) of one feature_pass run."""
+@contextmanager
+def cache_folder(folder: Path):
+    """LatentLab's cache (where weight-only tables are kept) moved to ``folder`` for a while."""
+    old = os.environ.get("LATENTLAB_CACHE")
+    os.environ["LATENTLAB_CACHE"] = str(folder)
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("LATENTLAB_CACHE")
+        else:
+            os.environ["LATENTLAB_CACHE"] = old
+
+
+def ours(model, source, sae, hook: str, args: argparse.Namespace, out: Path,
+         want_cached: tuple[str, ...]) -> tuple[float, float, float]:
+    """(pass seconds, end-to-end seconds, end-to-end CPU seconds) of one feature_pass run,
+    checking which weight-only tables it read from the cache."""
     start, cpu = time.perf_counter(), time.process_time()
     result = feature_pass(JobContext(device=torch.device("cpu")), model=model, source=source, sae=sae,
                           hook=hook, sae_id="topk", out=out, max_tokens=args.tokens,
                           batch_size=args.batch_size, ctx_len=args.ctx_len)
-    return result.pass_seconds, time.perf_counter() - start, time.process_time() - cpu
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    assert result.cached_tables == want_cached, (result.cached_tables, want_cached)
+    return result.pass_seconds, seconds, cpu
+
+
+def repeat(model, source, sae, hook: str, args: argparse.Namespace, batches, tmp: Path) -> dict[str, float]:
+    """One repeat: a bare forward, ours cold (a fresh cache folder), a bare forward, ours warm
+    (the same folder): each of ours right after a bare forward, its peer under the same load."""
+    out: dict[str, float] = {}
+    with cache_folder(tmp / "cache"):
+        for name, cached in (("cold", ()), ("warm", ("neighbours", "logit effects"))):
+            b, b_cpu = bare(model, batches, args.layer)
+            p, e, e_cpu = ours(model, source, sae, hook, args, tmp / f"{name}.h5", cached)
+            out |= {f"{name}_bare": b, f"{name}_bare_cpu": b_cpu, f"{name}_pass": p, name: e,
+                    f"{name}_cpu": e_cpu, f"{name}_extra": e - p}
+    return out
 
 
 def bare(model, batches, layer: int) -> tuple[float, float]:
@@ -221,29 +258,41 @@ def main() -> None:
                for i in range(0, len(units), args.batch_size)]
     model.weight_hash()  # computed once per model in any session; not a per-run cost
     bare_forward(model, batches[:1], args.layer)  # warm-up
-    runs = []  # (bare s, bare CPU s, pass s, end-to-end s, end-to-end CPU s) per repeat
+    runs = []
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.repeats):
-            runs.append((*bare(model, batches, args.layer),
-                         *ours(model, source, sae, hook, args, Path(tmp) / f"run{r}.h5")))
-        bare_s, bare_cpu, passes, e2e, e2e_cpu = (list(col) for col in zip(*runs, strict=True))
-        pick = min if args.best else statistics.median
-        tb, tp, te = pick(bare_s), pick(passes), pick(e2e)
-        print(f"model {args.model}, {hook}, {args.tokens} tokens, batch {args.batch_size} x {args.ctx_len}, "
-              f"SAE {args.sae.name} (d_sae {sae.d_sae}, k {sae.cfg.k}), {torch.get_num_threads()} threads")
-        print(f"bare truncated forward:        {tb:6.1f} s  (runs: {', '.join(f'{t:.1f}' for t in bare_s)})")
-        print(f"ours, the pass:                {tp:6.1f} s  (runs: {', '.join(f'{t:.1f}' for t in passes)})")
-        print(f"ours, end to end:              {te:6.1f} s  (runs: {', '.join(f'{t:.1f}' for t in e2e)})")
-        paired = [(p / b, e / b, ec / bc) for b, p, e, bc, ec in zip(bare_s, passes, e2e, bare_cpu, e2e_cpu, strict=True)]
-        print("ratio per run to the bare forward just before it: "
-              + ", ".join(f"pass {p:.3f} / e2e {e:.3f} (CPU time {c:.3f})" for p, e, c in paired))
-        print(f"ratio ({'fastest' if args.best else 'median'} runs) pass / bare forward: {tp / tb:.3f}; "
-              f"end to end / bare forward: {te / tb:.3f} (target <= 1.1); "
-              f"peak RSS of this process {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GB")
+            folder = Path(tmp) / f"run{r}"
+            folder.mkdir()
+            runs.append(repeat(model, source, sae, hook, args, batches, folder))
+        te, te_cpu = report(runs, args, hook, sae)
         if args.dashboard_python:
-            report_dashboard(dashboard(args, model, units, hook, sae.d_sae, Path(tmp)), sae.d_sae, te,
-                             pick(e2e_cpu))
+            report_dashboard(dashboard(args, model, units, hook, sae.d_sae, Path(tmp)), sae.d_sae, te, te_cpu)
 
+
+def report(runs: list[dict[str, float]], args: argparse.Namespace, hook: str, sae) -> tuple[float, float]:
+    """Print the times and the ratios to the bare forward run just before; return ours cold
+    end to end (seconds, CPU seconds), the figure sae-dashboard is compared with."""
+    pick = min if args.best else statistics.median
+    col = {k: [r[k] for r in runs] for k in runs[0]}
+    print(f"model {args.model}, {hook}, {args.tokens} tokens, batch {args.batch_size} x {args.ctx_len}, "
+          f"SAE {args.sae.name} (d_sae {sae.d_sae}, k {sae.cfg.k}), {torch.get_num_threads()} threads")
+    for key, name in (("cold_bare", "bare truncated forward"), ("cold_pass", "ours cold, the pass"),
+                      ("cold", "ours cold, end to end"), ("warm_bare", "bare truncated forward"),
+                      ("warm_pass", "ours warm, the pass"), ("warm", "ours warm, end to end")):
+        print(f"{name + ':':32s} {pick(col[key]):6.1f} s  (runs: {', '.join(f'{t:.1f}' for t in col[key])})")
+    ratio = {}
+    for name in ("cold", "warm"):
+        per_run = [(r[f"{name}_pass"] / r[f"{name}_bare"], r[name] / r[f"{name}_bare"],
+                    r[f"{name}_cpu"] / r[f"{name}_bare_cpu"]) for r in runs]
+        ratio[name] = pick(e for _, e, _ in per_run)
+        print(f"{name}: ratio per run to the bare forward just before it: " + ", ".join(
+            f"pass {p:.3f} / e2e {e:.3f} (CPU {c:.3f})" for p, e, c in per_run)
+            + f"; beyond the pass: {', '.join(f'{t:.2f}' for t in col[f'{name}_extra'])} s")
+    print(f"ratio ({'fastest' if args.best else 'median'} of the per-run ratios) to the bare forward, "
+          f"end to end: cold (tables computed) {ratio['cold']:.3f}, warm (tables cached) "
+          f"{ratio['warm']:.3f} (target <= 1.1); peak RSS of this process "
+          f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GB")
+    return pick(col["cold"]), pick(col["cold_cpu"])
 
 if __name__ == "__main__":
     main()

@@ -136,18 +136,29 @@ def _blocks(store: ActivationStore, hook: str, rows: np.ndarray | None,
         yield pos, _read_sorted(store, hook, rows[pos]).astype(np.float32)
 
 
-def _check(store: ActivationStore, hook: str, sae: SparseAutoencoder,
-           rows: np.ndarray | None) -> np.ndarray | None:
-    """Validate the hook's width and the rows; rows as int64 (None: all)."""
-    if sae.d_in != store.dim(hook):
-        raise LatentLabError(f"the SAE reads {sae.d_in}-wide rows, but {hook!r} in "
-                             f"{store.path.name} is {store.dim(hook)} wide")
+def _check_rows(store: ActivationStore, rows: np.ndarray | None) -> np.ndarray | None:
+    """The rows as int64 (None: all), checked against the store's row count."""
     if rows is None:
         return None
     rows = np.asarray(rows, dtype=np.int64).ravel()
     if rows.size and (rows.min() < 0 or rows.max() >= store.n_rows):
         raise LatentLabError(f"row ids must lie in 0..{store.n_rows - 1} ({store.path.name})")
     return rows
+
+
+def _check_encodable(store: ActivationStore, hook: str, sae: SparseAutoencoder,
+                     stats_id: str | None) -> None:
+    """Refuse to encode rows the store does not hold (a store made with --no-acts whose
+    statistics hold no codes of this SAE), or rows of another width than the SAE's."""
+    if hook not in store.hooks:
+        codes = (f"its statistics {stats_id!r} hold no SAE codes of this SAE's weights at that hook"
+                 if stats_id else "no feature statistics were named to read stored SAE codes from")
+        raise LatentLabError(f"{store.path.name} holds no activation rows of {hook!r} (made with "
+                             f"--no-acts?) and {codes}: nothing to read the latents from; run "
+                             f"feature-stats for this SAE over it, or capture the rows")
+    if sae.d_in != store.dim(hook):
+        raise LatentLabError(f"the SAE reads {sae.d_in}-wide rows, but {hook!r} in "
+                             f"{store.path.name} is {store.dim(hook)} wide")
 
 
 def _encoded(ctx: JobContext, store: ActivationStore, hook: str, sae: SparseAutoencoder,
@@ -284,17 +295,19 @@ def latent_values(ctx: JobContext, store_path: Path, hook: str, sae_path: Path,
                   batch_size: int = 8192, stats_id: str | None = None) -> np.ndarray:
     """Job: (len(rows) or n_rows, len(latents)) float32 activations of ``latents`` on the
     store's rows of ``hook`` (all rows, or ``rows`` in their given order). With
-    ``stats_id``, read from the codes its feature statistics kept when they match."""
+    ``stats_id``, read from the codes its feature statistics kept when they match (the
+    only way for a store without activation rows); else the rows are encoded."""
     sae = cached_sae(sae_path, ctx.device)
     cols = np.asarray(latents, dtype=np.int64).ravel()
     if cols.size and (cols.min() < 0 or cols.max() >= sae.d_sae):
         raise LatentLabError(f"latent ids must lie in 0..{sae.d_sae - 1}")
     with ActivationStore.open(store_path) as store:
-        rows = _check(store, hook, sae, rows)
+        rows = _check_rows(store, rows)
         if stats_id is not None:
             stored = stored_values(store, stats_id, sae, hook, cols, rows)
             if stored is not None:
                 return stored
+        _check_encodable(store, hook, sae, stats_id)
         out = np.zeros((store.n_rows if rows is None else len(rows), len(cols)), np.float32)
         encode = column_encoder(sae, cols)
         if encode is None:
@@ -354,10 +367,11 @@ def latents_on_rows(ctx: JobContext, store_path: Path, hook: str, sae_path: Path
     """Job: the ``n`` latents most characteristic of ``rows`` (unique store rows): most
     active there relative to their mean over all rows (see ``rank_latents``). The overall
     mean comes from the feature statistics ``stats_id`` when given, else from a full pass;
-    the sums over the rows come from the codes those statistics kept, when they hold them."""
+    the sums over the rows come from the codes those statistics kept, when they hold them
+    (then no row is encoded, and the store needs no activation rows)."""
     sae = cached_sae(sae_path, ctx.device)
     with ActivationStore.open(store_path) as store:
-        rows = _check(store, hook, sae, rows)
+        rows = _check_rows(store, rows)
         if rows.size > 1 and not bool((rows[1:] > rows[:-1]).all()):
             rows = np.unique(rows)
         if not rows.size:
@@ -368,6 +382,7 @@ def latents_on_rows(ctx: JobContext, store_path: Path, hook: str, sae_path: Path
             total, fired = selection_code_sums(codes, rows, sae.d_sae)
             overall = codes.mean
         else:
+            _check_encodable(store, hook, sae, stats_id)
             total, fired = _code_sums(ctx, store, hook, sae, rows, batch_size, "codes on the selection")
             overall = _overall_mean(ctx, store, hook, sae, stats_id, batch_size)
         n_rows = store.n_rows
@@ -378,11 +393,14 @@ def latents_on_rows(ctx: JobContext, store_path: Path, hook: str, sae_path: Path
 # ---------------------------------------------------------------- shaded contexts
 def shaded_contexts(ctx: JobContext, store_path: Path, hook: str, sae_path: Path | None,
                     latent: int, top_rows: np.ndarray, top_values: np.ndarray, n: int = 12,
-                    before: int = 12, after: int = 6) -> tuple[int, list[Context]]:
+                    before: int = 12, after: int = 6,
+                    stats_id: str | None = None) -> tuple[int, list[Context]]:
     """Job: ``latent`` and its first ``n`` top rows (``top_rows`` -1 = none) in context, with
     its activation on every context token (store.context keeps consecutive rows of one
-    document, so the rows of a context are row - at + 0..len-1). Without an SAE, or with
-    one that does not fit the store, the values are None."""
+    document, so the rows of a context are row - at + 0..len-1), read from the codes the
+    statistics ``stats_id`` kept when they match the SAE, else encoded (``latent_values``).
+    Without an SAE, one that does not fit the store, or neither codes nor rows to encode,
+    the values are None (the contexts still come from the store's tokens)."""
     found = []
     with ActivationStore.open(store_path) as store:
         for row, value in zip(top_rows[:n], top_values[:n], strict=True):
@@ -393,7 +411,8 @@ def shaded_contexts(ctx: JobContext, store_path: Path, hook: str, sae_path: Path
     if sae_path is not None and found:
         rows = np.concatenate([np.arange(r - at, r - at + len(t)) for r, t, at, _ in found])
         try:
-            flat = latent_values(ctx, store_path, hook, sae_path, [latent], rows=rows)[:, 0]
+            flat = latent_values(ctx, store_path, hook, sae_path, [latent], rows=rows,
+                                 stats_id=stats_id)[:, 0]
             values = np.split(flat, np.cumsum([len(t) for _, t, _, _ in found])[:-1])
         except LatentLabError:
             pass

@@ -66,8 +66,9 @@ def feature_pass(ctx: JobContext, model: str | ModelAdapter, source: str | Sourc
     of ``ctx_len`` a batch) once, and write the new store ``out`` holding its rows
     (activations of ``hook`` too when ``write_acts``) and the statistics of ``sae`` under
     ``/features/<sae_id>/``, with logit effects when ``logits`` and the model has an
-    unembedding. A cancelled or failed pass leaves the store with its committed rows and
-    no statistics. The SAE is moved to ``ctx.device``."""
+    unembedding (decoder neighbours and logit effects come from the cache of weight-only
+    tables when it holds them for these weights). A cancelled or failed pass leaves the
+    store with its committed rows and no statistics. The SAE is moved to ``ctx.device``."""
     t0 = time.perf_counter()
     out = Path(out)
     check_stats_id(sae_id)
@@ -87,8 +88,8 @@ def feature_pass(ctx: JobContext, model: str | ModelAdapter, source: str | Sourc
         pass_seconds = time.perf_counter() - started
         labels = row_labels(store, sae.d_sae)
         tokens = store.index("tokens")
-    write_feature_stats(ctx, out, run, sae, hook, sae_id, top_n, n_quantiles, tokens, labels,
-                        plan.adapter if logits else None)
+    cached = write_feature_stats(ctx, out, run, sae, hook, sae_id, top_n, n_quantiles, tokens,
+                                 labels, plan.adapter if logits else None)
     return FeatureStatsResult(str(out), sae_id, f"features/{sae_id}", run.n, sae.d_sae,
-                              time.perf_counter() - t0, pass_seconds)
+                              time.perf_counter() - t0, pass_seconds, cached)
 

@@ -32,7 +32,7 @@ from engine.feature_running import (  # noqa: F401  (HIST_*, hist_quantiles: par
     hist_quantiles,
     interval_examples,
 )
-from engine.feature_weights import decoder_neighbours, logit_effects
+from engine.feature_weights import weight_tables
 from engine.jobs import JobContext
 from engine.models.base import ModelAdapter, weight_fingerprint
 from engine.sae.base import SparseAutoencoder
@@ -49,6 +49,7 @@ class FeatureStatsResult(NamedTuple):
     d_sae: int
     seconds: float  # the whole job
     pass_seconds: float = 0.0  # the streaming pass alone (no weight-only work, no writing)
+    cached_tables: tuple[str, ...] = ()  # weight-only tables read from the cache (feature_weights)
 
 
 @dataclass
@@ -180,23 +181,25 @@ def _data_arrays(run: RunningStats, n_quantiles: int, tokens: np.ndarray,
 
 def write_feature_stats(ctx: JobContext, path: Path, run: RunningStats, sae: SparseAutoencoder,
                         hook: str, sae_id: str, top_n: int, n_quantiles: int, tokens: np.ndarray,
-                        labels: RowLabels | None, adapter: ModelAdapter | None) -> None:
-    """The end of either pass: add the weight-only statistics to what ``run`` measured
-    (``tokens`` (n_rows,) are the store's /tokens, ``labels`` the counted field) and
-    write them into the closed store ``path`` under ``/features/<sae_id>/``."""
+                        labels: RowLabels | None, adapter: ModelAdapter | None) -> tuple[str, ...]:
+    """The end of either pass: add the weight-only statistics (from the cache when it holds
+    them, ``weight_tables``) to what ``run`` measured (``tokens`` (n_rows,) are the store's
+    /tokens, ``labels`` the counted field) and write them into the closed store ``path``
+    under ``/features/<sae_id>/``. Returns the names of the tables read from the cache."""
     arrays, label_attrs = _data_arrays(run, n_quantiles, tokens, labels)
-    ctx.progress(run.n, run.n, "decoder neighbours")
-    arrays["neighbours"], arrays["neighbour_cos"] = decoder_neighbours(sae.W_dec, ctx=ctx)
-    if adapter is not None and not hook.endswith("hook_z"):  # hook_z is not in the residual basis
-        ctx.progress(run.n, run.n, "logit effects")
-        arrays.update(logit_effects(sae, adapter, ctx=ctx))
+    fingerprint = weight_fingerprint(sae)
+    if hook.endswith("hook_z"):  # not in the residual basis: no logit effects
+        adapter = None
+    tables = weight_tables(sae, adapter, ctx, sae_fingerprint=fingerprint)
+    arrays.update(tables.arrays)
     ctx.check_cancelled()
     cfg = {"architecture": type(sae).architecture, **sae.cfg.to_dict()}
     attrs = {"hook": hook, "n_rows": run.n, "top_n": top_n, "sae_id": sae_id,
-             "sae_fingerprint": weight_fingerprint(sae),
+             "sae_fingerprint": fingerprint,
              "sae_cfg": json.dumps(cfg, default=str),
              "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **label_attrs}
     ActivationStore.write_group(path, f"features/{sae_id}", arrays, attrs)
+    return tables.cached
 
 
 def feature_stats(ctx: JobContext, store_path: str | os.PathLike, sae: SparseAutoencoder,
@@ -204,8 +207,9 @@ def feature_stats(ctx: JobContext, store_path: str | os.PathLike, sae: SparseAut
                   n_quantiles: int = 11, adapter: ModelAdapter | None = None) -> FeatureStatsResult:
     """Job: per-latent statistics of ``sae`` over every row of ``hook`` in the store, written
     into the store under ``/features/<sae_id>/`` (replacing an earlier group of that id).
-    Logit effects are computed when ``adapter`` is a causal LM (see ``logit_effects``).
-    Nothing is written if the job is cancelled. The SAE is moved to ``ctx.device``."""
+    Logit effects are computed when ``adapter`` is a causal LM (see ``logit_effects``);
+    decoder neighbours and logit effects are read from the cache of weight-only tables when
+    it holds them (``feature_weights.weight_tables``). Nothing is written if the job is cancelled. The SAE is moved to ``ctx.device``."""
     t0 = time.perf_counter()
     path = Path(store_path)
     check_stats_id(sae_id)
@@ -216,9 +220,10 @@ def feature_stats(ctx: JobContext, store_path: str | os.PathLike, sae: SparseAut
         run = _stream(ctx, store, sae, hook, batch_size, top_n, labels)
         tokens = store.index("tokens")
     pass_seconds = time.perf_counter() - t0
-    write_feature_stats(ctx, path, run, sae, hook, sae_id, top_n, n_quantiles, tokens, labels, adapter)
+    cached = write_feature_stats(ctx, path, run, sae, hook, sae_id, top_n, n_quantiles, tokens,
+                                 labels, adapter)
     return FeatureStatsResult(str(path), sae_id, f"features/{sae_id}", run.n, sae.d_sae,
-                              time.perf_counter() - t0, pass_seconds)
+                              time.perf_counter() - t0, pass_seconds, cached)
 
 
 # ---------------------------------------------------------------- reading

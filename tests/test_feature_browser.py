@@ -1,7 +1,9 @@
 """The feature browser on the small demo workspace (tiny llama, TopK SAE, real statistics)
 with the real engine bridge: the table, numeric sorting, search, focus both ways, the
-most-active list of a row selection, a latent selection, the detail pane's contexts, a dead
-latent, missing statistics, statistics without logits, figure export, and 16k latents."""
+most-active list of a row selection, a latent selection, the detail pane's contexts and
+quantile-interval examples, a dead latent, missing statistics, statistics without logits or
+interval examples, a one-pass store without activation rows, figure export, and 16k
+latents."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from PySide6.QtGui import QColor, QImage, QPainter
 
 from desktop_app.bridge import EngineBridge
 from desktop_app.state import LATENTS, ROWS, AppState, Selection
+from engine.feature_pass import feature_pass
 from engine.features import feature_stats, load_feature_stats
 from engine.jobs import JobContext
 from engine.sae.io import load_sae, save_sae
@@ -29,6 +32,8 @@ from views.features import (
     LatentFilterProxy,
     LatentTableModel,
     browser_data,
+    intervals_html,
+    split_intervals,
 )
 
 DEAD = 3
@@ -198,12 +203,89 @@ def test_detail_pane_shows_shaded_top_contexts(opened, qtbot, ws, stats):
     assert state.focus == (int(stats.neighbours[latent, 0]),)
 
 
+def _sections(text: str) -> list[str]:
+    """The plain text of the interval view cut at each heading (text before the first dropped)."""
+    return text.split(" of firing rows")[1:]
+
+
+def test_quantile_intervals_show_their_example_rows(opened, qtbot, ws, stats):
+    state, browser = opened
+    latent = int(np.argmax(stats.count))
+    state.set_focus(latent)
+    qtbot.waitUntil(lambda: len(browser.intervals) > 0, timeout=30000)
+    assert browser.context_tabs.tabText(1) == "Quantile intervals"
+    rows, values, q = stats.interval_rows[latent], stats.interval_values[latent], stats.quantiles[latent]
+    filled = [i for i in range(len(rows)) if (rows[i] >= 0).any()]
+    assert len(filled) >= 5
+    assert [iv.index for iv in browser.intervals] == filled[::-1]  # the highest interval first
+    assert [c.row for c in browser.contexts] == [r for r in stats.top_rows[latent, :12] if r >= 0]
+    vocab = load_vocab(ws.model)
+    sections = _sections(browser.interval_view.toPlainText())
+    assert len(sections) == len(filled)
+    for iv, text in zip(browser.intervals, sections, strict=True):
+        i = iv.index
+        picked = rows[i][rows[i] >= 0]
+        assert [c.row for c in iv.contexts] == picked.tolist()
+        assert (iv.lo, iv.hi) == (pytest.approx(q[i]), pytest.approx(q[i + 1]))
+        assert f"activation {iv.lo:.3g}\u2013{iv.hi:.3g}" in text and f"{len(picked)} examples" in text
+        for c, want in zip(iv.contexts, values[i], strict=False):
+            assert c.value == pytest.approx(want) and iv.lo <= c.value and (c.value < iv.hi or i == filled[-1])
+            assert c.values is not None and c.values[c.at] == pytest.approx(want, rel=1e-4)
+            token = vocab.token(int(c.tokens[c.at])).replace("\n", "\u21b5").replace("\t", "\u21e5")
+            assert token.strip() in text
+    top_level = f"{stats.quantile_levels[filled[-1]]:.0%}\u2013{stats.quantile_levels[filled[-1] + 1]:.0%}"
+    assert browser.interval_view.toPlainText().lstrip().startswith(top_level)
+
+
+def test_empty_intervals_get_no_heading_and_stats_without_intervals(stats):
+    latent = int(np.argmax(stats.count))
+    cells = stats.interval_rows.copy()
+    cells[latent, 2:5] = -1  # as a latent firing on few rows has empty intervals
+    sparse = dataclasses.replace(stats, interval_rows=cells)
+    from engine.encode import Context
+    kept = cells[latent][cells[latent] >= 0]
+    top = [Context(int(r), np.array([1]), 0, None, 1.0) for r in stats.top_rows[latent, :12] if r >= 0]
+    examples = [Context(int(r), np.array([1, 2]), 0, None, 1.0) for r in kept]
+    got_top, intervals = split_intervals(sparse, latent, top + examples)
+    assert got_top == top and [c.row for iv in intervals for c in iv.contexts] == [
+        r for i in range(cells.shape[1] - 1, -1, -1) for r in cells[latent, i] if r >= 0]
+    assert {iv.index for iv in intervals} == set(range(cells.shape[1])) - {2, 3, 4}
+    text = intervals_html(intervals, None, 1.0).replace("<p", "\n<p")
+    assert len(_sections(text)) == len(intervals)
+    bare = dataclasses.replace(stats, interval_rows=None, interval_values=None)
+    assert split_intervals(bare, latent, top) == (top, [])
+    assert "no quantile-interval examples" in intervals_html(None, None, 1.0)
+
+
+def test_a_store_without_activation_rows_shades_from_its_codes(qtbot, bridge, ws, tmp_path):
+    """A one-pass store made with --no-acts: contexts, intervals and a row selection's
+    latents come from its stored codes."""
+    out = tmp_path / "codes.h5"
+    feature_pass(JobContext(device=torch.device("cpu")), ws.model, "demo", load_sae(ws.sae), ws.hook,
+                 ws.sae_id, out, max_tokens=1200, ctx_len=64, write_acts=False)
+    state, browser = _open(qtbot, bridge, ws, store=out)
+    s = browser.data_.stats
+    latent = int(np.argmax(s.count))
+    state.set_focus(latent)
+    qtbot.waitUntil(lambda: len(browser.intervals) > 0, timeout=30000)
+    assert browser.contexts and all(c.values is not None for c in browser.contexts)
+    assert browser.contexts[0].values[browser.contexts[0].at] == pytest.approx(s.top_values[latent, 0], rel=1e-5)
+    assert all(c.values is not None for iv in browser.intervals for c in iv.contexts)
+    state.set_selection(Selection(ROWS, s.top_rows[latent][s.top_rows[latent] >= 0], "test"))
+    qtbot.waitUntil(lambda: browser.active_list.count() > 0, timeout=30000)
+    assert browser.status.text() == ""
+    assert latent in [browser.active_list.item(i).data(Qt.ItemDataRole.UserRole)
+                      for i in range(browser.active_list.count())]
+    bridge.wait_idle(30)
+
+
 def test_dead_latent_and_stats_without_logits(qtbot, bridge, ws, variant):
     store, folder = variant
     state, browser = _open(qtbot, bridge, ws, store=store, sae=folder, stats_id="plain")
     assert browser.data_.stats.count[DEAD] == 0 and browser.data_.table.labels[DEAD] == "dead"
     state.set_focus(DEAD)
     assert "never fires" in browser.context_view.toPlainText()
+    assert "never fires" in browser.interval_view.toPlainText()
     assert browser.hist.getPlotItem().listDataItems() == []
     assert browser.no_logits.isVisible() and not browser.logit_table.isVisible()
     live = int(np.argmax(browser.data_.stats.count))

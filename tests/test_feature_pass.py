@@ -2,7 +2,8 @@
 feature_stats on the same tokens of the tiny llama; the running accumulators' fast paths
 (sparse top-k merge with ties, TopK codes without a dense matrix, the two-stage row top-k,
 quantile-interval examples) against the straightforward computation; the store the pass
-writes, with and without activation rows; the CLI."""
+writes, with and without activation rows; the cache of weight-only tables (used on a second
+run, never for other weights or a damaged file); the CLI."""
 
 from __future__ import annotations
 
@@ -16,8 +17,8 @@ import pytest
 import torch
 
 from engine.capture import capture
-from engine.encode import latent_values
-from engine.errors import StoreError
+from engine.encode import latent_values, latents_on_rows, shaded_contexts
+from engine.errors import LatentLabError, StoreError
 from engine.feature_pass import feature_pass
 from engine.feature_running import (
     RunningStats,
@@ -26,9 +27,10 @@ from engine.feature_running import (
     interval_examples,
     topk_codes,
 )
-from engine.feature_weights import row_top
+from engine.feature_weights import row_top, tables_cache_dir, weight_tables
 from engine.features import feature_stats, load_feature_stats, top_contexts
 from engine.jobs import Cancelled, JobContext
+from engine.models import load_model
 from engine.sae.base import SAEConfig, build_sae
 from engine.sae.io import save_sae
 from engine.store import ActivationStore
@@ -42,6 +44,14 @@ EXACT = ("count", "density", "hist", "hist_edges", "quantile_levels", "top_rows"
          "code_ptr", "code_latent", "interval_rows")
 CLOSE = ("mean", "max", "quantiles", "top_values", "neighbour_cos", "logit_top_values",
          "logit_bottom_values", "code_value", "interval_values")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def own_cache(tmp_path_factory):
+    """This module's own cache folder, so the first run of each SAE computes its tables."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LATENTLAB_CACHE", str(tmp_path_factory.mktemp("cache")))
+        yield
 
 
 def topk_sae(d_in: int = 32, d_sae: int = 96, k: int = 6, seed: int = 1, arch: str = "topk"):
@@ -79,7 +89,8 @@ def both(request, llama, tmp_path_factory):
     sae = centred(topk_sae(arch=request.param, seed=4), root / "cap.h5")
     one = feature_pass(ctx, llama, "demo", sae, HOOK, "s", root / "pass.h5", max_tokens=N_TOKENS,
                        batch_size=4, ctx_len=64, top_n=12)
-    feature_stats(ctx, root / "cap.h5", sae, HOOK, "s", batch_size=700, top_n=12, adapter=llama)
+    two = feature_stats(ctx, root / "cap.h5", sae, HOOK, "s", batch_size=700, top_n=12, adapter=llama)
+    assert two.cached_tables == ("neighbours", "logit effects")  # the pass cached them
     return one, root / "pass.h5", root / "cap.h5", sae
 
 
@@ -138,6 +149,80 @@ def test_a_pass_without_rows_keeps_tokens_contexts_and_codes(llama, tmp_path):
         assert f["features/s/code_ptr"][-1] == len(f["features/s/code_latent"]) > 0
 
 
+@pytest.fixture(scope="module")
+def rowless(llama, tmp_path_factory):
+    """One SAE's one-pass statistics over the same tokens, with rows (rows.h5) and without
+    (codes.h5, --no-acts), and the SAE's folder."""
+    root = tmp_path_factory.mktemp("rowless")
+    sae = topk_sae(seed=5)
+    folder = save_sae(sae, root / "sae")
+    for name, acts in (("rows.h5", True), ("codes.h5", False)):
+        feature_pass(JobContext(device=CPU), llama, "demo", sae, HOOK, "s", root / name,
+                     max_tokens=400, ctx_len=64, write_acts=acts, logits=False)
+    return root / "rows.h5", root / "codes.h5", folder
+
+
+def test_views_read_stored_codes_exactly_as_encoding_gives(rowless):
+    """On a store with rows and codes, the stored codes answer what encoding answers."""
+    rows_store, _, folder = rowless
+    ctx = JobContext(device=CPU)
+    with ActivationStore.open(rows_store) as store:
+        stats = load_feature_stats(store, "s")
+    latent = int(np.argmax(stats.count))
+    encoded = latent_values(ctx, rows_store, HOOK, folder, [latent, 3])
+    np.testing.assert_array_equal(latent_values(ctx, rows_store, HOOK, folder, [latent, 3], stats_id="s"),
+                                  encoded)
+    picked = np.flatnonzero(encoded[:, 0] > 0)[:30]
+    a = latents_on_rows(ctx, rows_store, HOOK, folder, picked, n=20, stats_id="s")
+    b = latents_on_rows(ctx, rows_store, HOOK, folder, picked, n=20)
+    np.testing.assert_array_equal(a.latents, b.latents)
+    np.testing.assert_allclose(a.mean_on_rows, b.mean_on_rows, rtol=1e-6)
+    np.testing.assert_array_equal(a.frac_on_rows, b.frac_on_rows)
+    args = (ctx, rows_store, HOOK, folder, latent, stats.top_rows[latent], stats.top_values[latent])
+    stored, fresh = shaded_contexts(*args, stats_id="s")[1], shaded_contexts(*args)[1]
+    assert len(stored) == len(fresh) > 1
+    for c, d in zip(stored, fresh, strict=True):
+        np.testing.assert_array_equal(c.values, d.values)
+
+
+def test_a_store_without_rows_answers_from_its_codes(rowless):
+    rows_store, codes_store, folder = rowless
+    ctx = JobContext(device=CPU)
+    with ActivationStore.open(codes_store) as store:
+        assert store.hooks == ()
+        stats = load_feature_stats(store, "s")
+    latent = int(np.argmax(stats.count))
+    want = latent_values(ctx, rows_store, HOOK, folder, [latent, 3])  # encoded from the rows
+    np.testing.assert_array_equal(latent_values(ctx, codes_store, HOOK, folder, [latent, 3], stats_id="s"),
+                                  want)
+    picked = np.flatnonzero(want[:, 0] > 0)[:30]
+    a = latents_on_rows(ctx, codes_store, HOOK, folder, picked, n=20, stats_id="s")
+    b = latents_on_rows(ctx, rows_store, HOOK, folder, picked, n=20)
+    np.testing.assert_array_equal(a.latents, b.latents)
+    assert a.latents[0] == latent or a.frac_on_rows[0] == 1.0
+    args = (ctx, codes_store, HOOK, folder, latent, stats.top_rows[latent], stats.top_values[latent])
+    shaded = shaded_contexts(*args, stats_id="s")[1]
+    fresh = shaded_contexts(ctx, rows_store, HOOK, folder, latent, stats.top_rows[latent],
+                            stats.top_values[latent])[1]
+    for c, d in zip(shaded, fresh, strict=True):
+        np.testing.assert_array_equal(c.values, d.values)
+    assert all(c.values is None for c in shaded_contexts(*args)[1])  # nothing to shade with
+
+
+def test_a_store_without_rows_or_matching_codes_says_what_is_missing(rowless, tmp_path):
+    _, codes_store, folder = rowless
+    ctx = JobContext(device=CPU)
+    with pytest.raises(LatentLabError, match=r"codes\.h5 holds no activation rows of 'blocks\.1\."
+                                             r"hook_resid_post'.*no feature statistics were named"):
+        latent_values(ctx, codes_store, HOOK, folder, [0])
+    other = save_sae(topk_sae(seed=6), tmp_path / "other")  # its codes were never kept
+    for job in (lambda: latent_values(ctx, codes_store, HOOK, other, [0], stats_id="s"),
+                lambda: latents_on_rows(ctx, codes_store, HOOK, other, np.arange(5), stats_id="s")):
+        with pytest.raises(LatentLabError, match="codes.h5 holds no activation rows.*statistics 's' "
+                                                 "hold no SAE codes of this SAE"):
+            job()
+
+
 def test_a_cancelled_pass_leaves_committed_rows_and_no_statistics(llama, tmp_path):
     ctx = JobContext(device=CPU)
     ctx.on_progress = lambda done, total, message: done >= 200 and ctx.cancel()
@@ -151,6 +236,85 @@ def test_a_cancelled_pass_leaves_committed_rows_and_no_statistics(llama, tmp_pat
             store.read_group("features/s")
     with pytest.raises(StoreError, match="already exists"):
         feature_pass(JobContext(device=CPU), llama, "demo", topk_sae(), HOOK, "s", out)
+
+
+# ---------------------------------------------------------------- the weight-only cache
+def _rewrite(path: Path, **changes: np.ndarray) -> None:
+    """Rewrite a cache file with some arrays replaced, its key kept."""
+    with np.load(path) as f:
+        arrays = {k: f[k] for k in f.files}
+    with open(path, "wb") as out:
+        np.savez(out, **(arrays | changes))
+
+
+def test_a_second_run_reads_the_tables_from_the_cache(llama, tmp_path):
+    sae, ctx = topk_sae(seed=7), JobContext(device=CPU)
+    first = feature_pass(ctx, llama, "demo", sae, HOOK, "s", tmp_path / "a.h5", max_tokens=200, ctx_len=64)
+    files = sorted(tables_cache_dir().glob("*.npz"))
+    logits_file = next(f for f in files if f.name.startswith("logit-effects-"))
+    assert first.cached_tables == () and logits_file.exists()
+    seen = []
+    ctx.on_progress = lambda done, total, message: seen.append(message)
+    second = feature_stats(ctx, tmp_path / "a.h5", sae, HOOK, "s2", adapter=llama)
+    assert second.cached_tables == ("neighbours", "logit effects") and "logit effects (cached)" in seen
+    a, b = group(tmp_path / "a.h5", "s")[0], group(tmp_path / "a.h5", "s2")[0]
+    for name in ("neighbours", "neighbour_cos", "logit_top_ids", "logit_top_values", "logit_bottom_ids"):
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    planted = a["logit_top_values"] + 100.0  # only a run that reads the file can write these
+    _rewrite(logits_file, logit_top_values=planted)
+    third = feature_pass(ctx, llama, "demo", sae, HOOK, "s", tmp_path / "b.h5", max_tokens=100, ctx_len=64)
+    assert third.cached_tables == ("neighbours", "logit effects")
+    np.testing.assert_array_equal(group(tmp_path / "b.h5", "s")[0]["logit_top_values"], planted)
+
+
+@pytest.fixture
+def cached(llama, tmp_path):
+    """An SAE, its tables computed into a fresh cache folder, and that folder's files."""
+    sae = topk_sae(seed=8)
+    tables = weight_tables(sae, llama, cache_dir=tmp_path)
+    files = {f.name.split("-")[0]: f for f in tmp_path.glob("*.npz")}
+    assert tables.cached == () and set(files) == {"neighbours", "logit"}
+    return sae, tables.arrays, files
+
+
+def test_tables_of_other_weights_are_not_used(cached, llama, tiny_llama, tmp_path):
+    sae, want, files = cached
+    other = topk_sae(seed=9)
+    assert weight_tables(other, llama, cache_dir=tmp_path).cached == ()  # another SAE: computed
+    with torch.no_grad():
+        other.W_dec.copy_(sae.W_dec)  # same decoder, other encoder: still other weights
+    assert weight_tables(other, llama, cache_dir=tmp_path).cached == ()
+    for f in tmp_path.glob("*.npz"):  # every file now renamed to the first SAE's names
+        if f not in files.values():
+            f.replace(files[f.name.split("-")[0]])
+    again = weight_tables(sae, llama, cache_dir=tmp_path)
+    assert again.cached == ()  # their keys name other weights: recomputed
+    for name, value in want.items():
+        np.testing.assert_array_equal(again.arrays[name], value, err_msg=name)
+    model = load_model(str(tiny_llama))
+    with torch.no_grad():
+        model.module.model.norm.weight[0] += 1.0  # the final norm folds into the logit table
+    assert weight_tables(sae, model, cache_dir=tmp_path).cached == ("neighbours",)
+    assert weight_tables(sae, None, cache_dir=tmp_path).cached == ("neighbours",)
+
+
+def test_damaged_cache_files_are_recomputed(cached, llama, tmp_path):
+    sae, want, files = cached
+    logits = files["logit"]
+    bad_ids = want["logit_top_ids"].copy()
+    bad_ids[0, 0] = 10**6  # an id outside the vocabulary
+    damages = [lambda: logits.write_bytes(logits.read_bytes()[:200]),  # truncated
+               lambda: logits.write_bytes(b"not a zip file"),
+               lambda: _rewrite(logits, logit_top_ids=bad_ids),
+               lambda: _rewrite(logits, logit_top_values=np.full_like(want["logit_top_values"], np.nan)),
+               lambda: _rewrite(logits, logit_top_ids=want["logit_top_ids"][:3])]  # wrong shape
+    for damage in damages:
+        damage()
+        again = weight_tables(sae, llama, cache_dir=tmp_path)
+        assert again.cached == ("neighbours",)
+        for name, value in want.items():
+            np.testing.assert_array_equal(again.arrays[name], value, err_msg=name)
+        assert weight_tables(sae, llama, cache_dir=tmp_path).cached == ("neighbours", "logit effects")
 
 
 # ---------------------------------------------------------------- fast paths

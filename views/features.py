@@ -1,28 +1,20 @@
 """The feature browser: a sortable, searchable table of an SAE's latents (density, maximum,
 mean, label association, auto-label) and a detail pane for the focused latent (top
-activating contexts shaded by its activation, activation histogram, logit effects, nearest
-latents by decoder cosine). It follows AppState's stats, focus and selection: a row
-selection lists the latents most active on it; a latent selection filters the table."""
+activating contexts shaded by its activation, example contexts from each quantile interval
+of its activations, activation histogram, logit effects, nearest latents by decoder
+cosine). It follows AppState's stats, focus and selection: a row selection lists the
+latents most active on it; a latent selection filters the table. The table's model lives
+in ``views._features_table``, the contexts' HTML in ``views._features_contexts``."""
 
 from __future__ import annotations
 
 import html
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import (
-    QAbstractTableModel,
-    QItemSelectionModel,
-    QModelIndex,
-    QPoint,
-    QRectF,
-    QSignalBlocker,
-    QSortFilterProxyModel,
-    Qt,
-)
+from PySide6.QtCore import QItemSelectionModel, QModelIndex, QPoint, QRectF, QSignalBlocker, Qt
 from PySide6.QtGui import QPainter, QRegion
 from PySide6.QtWidgets import (
     QAbstractItemView,
@@ -37,6 +29,7 @@ from PySide6.QtWidgets import (
     QTableView,
     QTableWidget,
     QTableWidgetItem,
+    QTabWidget,
     QTextBrowser,
     QVBoxLayout,
     QWidget,
@@ -45,35 +38,30 @@ from shiboken6 import isValid
 
 from desktop_app.state import LATENTS, ROWS, AppState, Selection
 from engine.encode import Context, RowLatents, latents_on_rows, shaded_contexts
-from engine.features import FeatureStats, LatentTable, latent_table, load_feature_stats
+from engine.features import load_feature_stats
 from engine.jobs import JobContext
 from engine.store import ActivationStore
 from engine.tokens import Vocab, load_vocab
-
-COLUMNS = ("latent", "density", "max", "mean", "label association", "auto-label")
-SORT_ROLE = Qt.ItemDataRole.UserRole  # numbers for numeric columns, text for the others
-SHADE = (255, 140, 0)  # context shading colour; its alpha follows the activation
+from views._features_contexts import (  # noqa: F401  (context_html, N_TOP: part of this view's API)
+    N_TOP,
+    SHADE,
+    Interval,
+    context_html,
+    detail_rows,
+    intervals_html,
+    split_intervals,
+)
+from views._features_table import (  # noqa: F401  (re-exported for the view's users)
+    COLUMNS,
+    SORT_ROLE,
+    BrowserData,
+    LatentFilterProxy,
+    LatentTableModel,
+    browser_data,
+)
 
 
 # ---------------------------------------------------------------- the load job
-@dataclass
-class BrowserData:
-    """Everything the table shows, prepared off the GUI thread."""
-
-    stats: FeatureStats
-    vocab: Vocab | None
-    table: LatentTable
-    search_text: np.ndarray  # (d_sae,) str: lower-case label columns, for the search box
-
-
-def browser_data(stats: FeatureStats, vocab: Vocab | None, ctx: JobContext | None = None) -> BrowserData:
-    """The table's label columns and search text for every latent."""
-    table = latent_table(stats, vocab, ctx)
-    text = np.char.lower(np.array([f"{a}\t{b}" for a, b in zip(table.association, table.labels,
-                                                                strict=True)], dtype=str))
-    return BrowserData(stats, vocab, table, text)
-
-
 def load_browser(ctx: JobContext, store_path: Path, stats_id: str) -> BrowserData:
     """Job: the statistics ``stats_id`` of the store and its model's vocabulary."""
     with ActivationStore.open(store_path) as store:
@@ -81,146 +69,6 @@ def load_browser(ctx: JobContext, store_path: Path, stats_id: str) -> BrowserDat
         model_id = store.meta.model_id
     ctx.progress(0, 0, "loading the vocabulary")
     return browser_data(stats, load_vocab(model_id), ctx)
-
-
-# ---------------------------------------------------------------- display helpers
-def _token_html(vocab: Vocab | None, token_id: int) -> str:
-    if token_id < 0:
-        return "\u25a3"  # an image row
-    text = vocab.token(token_id) if vocab is not None else f" #{token_id}"
-    text = "".join(Vocab.visible(c) if c < " " or c == "\x7f" else c for c in text)
-    return html.escape(text) or "\u2205"
-
-
-def context_html(contexts: list[Context], vocab: Vocab | None, vmax: float) -> str:
-    """One paragraph per context: each token's background alpha follows the activation
-    (relative to ``vmax``), the top token bold and outlined (under- and overlined)."""
-    if not contexts:
-        return "<p><i>never fires</i></p>"
-    r, g, b = SHADE
-    parts = []
-    for c in contexts:
-        values = c.values if c.values is not None else np.where(np.arange(len(c.tokens)) == c.at, c.value, 0)
-        spans = []
-        for i, (tok, v) in enumerate(zip(c.tokens, values, strict=True)):
-            alpha = float(np.clip(v / vmax, 0, 1)) if vmax > 0 else 0.0
-            style = f"background-color: rgba({r},{g},{b},{alpha:.2f});"
-            if i == c.at:
-                style += " font-weight: bold; text-decoration: underline overline;"
-            spans.append(f'<span style="{style}">{_token_html(vocab, int(tok))}</span>')
-        parts.append(f'<p style="white-space: pre-wrap; margin: 2px 0;"><span style="color: gray;">'
-                     f'{c.value:8.3g} </span>{"".join(spans)}</p>')
-    return "".join(parts)
-
-
-# ---------------------------------------------------------------- the table model
-class LatentTableModel(QAbstractTableModel):
-    """One row per latent; rows sort in numpy (``sort``) and filter by a precomputed mask."""
-
-    def __init__(self, parent: Any = None) -> None:
-        super().__init__(parent)
-        self.data_: BrowserData | None = None
-        self._order = np.zeros(0, np.int64)  # row -> latent
-        self._row_of = np.zeros(0, np.int64)  # latent -> row
-        self._accept: list[bool] = []  # per row
-        self._mask: np.ndarray | None = None  # (d_sae,) latents to show; None: all
-
-    def set_data(self, data: BrowserData | None) -> None:
-        self.beginResetModel()
-        self.data_, self._mask = data, None
-        n = 0 if data is None else len(data.stats.count)
-        self._order = np.arange(n)
-        self._row_of = np.arange(n)
-        self._accept = [True] * n
-        self.endResetModel()
-
-    def rowCount(self, parent: QModelIndex = QModelIndex()) -> int:  # noqa: B008
-        return 0 if parent.isValid() else len(self._order)
-
-    def columnCount(self, parent: QModelIndex = QModelIndex()) -> int:  # noqa: B008
-        return 0 if parent.isValid() else len(COLUMNS)
-
-    def headerData(self, section: int, orientation: Qt.Orientation, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
-        if orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.DisplayRole:
-            return COLUMNS[section]
-        return None
-
-    def data(self, index: QModelIndex, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
-        if not index.isValid() or self.data_ is None:
-            return None
-        j, col = int(self._order[index.row()]), index.column()
-        if role == Qt.ItemDataRole.DisplayRole:
-            return self._text(j, col)
-        if role == SORT_ROLE:
-            value = self.sort_key(col)[j]
-            return value.item() if isinstance(value, np.generic) else value
-        if role == Qt.ItemDataRole.TextAlignmentRole and col < 4:
-            return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
-        return None
-
-    def _text(self, j: int, col: int) -> str:
-        d, s = self.data_, self.data_.stats
-        return (str(j), f"{s.density[j]:.3%}", f"{s.max[j]:.4g}", f"{s.mean[j]:.4g}",
-                d.table.association[j], d.table.labels[j])[col]
-
-    def sort_key(self, col: int) -> np.ndarray:
-        d = self.data_
-        s = d.stats
-        return (np.arange(len(s.count)), s.density, s.max, s.mean, d.table.precision, d.table.labels)[col]
-
-    def sort(self, column: int, order: Qt.SortOrder = Qt.SortOrder.AscendingOrder) -> None:
-        """Reorder rows by a column's values (numbers numerically), stable, in numpy."""
-        if self.data_ is None or not 0 <= column < len(COLUMNS):
-            return
-        key = self.sort_key(column)
-        _, rank = np.unique(np.char.lower(key.astype(str)) if key.dtype == object else key,
-                            return_inverse=True)
-        up = order == Qt.SortOrder.AscendingOrder
-        new = np.argsort(rank if up else -rank, kind="stable")  # ties keep latent order
-        self.layoutAboutToBeChanged.emit()
-        old_rows = [(i, int(self._order[i.row()])) for i in self.persistentIndexList()]
-        self._order = new.astype(np.int64)
-        self._row_of = np.empty_like(self._order)
-        self._row_of[self._order] = np.arange(len(self._order))
-        self._refresh_accept()
-        self.changePersistentIndexList([i for i, _ in old_rows],
-                                       [self.index(int(self._row_of[j]), i.column()) for i, j in old_rows])
-        self.layoutChanged.emit()
-
-    def set_filter(self, mask: np.ndarray | None) -> None:
-        """Which latents to show ((d_sae,) bool; None: all); the proxy re-filters after this."""
-        self._mask = mask
-        self._refresh_accept()
-
-    def _refresh_accept(self) -> None:
-        mask = self._mask
-        self._accept = [True] * len(self._order) if mask is None else mask[self._order].tolist()
-
-    def accepts(self, row: int) -> bool:
-        return self._accept[row]
-
-    def latent_at(self, row: int) -> int:
-        return int(self._order[row])
-
-    def row_of(self, latent: int) -> int:
-        return int(self._row_of[latent]) if 0 <= latent < len(self._row_of) else -1
-
-
-class LatentFilterProxy(QSortFilterProxyModel):
-    """Filters by the source model's mask; sorting is delegated to the source (numpy)."""
-
-    def filterAcceptsRow(self, source_row: int, source_parent: QModelIndex) -> bool:
-        return self.sourceModel().accepts(source_row)
-
-    def sort(self, column: int, order: Qt.SortOrder = Qt.SortOrder.AscendingOrder) -> None:
-        self.sourceModel().sort(column, order)
-
-    def refilter(self) -> None:
-        if hasattr(self, "beginFilterChange"):
-            self.beginFilterChange()
-            self.endFilterChange(QSortFilterProxyModel.Direction.Rows)
-        else:
-            self.invalidateRowsFilter()
 
 
 # ---------------------------------------------------------------- the view
@@ -232,6 +80,7 @@ class FeatureBrowser(QWidget):
         self.state = state
         self.data_: BrowserData | None = None
         self.contexts: list[Context] = []
+        self.intervals: list[Interval] = []  # the focused latent's, highest first
         self._requests: dict[str, int] = {}
         self._latent_filter = False  # the table is filtered by a latent selection
         self._loaded: tuple[Path | None, str | None] = (None, None)
@@ -310,6 +159,10 @@ class FeatureBrowser(QWidget):
         self.hist.setMouseEnabled(x=False, y=False)
         self.hist.getAxis("bottom").enableAutoSIPrefix(False)
         self.context_view = QTextBrowser()
+        self.interval_view = QTextBrowser()
+        self.context_tabs = QTabWidget()
+        self.context_tabs.addTab(self.context_view, "Top activations")
+        self.context_tabs.addTab(self.interval_view, "Quantile intervals")
         self.logit_table = QTableWidget(0, 4)
         self.logit_table.setHorizontalHeaderLabels(["promoted", "logit", "suppressed", "logit"])
         self.logit_table.verticalHeader().hide()
@@ -330,8 +183,7 @@ class FeatureBrowser(QWidget):
         col = QVBoxLayout(self.detail)
         col.addWidget(self.title)
         col.addWidget(self.hist, 2)
-        col.addWidget(QLabel("<b>Top activating contexts</b>"))
-        col.addWidget(self.context_view, 3)
+        col.addWidget(self.context_tabs, 3)
         col.addLayout(lists, 2)
         return self.detail
 
@@ -476,11 +328,12 @@ class FeatureBrowser(QWidget):
     # ------------------------------------------------------------ the detail pane
     def _show_detail(self, latent: int | None) -> None:
         d = self.data_
-        self.contexts = []
+        self.contexts, self.intervals = [], []
         if d is None or latent is None or not 0 <= latent < len(d.stats.count):
             self.title.setText("Select a latent")
             self.hist.clear()
             self.context_view.setHtml("")
+            self.interval_view.setHtml("")
             self.logit_table.setRowCount(0)
             self.neighbours.clear()
             return
@@ -494,18 +347,26 @@ class FeatureBrowser(QWidget):
         self._fill_neighbours(latent)
         if s.count[latent] == 0 or self.state.store is None:
             self.context_view.setHtml(context_html([], d.vocab, 0.0))
+            self.interval_view.setHtml(intervals_html(None if s.interval_rows is None else [], d.vocab, 0.0))
             return
         self.context_view.setHtml("<p><i>loading contexts\u2026</i></p>")
+        self.interval_view.setHtml("<p><i>loading contexts\u2026</i></p>")
+        rows, values, _ = detail_rows(s, latent)
         self._submit("detail", f"contexts of latent {latent}", shaded_contexts, self._on_contexts,
                      store_path=self.state.store, hook=s.hook, sae_path=self.state.sae,
-                     latent=latent, top_rows=s.top_rows[latent], top_values=s.top_values[latent])
+                     latent=latent, top_rows=rows, top_values=values, n=len(rows),
+                     stats_id=self.state.stats)
 
     def _on_contexts(self, result: tuple[int, list[Context]]) -> None:
         latent, contexts = result
         if self.data_ is None or (self.state.focus[:1] != (latent,)):
             return
-        self.contexts = contexts
-        self.context_view.setHtml(context_html(contexts, self.data_.vocab, float(self.data_.stats.max[latent])))
+        s, vocab = self.data_.stats, self.data_.vocab
+        self.contexts, self.intervals = split_intervals(s, latent, contexts)
+        vmax = float(s.max[latent])
+        self.context_view.setHtml(context_html(self.contexts, vocab, vmax))
+        self.interval_view.setHtml(intervals_html(None if s.interval_rows is None else self.intervals,
+                                                  vocab, vmax))
 
     def _draw_histogram(self, latent: int) -> None:
         """Counts of log10 activation bins as steps, the x axis in activation units."""
