@@ -36,14 +36,25 @@ def cmd_capture(args: argparse.Namespace) -> int:
     from engine.jobs import run_cli
     params = dict(model=args.model, source=args.source, hooks=_csv(args.hooks), out=args.out,
                   max_tokens=args.max_tokens, resume=args.resume, batch_size=args.batch_size,
-                  ctx_len=args.ctx_len, dtype=args.dtype)
+                  ctx_len=args.ctx_len, dtype=args.dtype, model_dtype=args.model_dtype)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     job = capture_distributed if world > 1 else capture
     result = run_cli(job, device=args.device, quiet=args.quiet or rank != 0, **params)
     if rank == 0:
         print(f"{result.path}: {result.rows} rows committed ({result.added} added in {result.seconds:.1f} s)")
+        _print_cosines(result.path)
     return 0
+
+
+def _print_cosines(path: str) -> None:
+    """The cosine to float32 a reduced-precision capture recorded, one line per hook point."""
+    from engine.store import ActivationStore
+    with ActivationStore.open(path) as store:
+        model_dtype, cosines = store.meta.model_dtype, json.loads(store.attrs.get("float32_cosine", "{}"))
+    for hook, c in sorted(cosines.items()):
+        print(f"{model_dtype} model, {hook}: cosine to float32 on the first batch "
+              f"mean {c['mean']:.6f}, min {c['min']:.6f} ({c['rows']} rows)")
 
 
 def cmd_store_info(args: argparse.Namespace) -> int:
@@ -509,7 +520,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--resume", action="store_true", help="continue an existing store from its committed rows")
     c.add_argument("--batch-size", type=int, default=8, help="windows (or images) per forward pass")
     c.add_argument("--ctx-len", type=int, default=128, help="tokens per window, special tokens included")
-    c.add_argument("--dtype", choices=("float16", "float32"), default="float16")
+    c.add_argument("--dtype", choices=("float16", "float32"), default="float16",
+                   help="precision of the stored rows")
+    c.add_argument("--model-dtype", choices=("float32", "bfloat16", "float16"), default="float32",
+                   help="precision the model runs in; below float32 the store records the cosine "
+                   "of the first batch's rows to the float32 model's")
     c.add_argument("--quiet", action="store_true", help="no progress bar")
     c.set_defaults(func=cmd_capture)
 

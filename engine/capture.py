@@ -3,9 +3,10 @@ HDF5 store, in one pass that stops at the deepest hook point, resumable after a 
 
 from __future__ import annotations
 
+import json
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -105,7 +106,10 @@ def _rows_of(model: ModelAdapter, batch, units: Sequence[Unit], hooks: Sequence[
     return acts, tokens, sample, position, labels
 
 
-def _open_store(out: Path, meta: StoreMeta, source: Source, resume: bool) -> ActivationStore:
+def _open_store(out: Path, meta: StoreMeta, source: Source, resume: bool,
+                attrs: Mapping[str, object] | None = None) -> ActivationStore:
+    """Open ``out`` to append (``resume``, same identity only) or create it with ``attrs``
+    as extra root attributes."""
     if out.exists():
         if not resume:
             raise StoreError(f"{out}: already exists; pass --resume to continue it or choose another --out")
@@ -115,7 +119,8 @@ def _open_store(out: Path, meta: StoreMeta, source: Source, resume: bool) -> Act
             store.close()
             raise StoreError(f"{out}: refusing to append: the store's {why} asked for now")
         return store
-    return ActivationStore.create(out, meta, labels=source.label_names, images_shape=source.image_shape)
+    return ActivationStore.create(out, meta, labels=source.label_names, images_shape=source.image_shape,
+                                  attrs=attrs)
 
 
 class CapturePlan(NamedTuple):
@@ -128,13 +133,26 @@ class CapturePlan(NamedTuple):
     ctx_len: int
 
 
+def _adapter(model: str | ModelAdapter, model_dtype: str | None) -> ModelAdapter:
+    """The model to run: a spec loaded in ``model_dtype`` (default float32), or an adapter
+    as it is (``model_dtype``, when given, must be the precision it already runs in)."""
+    if isinstance(model, str):
+        return cached_model(model, model_dtype or "float32")
+    if model_dtype is not None and model_dtype != model.model_dtype:
+        raise LatentLabError(f"model {model.model_id} runs in {model.model_dtype}, not the {model_dtype} "
+                             f"asked for; load it with load_model(spec, dtype={model_dtype!r})")
+    return model
+
+
 def plan_capture(ctx: JobContext, model: str | ModelAdapter, source: str | Source,
                  hooks: Sequence[str], ctx_len: int = 128, dtype: str = "float16",
-                 rank: int = 0, world: int = 1, stored: Sequence[str] | None = None) -> CapturePlan:
-    """Load the model onto ``ctx.device`` and check the hook points and the source; the
-    store's identity names the hook points in ``stored`` (default: all of ``hooks``)."""
+                 rank: int = 0, world: int = 1, stored: Sequence[str] | None = None,
+                 model_dtype: str | None = None) -> CapturePlan:
+    """Load the model onto ``ctx.device`` (in ``model_dtype``, see ``_adapter``) and check
+    the hook points and the source; the store's identity names the hook points in
+    ``stored`` (default: all of ``hooks``) and the precision the model runs in."""
     ctx.progress(0, 0, "loading model")
-    adapter = cached_model(model) if isinstance(model, str) else model
+    adapter = _adapter(model, model_dtype)
     adapter.to(ctx.device)
     hooks = list(dict.fromkeys(hooks))
     if not hooks:
@@ -153,25 +171,65 @@ def plan_capture(ctx: JobContext, model: str | ModelAdapter, source: str | Sourc
         params["label_classes"] = src.label_classes
     stored = hooks if stored is None else list(dict.fromkeys(stored))
     meta = StoreMeta(adapter.model_id, adapter.weight_hash(), src.source_id, tuple(stored),
-                     adapter.hook_dims(stored) if stored else {}, dtype, params)
+                     adapter.hook_dims(stored) if stored else {}, dtype, params, adapter.model_dtype)
     return CapturePlan(adapter, src, meta, ctx_len)
 
 
 def capture(ctx: JobContext, model: str | ModelAdapter, source: str | Source, hooks: Sequence[str],
             out: str | os.PathLike, max_tokens: int | None = None, resume: bool = False,
             batch_size: int = 8, ctx_len: int = 128, dtype: str = "float16",
-            rank: int = 0, world: int = 1) -> CaptureResult:
+            rank: int = 0, world: int = 1, model_dtype: str | None = None) -> CaptureResult:
     """Capture ``hooks`` of ``model`` over ``source`` into the store ``out``.
 
     ``max_tokens`` caps the rows (tokens, or examples for image models and pooled
-    encoders); with ``resume`` an existing store continues from its committed rows."""
+    encoders); with ``resume`` an existing store continues from its committed rows.
+    ``model_dtype`` (float32, bfloat16, float16) is the precision the model runs in (``dtype``
+    is the stored rows'); below float32 the first batch is also run by the float32 model
+    and the per-row cosines are recorded in the store's ``float32_cosine`` attribute."""
     t0 = time.perf_counter()
     out = Path(out)
-    plan = plan_capture(ctx, model, source, hooks, ctx_len, dtype, rank, world)
-    with _open_store(out, plan.meta, plan.source, resume) as store:
+    plan = plan_capture(ctx, model, source, hooks, ctx_len, dtype, rank, world, model_dtype=model_dtype)
+    reduced = plan.meta.model_dtype != "float32"
+    with _open_store(out, plan.meta, plan.source, resume, {COSINE_ATTR: "{}"} if reduced else None) as store:
         start = store.n_rows
-        run_capture(ctx, plan, store, list(plan.meta.hooks), batch_size, max_tokens, rank, world)
+        reference = float32_reference(ctx, plan.adapter) if reduced and start == 0 else None
+        run_capture(ctx, plan, store, list(plan.meta.hooks), batch_size, max_tokens, rank, world,
+                    reference=reference)
         return CaptureResult(str(out), store.n_rows, store.n_rows - start, time.perf_counter() - t0)
+
+
+COSINE_ATTR = "float32_cosine"  # root attribute: JSON {hook: {"mean", "min", "rows"}}
+
+
+def float32_reference(ctx: JobContext, adapter: ModelAdapter) -> ModelAdapter:
+    """The float32 model a reduced-precision ``adapter`` was cast from, loaded again from
+    its spec (the process's model cache keeps it), on ``ctx.device``."""
+    if adapter.spec is None:
+        raise LatentLabError(f"model {adapter.model_id} runs in {adapter.model_dtype} but was not loaded "
+                             "by load_model, so no float32 copy can be loaded to compare it with")
+    ctx.progress(0, 0, "loading the float32 model to compare with")
+    return cached_model(adapter.spec).to(ctx.device)
+
+
+def row_cosines(rows: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """Cosine similarity (n,) of each row of ``rows`` to the same row of ``ref`` (n, d), in
+    float64; two all-zero rows count as equal (1.0), one all-zero row as 0."""
+    a, b = rows.double(), ref.double()
+    na, nb = a.norm(dim=1), b.norm(dim=1)
+    cos = (a * b).sum(1) / (na * nb).clamp_min(torch.finfo(torch.float64).tiny)
+    return torch.where((na == 0) & (nb == 0), torch.ones_like(cos), cos)
+
+
+def precision_cosines(acts: Mapping[str, torch.Tensor], reference: ModelAdapter, batch,
+                      hooks: Sequence[str]) -> dict[str, dict[str, float]]:
+    """Run ``batch`` (as the capture kept its rows) through the float32 ``reference`` and
+    summarise, per hook point, the per-row cosine of ``acts`` to its rows: mean and min."""
+    ref = reference.forward(batch, hooks)
+    out = {}
+    for h in hooks:
+        cos = row_cosines(acts[h].to(ref[h].device), ref[h])
+        out[h] = {"mean": float(cos.mean()), "min": float(cos.min()), "rows": int(cos.numel())}
+    return out
 
 
 RowsConsumer = Callable[[dict[str, torch.Tensor], int, dict[str, np.ndarray]], None]
@@ -179,19 +237,21 @@ RowsConsumer = Callable[[dict[str, torch.Tensor], int, dict[str, np.ndarray]], N
 
 def run_capture(ctx: JobContext, plan: CapturePlan, store: ActivationStore, hooks: Sequence[str],
                 batch_size: int, max_tokens: int | None = None, rank: int = 0, world: int = 1,
-                consume: RowsConsumer | None = None) -> None:
+                consume: RowsConsumer | None = None, reference: ModelAdapter | None = None) -> None:
     """Run the model over this rank's share of the source from the store's committed rows
     on, stopping after the deepest of ``hooks``, and append each batch's rows of the
     store's hook points; ``consume(acts, first_row, labels)`` then gets every batch's rows
-    of ``hooks`` (on the model's device) and its per-row labels."""
+    of ``hooks`` (on the model's device) and its per-row labels. With a float32
+    ``reference`` model the first batch is run by it too and ``precision_cosines`` of the
+    store's hook points go into the store's ``float32_cosine`` attribute."""
     quota = None if max_tokens is None else max_tokens // world + (rank < max_tokens % world)
     units = _plan(iter_units(plan.adapter, plan.source, plan.ctx_len, rank, world), store.n_rows, quota)
-    _capture_into(ctx, plan.adapter, store, units, hooks, batch_size, quota, consume)
+    _capture_into(ctx, plan.adapter, store, units, hooks, batch_size, quota, consume, reference)
 
 
 def _capture_into(ctx: JobContext, adapter: ModelAdapter, store: ActivationStore, plan: Iterator,
                   hooks: Sequence[str], batch_size: int, quota: int | None,
-                  consume: RowsConsumer | None = None) -> None:
+                  consume: RowsConsumer | None = None, reference: ModelAdapter | None = None) -> None:
     np_dtype = np.dtype(store.meta.dtype)
     label_names = store.label_names
     total = quota or 0
@@ -204,6 +264,9 @@ def _capture_into(ctx: JobContext, adapter: ModelAdapter, store: ActivationStore
                 for h in store.hooks}
         lab = {n: np.array([d.get(n, -1) for d in labels], np.int32) for n in label_names}
         first = store.n_rows
+        if reference is not None and first == 0:
+            cosines = precision_cosines(acts, reference, batch, store.hooks)
+            store.set_attr(COSINE_ATTR, json.dumps(cosines, sort_keys=True))
         done = store.append(rows, tokens, sample, position, lab)
         if consume is not None:
             consume(acts, first, lab)

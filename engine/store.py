@@ -4,7 +4,10 @@ reader (SWMR) never sees a half-written row and an interrupted capture resumes f
 
 Layout (format version 1):
   root attrs   format_version, model_id, model_hash, source_id, hooks (json), dims (json),
-               dtype, created, n_committed, params (json: how the capture was made)
+               dtype, created, n_committed, params (json: how the capture was made),
+               model_dtype (the precision the model ran in; float32 when absent), and
+               below float32 float32_cosine (json: per hook, mean/min/rows of the per-row
+               cosine to the float32 model's rows on the first batch)
   /acts/<hook> (n, d) float16|float32, chunked along rows
   /tokens /sample /position  (n,) int32   token id (-1 for images), document, position
   /labels/<name>             (n,) int32   per-row labels (e.g. the digit class)
@@ -47,10 +50,11 @@ class StoreMeta:
     dims: Mapping[str, int]
     dtype: str = "float16"
     params: Mapping[str, Any] = field(default_factory=dict)
+    model_dtype: str = "float32"  # the precision the model ran in (``dtype`` is the rows')
 
     def mismatch(self, other: StoreMeta) -> str | None:
         """Name the first identity field where ``other`` differs, or None when they agree."""
-        for name in ("model_id", "model_hash", "source_id", "dtype"):
+        for name in ("model_id", "model_hash", "model_dtype", "source_id", "dtype"):
             if getattr(self, name) != getattr(other, name):
                 return f"{name} is {getattr(self, name)!r}, not {getattr(other, name)!r}"
         if tuple(self.hooks) != tuple(other.hooks):
@@ -174,13 +178,16 @@ class ActivationStore:
             model_id=str(f.attrs["model_id"]), model_hash=str(f.attrs["model_hash"]),
             source_id=str(f.attrs["source_id"]), hooks=tuple(json.loads(f.attrs["hooks"])),
             dims=json.loads(f.attrs["dims"]), dtype=str(f.attrs["dtype"]),
-            params=json.loads(f.attrs.get("params", "{}")))
+            params=json.loads(f.attrs.get("params", "{}")),
+            model_dtype=str(f.attrs.get("model_dtype", "float32")))
 
     # ------------------------------------------------------------------ opening
     @classmethod
     def create(cls, path: str | os.PathLike, meta: StoreMeta, labels: Sequence[str] = (),
-               images_shape: tuple[int, ...] | None = None) -> ActivationStore:
-        """Create a new, empty store for ``meta`` and open it for appending (SWMR writer)."""
+               images_shape: tuple[int, ...] | None = None,
+               attrs: Mapping[str, Any] | None = None) -> ActivationStore:
+        """Create a new, empty store for ``meta`` and open it for appending (SWMR writer);
+        ``attrs`` are further root attributes (SWMR lets a writer change, not add, them)."""
         path = Path(path)
         if meta.dtype not in ("float16", "float32"):
             raise StoreError(f"{path}: dtype must be float16 or float32, not {meta.dtype!r}")
@@ -192,7 +199,8 @@ class ActivationStore:
                 "model_hash": meta.model_hash, "source_id": meta.source_id,
                 "hooks": json.dumps(list(meta.hooks)), "dims": json.dumps(dict(meta.dims)),
                 "dtype": meta.dtype, "params": json.dumps(dict(meta.params), sort_keys=True),
-                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "n_committed": np.int64(0)})
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "n_committed": np.int64(0),
+                "model_dtype": meta.model_dtype, **dict(attrs or {})})
             itemsize = np.dtype(meta.dtype).itemsize
             for hook in meta.hooks:
                 d = int(meta.dims[hook])

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from engine.errors import ModelError
 from engine.hooks import HookSite, StopForward, check_hooks, recording
 
 
@@ -26,10 +27,18 @@ class ModelBatch:
     keep: torch.Tensor | None = None
     meta: dict[str, Any] = field(default_factory=dict)
 
-    def to(self, device: torch.device) -> ModelBatch:
-        inputs = {k: v.to(device) for k, v in self.inputs.items()}
+    def to(self, device: torch.device, dtype: torch.dtype | None = None) -> ModelBatch:
+        """The batch on ``device``; with ``dtype`` its floating-point inputs (images) are
+        cast too, so a reduced-precision model gets inputs of its own precision."""
+        def move(v: torch.Tensor) -> torch.Tensor:
+            return v.to(device, dtype) if dtype is not None and v.is_floating_point() else v.to(device)
+        inputs = {k: move(v) for k, v in self.inputs.items()}
         keep = None if self.keep is None else self.keep.to(device)
         return ModelBatch(inputs, keep, self.meta)
+
+
+# The precisions a model may run in (``load_model(spec, dtype=...)``, ``--model-dtype``).
+MODEL_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def next_token_pairs(batch: ModelBatch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -63,6 +72,7 @@ class ModelAdapter(ABC):
     module: nn.Module
     tokenizer: Any = None
     pooling: str | None = None  # "mean": one row per example (encoders)
+    spec: str | None = None  # the spec load_model resolved (None for adapters built in code)
 
     # ---------------------------------------------------------------- identity
     def weight_hash(self) -> str:
@@ -78,6 +88,34 @@ class ModelAdapter(ABC):
         self.module.to(device)
         return self
 
+    @property
+    def model_dtype(self) -> str:
+        """The precision the model runs in: a key of MODEL_DTYPES (float32 when it has no
+        floating-point parameters)."""
+        names = {v: k for k, v in MODEL_DTYPES.items()}
+        for p in self.module.parameters():
+            if p.is_floating_point():
+                return names.get(p.dtype, str(p.dtype).removeprefix("torch."))
+        return "float32"
+
+    def set_dtype(self, name: str) -> ModelAdapter:
+        """Run the model in precision ``name`` (a key of MODEL_DTYPES), cast in place.
+
+        ``weight_hash`` keeps fingerprinting the weights as loaded (it is taken first), so a
+        store names the same weights whatever precision ran them. Buffers a module does not
+        save (derived constants such as RoPE's ``inv_freq``) stay in float32, as Hugging
+        Face's own ``from_pretrained(dtype=...)`` keeps them."""
+        if name not in MODEL_DTYPES:
+            raise ModelError(f"{self.model_id}: model dtype must be one of {', '.join(MODEL_DTYPES)}, not {name!r}")
+        self.weight_hash()
+        derived = [(mod, key, buf) for mod in self.module.modules()
+                   for key, buf in mod.named_buffers(recurse=False)
+                   if key in mod._non_persistent_buffers_set and buf.is_floating_point()]
+        self.module.to(MODEL_DTYPES[name])
+        for mod, key, buf in derived:
+            setattr(mod, key, buf)
+        return self
+
     # ---------------------------------------------------------------- hook points
     @abstractmethod
     def hook_sites(self) -> Mapping[str, HookSite]:
@@ -87,10 +125,14 @@ class ModelAdapter(ABC):
         return list(self.hook_sites())
 
     def hook_dims(self, names: Sequence[str]) -> dict[str, int]:
-        """Row width of each hook point, found by a one-example forward pass."""
-        probe = self.example_batch()
-        rows = self.forward(probe, names)
-        return {n: int(r.shape[-1]) for n, r in rows.items()}
+        """Row width of each hook point, found once per adapter (as ``weight_hash``) by a
+        one-example forward pass: a capture from a warm model does not pay it again."""
+        known = self.__dict__.setdefault("_hook_dims", {})
+        missing = [n for n in dict.fromkeys(names) if n not in known]
+        if missing:
+            rows = self.forward(self.example_batch(), missing)
+            known.update({n: int(r.shape[-1]) for n, r in rows.items()})
+        return {n: known[n] for n in names}
 
     # ---------------------------------------------------------------- running
     @abstractmethod
@@ -119,7 +161,7 @@ class ModelAdapter(ABC):
         """Activations at ``hooks`` as rows (n, d); the pass stops after the deepest one."""
         sites = self.hook_sites()
         check_hooks(hooks, list(sites), self.model_id)
-        batch = batch.to(self.device)
+        batch = batch.to(self.device, MODEL_DTYPES.get(self.model_dtype))
         with torch.inference_mode(), recording({h: sites[h] for h in hooks}, stop_early) as got:
             try:
                 self.run(batch)

@@ -145,15 +145,14 @@ class HFCausalLM(_HFText):
     kind = "causal-lm"
 
     def __init__(self, path: str | os.PathLike, model_id: str | None = None,
-                 dtype: torch.dtype = torch.float32, module: nn.Module | None = None,
-                 tokenizer: Any = None) -> None:
+                 module: nn.Module | None = None, tokenizer: Any = None) -> None:
         from transformers import AutoModelForCausalLM
         quiet_transformers()
         path = str(path)
         self.model_id = model_id or path
         if module is None:
             try:
-                module = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+                module = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
             except Exception as exc:
                 raise ModelError(f"{self.model_id}: cannot load a causal LM from {path} ({exc})") from None
         self.module = module.eval()

@@ -4,7 +4,8 @@ Specs: ``smollm2`` (bundled); ``hf:NAME_OR_PATH`` / ``hf-causal:...`` / ``hf-enc
 (a local folder or the offline HF cache); a folder (config.json: Hugging Face, auto
 detected; latentlab_model.json: the digits zoo); ``file.py:factory`` or
 ``package.module:factory`` (any torch.nn.Module). Options follow ``?``, e.g.
-``hf-encoder:path?pooling=mean``."""
+``hf-encoder:path?pooling=mean``. Every model loads in float32; ``dtype`` casts it to run in
+bfloat16 or float16 (``ModelAdapter.set_dtype``), for any kind of model."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from pathlib import Path
 from urllib.parse import parse_qsl
 
 from engine.errors import ModelError
-from engine.models.base import ModelAdapter
+from engine.models.base import MODEL_DTYPES, ModelAdapter
 
 _PREFIXES = ("hf:", "hf-causal:", "hf-encoder:")
 
@@ -26,8 +27,17 @@ def _split_options(spec: str) -> tuple[str, dict[str, str]]:
     return body, dict(parse_qsl(query, keep_blank_values=True))
 
 
-def load_model(spec: str) -> ModelAdapter:
-    """Load the model a spec names (see the module docstring); raises ModelError."""
+def load_model(spec: str, dtype: str = "float32") -> ModelAdapter:
+    """Load the model a spec names (see the module docstring), to run in precision
+    ``dtype`` (float32, bfloat16, float16); raises ModelError."""
+    if dtype not in MODEL_DTYPES:
+        raise ModelError(f"model {spec}: dtype must be one of {', '.join(MODEL_DTYPES)}, not {dtype!r}")
+    adapter = _load(spec)
+    adapter.spec = spec
+    return adapter if dtype == "float32" else adapter.set_dtype(dtype)
+
+
+def _load(spec: str) -> ModelAdapter:
     body, opts = _split_options(spec.strip())
     if body == "smollm2":
         from engine.models.smollm2 import load_smollm2
@@ -62,7 +72,12 @@ def _load_hf(name: str, kind: str, opts: dict[str, str], spec: str) -> ModelAdap
     return HFCausalLM(path, model_id=spec)
 
 
+def cached_model(spec: str, dtype: str = "float32") -> ModelAdapter:
+    """``load_model`` memoised per process and precision (the GUI's engine thread keeps
+    models warm); a reduced-precision model is a separate entry, never the float32 one cast."""
+    return _cached(spec, dtype)
+
+
 @lru_cache(maxsize=4)
-def cached_model(spec: str) -> ModelAdapter:
-    """``load_model`` memoised per process (the GUI's engine thread keeps models warm)."""
-    return load_model(spec)
+def _cached(spec: str, dtype: str) -> ModelAdapter:
+    return load_model(spec, dtype)
