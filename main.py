@@ -131,7 +131,8 @@ def cmd_feature_stats(args: argparse.Namespace) -> int:
     result = (_feature_pass(args, sae, hook, sae_id) if args.source is not None
               else _feature_stats_of_store(args, sae, hook, sae_id))
     print(f"{result.path}: /features/{result.sae_id}: {result.d_sae} latents over {result.n_rows} rows "
-          f"in {result.seconds:.1f} s (pass {result.pass_seconds:.1f} s)")
+          f"in {result.seconds:.1f} s (pass {result.pass_seconds:.1f} s)"
+          + (f"; read from the cache: {', '.join(result.cached_tables)}" if result.cached_tables else ""))
     return 0
 
 

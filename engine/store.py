@@ -315,9 +315,12 @@ class ActivationStore:
         return self._n
 
     def summary(self) -> dict[str, Any]:
-        """A JSON-able description: identity, rows, widths and datasets."""
+        """A JSON-able description: identity, rows, widths and datasets (with the model's
+        precision and, below float32, its first batch's cosine to float32 per hook)."""
+        cosine = json.loads(self._f.attrs.get("float32_cosine", "{}") or "{}")
         return {"path": str(self.path), "format_version": int(self._f.attrs["format_version"]),
                 "model_id": self.meta.model_id, "model_hash": self.meta.model_hash,
+                "model_dtype": self.meta.model_dtype, **({"float32_cosine": cosine} if cosine else {}),
                 "source_id": self.meta.source_id, "hooks": list(self.hooks),
                 "dims": dict(self.meta.dims), "dtype": self.meta.dtype, "rows": self._n,
                 "documents": self.n_documents, "labels": self.label_names,

@@ -129,6 +129,8 @@ def test_bfloat16_capture_records_the_cosine_to_float32(tiny_llama, tmp_path):
     cos = json.loads(attrs(out)["float32_cosine"])
     with ActivationStore.open(out) as store:
         assert store.meta.model_dtype == "bfloat16"
+        summary = store.summary()  # what store-info prints
+        assert summary["model_dtype"] == "bfloat16" and summary["float32_cosine"] == cos
         stored = {h: store.acts(h, 0, cos[h]["rows"]) for h in HOOKS}
     assert set(cos) == set(HOOKS)
     # recompute on the first batch (4 windows of 63 document tokens): float32 model vs the

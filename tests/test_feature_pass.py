@@ -428,3 +428,6 @@ def test_cli_runs_the_one_pass_and_names_bad_input(tiny_llama, tmp_path):
     assert again.returncode != 0 and "error: " in again.stderr and "already exists" in again.stderr
     both = cli("feature-stats", "--store", str(out), "--source", "demo", "--sae", str(folder))
     assert both.returncode != 0 and "either --store" in both.stderr
+    over_store = cli("feature-stats", "--store", str(out), "--sae", str(folder), "--device", "cpu")
+    assert over_store.returncode == 0, over_store.stderr  # same SAE and model: the weight tables are reused
+    assert "read from the cache: " in over_store.stdout and "logit" in over_store.stdout

@@ -171,7 +171,7 @@ def test_summary_describes_the_store(tmp_path):
     json.dumps(summary)  # JSON-able
     assert summary == {
         "path": str(path), "format_version": FORMAT_VERSION, "model_id": "tiny-llama",
-        "model_hash": "abc123", "source_id": "demo", "hooks": list(HOOKS), "dims": DIMS,
+        "model_hash": "abc123", "model_dtype": "float32", "source_id": "demo", "hooks": list(HOOKS), "dims": DIMS,
         "dtype": "float16", "rows": 120, "documents": 12, "labels": ["cls"],
         "params": {"layer_norm": False}}
 
