@@ -26,6 +26,7 @@ import socket
 import threading
 import time
 import traceback
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -123,6 +124,7 @@ class EngineBridge(QObject):
     """Submit engine jobs from the GUI thread; watch them through signals."""
 
     _live = 0  # bridges alive: automatic garbage collection is off while any is
+    _running: weakref.WeakSet[EngineBridge] = weakref.WeakSet()  # live bridges (one in the app)
 
     submitted = Signal(int)  # job id
     started = Signal(int)
@@ -146,6 +148,7 @@ class EngineBridge(QObject):
         if EngineBridge._live == 0:
             gc.disable()
         EngineBridge._live += 1
+        EngineBridge._running.add(self)
         self._gc_timer = QTimer(self)
         self._gc_timer.setInterval(500)
         self._gc_timer.timeout.connect(self._collect_garbage)
@@ -208,6 +211,7 @@ class EngineBridge(QObject):
         if self._gc_timer.isActive():
             self._gc_timer.stop()
             EngineBridge._live -= 1
+            EngineBridge._running.discard(self)
             if EngineBridge._live == 0:
                 gc.enable()
 
@@ -216,7 +220,7 @@ class EngineBridge(QObject):
         a full collection only while no job runs (or once it has waited MAX_GC_DEFER s)."""
         counts, thresholds = gc.get_count(), gc.get_threshold()
         generation = max((g for g in range(3) if counts[g] > thresholds[g]), default=None)
-        if generation == 2 and self.busy():
+        if generation == 2 and any(b.busy() for b in list(EngineBridge._running)):  # any engine
             now = time.perf_counter()
             self._full_gc_due = self._full_gc_due or now
             if now - self._full_gc_due < MAX_GC_DEFER:
