@@ -193,9 +193,12 @@ def test_full_collections_wait_until_the_engine_is_idle(qapp, qtbot):
         release = threading.Event()
         bridge.submit("wait", _wait_for, event=release)
         junk = []
-        for _ in range(40):
+
+        def full_collection_due() -> bool:
             junk.extend([i] for i in range(200))
-            qtbot.wait(20)
+            return gc.get_count()[2] > gc.get_threshold()[2]
+        qtbot.waitUntil(full_collection_due, timeout=30_000)  # the timer's young collections make it due
+        qtbot.wait(1200)  # two or more timer ticks with a full collection due while the engine is busy
         assert any(g < 2 for g, busy in seen if busy)  # young generations were collected meanwhile
         assert not [g for g, busy in seen if busy and g == 2]
         release.set()
