@@ -123,8 +123,8 @@ MAX_GC_DEFER = 30.0  # seconds a full collection may wait for the engine to go i
 class EngineBridge(QObject):
     """Submit engine jobs from the GUI thread; watch them through signals."""
 
-    _live = 0  # bridges alive: automatic garbage collection is off while any is
-    _running: weakref.WeakSet[EngineBridge] = weakref.WeakSet()  # live bridges (one in the app)
+    _running: weakref.WeakSet[EngineBridge] = weakref.WeakSet()  # live bridges (one in the app):
+    # automatic garbage collection is off while any is
 
     submitted = Signal(int)  # job id
     started = Signal(int)
@@ -145,9 +145,8 @@ class EngineBridge(QObject):
         self._wake_pending = False  # a byte is on its way; cleared by the GUI thread first
         self._notifier = QSocketNotifier(self._wake_in.fileno(), QSocketNotifier.Type.Read, self)
         self._notifier.activated.connect(self._on_wake)
-        if EngineBridge._live == 0:
+        if not EngineBridge._running:
             gc.disable()
-        EngineBridge._live += 1
         EngineBridge._running.add(self)
         self._gc_timer = QTimer(self)
         self._gc_timer.setInterval(500)
@@ -210,9 +209,8 @@ class EngineBridge(QObject):
         self._wake_out.close()
         if self._gc_timer.isActive():
             self._gc_timer.stop()
-            EngineBridge._live -= 1
             EngineBridge._running.discard(self)
-            if EngineBridge._live == 0:
+            if not EngineBridge._running:
                 gc.enable()
 
     def _collect_garbage(self) -> None:

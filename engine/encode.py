@@ -7,7 +7,6 @@ Shapes: x (batch, d_in); codes (batch, d_sae); values (rows, latents)."""
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NamedTuple
@@ -18,6 +17,7 @@ import torch
 from engine.errors import LatentLabError, StoreError
 from engine.features import load_feature_stats
 from engine.jobs import JobContext
+from engine.lru import LockedLRU
 from engine.models.base import weight_fingerprint
 from engine.sae.base import SparseAutoencoder
 from engine.sae.io import CFG_FILENAME, WEIGHTS_FILENAME, load_sae
@@ -25,8 +25,7 @@ from engine.store import ActivationStore
 
 CACHE_SIZE = 3  # SAEs kept loaded (per folder and device)
 DENSE_ELEMENTS = 1 << 25  # bound on a dense (rows, d_sae) block: fewer rows per batch for wide SAEs
-_cache: OrderedDict[tuple[str, str], tuple[tuple, SparseAutoencoder]] = OrderedDict()
-_lock = threading.Lock()
+_saes = LockedLRU(CACHE_SIZE)  # (folder, device) -> (file stamp, SAE)
 
 
 class Context(NamedTuple):
@@ -68,17 +67,11 @@ def cached_sae(sae_path: str | Path, device: torch.device | str = "cpu") -> Spar
     folder = Path(sae_path)
     key = (str(folder.resolve()), str(device))
     stamp = _stamp(folder)
-    with _lock:
-        hit = _cache.get(key)
-        if hit is not None and stamp and hit[0] == stamp:
-            _cache.move_to_end(key)
-            return hit[1]
+    hit = _saes.get(key)
+    if hit is not None and stamp and hit[0] == stamp:
+        return hit[1]
     sae = load_sae(folder).to(device).eval()
-    with _lock:
-        _cache[key] = (stamp, sae)
-        _cache.move_to_end(key)
-        while len(_cache) > CACHE_SIZE:
-            _cache.popitem(last=False)
+    _saes.put(key, (stamp, sae))
     return sae
 
 
@@ -184,8 +177,8 @@ class StoredCodes(NamedTuple):
     mean: np.ndarray  # (d_sae,) float64 mean code over all rows
 
 
-_codes: OrderedDict[tuple, StoredCodes] = OrderedDict()
 CODES_CACHE_SIZE = 2  # stores whose codes stay in memory (a brush asks for them many times)
+_codes = LockedLRU(CODES_CACHE_SIZE)
 
 
 def stored_codes(store: ActivationStore, stats_id: str, sae: SparseAutoencoder, hook: str) -> StoredCodes | None:
@@ -203,18 +196,13 @@ def stored_codes(store: ActivationStore, stats_id: str, sae: SparseAutoencoder, 
         return None
     st = store.path.stat()
     key = (str(store.path.resolve()), stats_id, st.st_mtime_ns, st.st_size, attrs.get("sae_fingerprint"))
-    with _lock:
-        hit = _codes.get(key)
-        if hit is not None:
-            _codes.move_to_end(key)
-            return hit
+    hit = _codes.get(key)
+    if hit is not None:
+        return hit
     latent, value = store.dataset(f"{group}/code_latent")[()], store.dataset(f"{group}/code_value")[()]
     mean = np.bincount(latent, value.astype(np.float64), sae.d_sae) / max(store.n_rows, 1)
     codes = StoredCodes(ptr_ds[()].astype(np.int64), latent, value, mean)
-    with _lock:
-        _codes[key] = codes
-        while len(_codes) > CODES_CACHE_SIZE:
-            _codes.popitem(last=False)
+    _codes.put(key, codes)
     return codes
 
 
@@ -258,13 +246,14 @@ class _RunningSums:
 
 
 _running: _RunningSums | None = None
+_running_lock = threading.Lock()
 
 
 def selection_code_sums(codes: StoredCodes, rows: np.ndarray, d_sae: int) -> tuple[np.ndarray, np.ndarray]:
     """``stored_code_sums`` over sorted unique ``rows``, updated from the previous call's
     rows when they are of the same codes (the cost follows what changed, not the size)."""
     global _running
-    with _lock:
+    with _running_lock:
         if _running is None or _running.codes is not codes or _running.d_sae != d_sae:
             _running = _RunningSums(codes, d_sae)
         return _running.move_to(rows)

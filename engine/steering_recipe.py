@@ -4,9 +4,7 @@ view's sliders drive (one token at a time, cancellable between tokens)."""
 
 from __future__ import annotations
 
-import threading
 import weakref
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -16,6 +14,7 @@ import torch
 from engine.encode import cached_sae, latent_values
 from engine.errors import LatentLabError
 from engine.jobs import JobContext
+from engine.lru import LockedLRU
 from engine.models.base import ModelAdapter
 from engine.models.registry import cached_model
 from engine.steering import (
@@ -100,8 +99,7 @@ def check_item(item: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-_concepts: OrderedDict[tuple, torch.Tensor] = OrderedDict()
-_concepts_lock = threading.Lock()
+_concepts = LockedLRU(CONCEPT_CACHE_SIZE)
 
 
 def cached_concept(adapter: ModelAdapter, hook: str, positive: Sequence[str],
@@ -109,16 +107,11 @@ def cached_concept(adapter: ModelAdapter, hook: str, positive: Sequence[str],
     """``concept_vector`` memoised per model, hook and prompt sets (a slider that moves the
     layer or the strength does not re-run the prompt sets)."""
     key = (adapter.model_id, str(adapter.device), hook, tuple(positive), tuple(negative))
-    with _concepts_lock:
-        hit = _concepts.get(key)
-        if hit is not None:
-            _concepts.move_to_end(key)
-            return hit
+    hit = _concepts.get(key)
+    if hit is not None:
+        return hit
     vec = concept_vector(adapter, hook, positive, negative).to(adapter.device)
-    with _concepts_lock:
-        _concepts[key] = vec
-        while len(_concepts) > CONCEPT_CACHE_SIZE:
-            _concepts.popitem(last=False)
+    _concepts.put(key, vec)
     return vec
 
 
@@ -233,27 +226,24 @@ def generate_stream(ctx: JobContext, model: str | ModelAdapter, prompt: str,
     return result._replace(kl=shift.kl, gained=shift.gained, lost=shift.lost)
 
 
-_BASELINES: OrderedDict[tuple, tuple[weakref.ref, torch.Tensor]] = OrderedDict()
-_baselines_lock = threading.Lock()
 BASELINE_CACHE_SIZE = 16
+_baselines = LockedLRU(BASELINE_CACHE_SIZE)  # (module id, prompt ids) -> (module ref, log-probs)
+
+
+def _baseline_key(adapter: ModelAdapter, inputs: dict[str, torch.Tensor]) -> tuple:
+    return id(adapter.module), tuple(inputs["input_ids"][0].tolist())
 
 
 def _remember_baseline(adapter: ModelAdapter, inputs: dict[str, torch.Tensor], logprobs: torch.Tensor) -> None:
     """Keep the unsteered next-token distribution after a prompt, which the baseline run
     computes anyway, so a steered run compares against it without another forward pass."""
-    with _baselines_lock:
-        key = (id(adapter.module), tuple(inputs["input_ids"][0].tolist()))
-        _BASELINES[key] = (weakref.ref(adapter.module), logprobs)
-        _BASELINES.move_to_end(key)
-        while len(_BASELINES) > BASELINE_CACHE_SIZE:
-            _BASELINES.popitem(last=False)
+    _baselines.put(_baseline_key(adapter, inputs), (weakref.ref(adapter.module), logprobs))
 
 
 def _baseline_logprobs(adapter: ModelAdapter, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
     """The unsteered next-token log-probabilities after the prompt: remembered from the
     baseline run when it came first, computed (and remembered) otherwise."""
-    with _baselines_lock:
-        found = _BASELINES.get((id(adapter.module), tuple(inputs["input_ids"][0].tolist())))
+    found = _baselines.get(_baseline_key(adapter, inputs))
     if found is not None and found[0]() is adapter.module:
         return found[1]
     logprobs = _next_token_logprobs(adapter, inputs)
