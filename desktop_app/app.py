@@ -12,7 +12,7 @@ from pathlib import Path
 from PySide6.QtCore import QSettings
 
 from desktop_app.main_window import MainWindow, ViewFactory
-from engine.project import warm_in_background
+from engine.umap_warm import warm_in_background
 from engine.workspace import DemoSpec, default_workspace
 
 
@@ -44,13 +44,14 @@ def run_app(views: Sequence[tuple[str, ViewFactory]], workspace: str | os.PathLi
     window = make_window(views, device)
     window.launched = launched
     window.show()
+    app.processEvents()  # paint the window before the warm-up's imports compete for the GIL
+    warming = warm_in_background()  # umap's import and kernels for the first UMAP, off this thread
     if workspace is None:
         window.open_workspace(default_workspace(), demo=DemoSpec())
     elif not window.open_workspace(Path(workspace)):
         window.jobs.write(f"could not open {workspace}; use File > Open Workspace")
     window.statusBar().showMessage(f"window up in {time.perf_counter() - t0:.1f} s; engine on "
                                    f"{window.bridge.device}", 10000)
-    warming = warm_in_background()  # numba kernels for the first UMAP, compiled off this process
     if quit_after is not None:
         QTimer.singleShot(int(quit_after * 1000), window.close)
     code = app.exec()

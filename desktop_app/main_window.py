@@ -210,7 +210,7 @@ class MainWindow(QMainWindow):
 
     def _request_projections(self, ws: Workspace) -> None:
         """PCA at once, UMAP after it, for rows and (with an SAE) latents; cached per input."""
-        from engine.project import project
+        from engine.project import UMAP_ROWS, project
         if ws.store is None or ws.hook is None:
             return
         whats = ("rows", "latents") if ws.sae is not None else ("rows",)
@@ -221,7 +221,7 @@ class MainWindow(QMainWindow):
                                    on_partial=self._on_workspace_partial,
                                    store_path=ws.store, hook=ws.hook, method=method, what=what,
                                    sae_path=ws.sae, cache_dir=ws.projections_dir,
-                                   max_rows=20_000 if method == "umap" else None)
+                                   max_rows=UMAP_ROWS if method == "umap" else None)
 
     def open_store(self, path: str | Path) -> bool:
         """Make a store file the active one (its first hook point); a bad file is reported."""

@@ -5,31 +5,27 @@ optimisation run in chunks so the scatter can show it moving; ``project`` is the
 and CLI run, with an on-disk cache keyed by what the layout was computed from.
 
 Where ``umap_layout`` differs from ``umap.UMAP(random_state=seed).fit``:
-- kNN: below 4096 points UMAP uses the full distance matrix; here an exact blocked kNN gives
-  the same neighbours (self first at distance exactly 0) without the n x n matrix held at
-  once; up to TORCH_KNN_UP_TO rows an exact torch kNN; above, where UMAP runs pynndescent
-  (about a minute of compilation per process), an inverted-file search (k-means cells,
-  exact distances within the nearest cells; recall >= 0.95 tested).
-- init: PCA from ``pca_layout`` (or ``init``), then UMAP's own scaling (largest |coord| 10,
-  noise 1e-4, per axis min-max to [0, 10]); UMAP's default init is spectral.
+- kNN: ``engine.knn``; exact up to 12,000 rows (below 4096 as UMAP's own exact path),
+  above (where UMAP runs pynndescent, about a minute of compilation per process) an
+  inverted-file search with exact distances, recall >= 0.95 tested.
+- init: the first two principal axes of the covariance the kNN uses (estimated from up to
+  UMAP_AXES_ROWS rows), or ``init``, then UMAP's own scaling (largest |coord| 10, noise
+  1e-4, per axis min-max to [0, 10]); UMAP's default init is spectral.
 - SGD: the same numba epoch function ``optimize_layout_euclidean`` runs, called epoch by
   epoch with its state (next sample epochs, per-point RNG, learning rate) kept across
   chunks, so the final layout equals one uninterrupted ``optimize_layout_euclidean`` call
   bit for bit (restarting that public function per chunk would reset its edge sampling
   and drop every edge sampled less often than once a chunk). No densMAP, no parallel SGD.
 - umap's graph and SGD kernels are compiled again with numba's ``cache=True`` (umap itself
-  recompiles them in every process, ~10 s), and warmed into that cache at start-up.
+  recompiles them in every process, ~10 s) and warmed at start-up (``engine.umap_warm``).
 - frames: the first one after FIRST_FRAME_EPOCHS epochs, then evenly spaced.
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import os
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -38,7 +34,9 @@ import numpy as np
 
 from engine.errors import LatentLabError
 from engine.jobs import JobContext
+from engine.parallel import row_blocks, single_threaded, workers
 from engine.store import ActivationStore
+from engine.umap_warm import await_warming, cached_jit, configure_numba_cache
 
 
 class Layout(NamedTuple):
@@ -53,15 +51,13 @@ class Layout(NamedTuple):
 METHODS = ("pca", "umap")
 WHATS = ("rows", "latents")
 UMAP_PARAMS = ("n_neighbors", "min_dist", "n_epochs", "frames")
-CACHE_VERSION = 1
-EXACT_KNN_BELOW = 4096  # as umap-learn: smaller sets get exact neighbours (float64)
-TORCH_KNN_UP_TO = 12_000  # exact float32 neighbours with torch up to here, then a cell search
+CACHE_VERSION = 2  # 2: the cell kNN and the init from the shared covariance
 FIRST_FRAME_EPOCHS = 5  # a progressive UMAP shows its first frame after this many epochs
-KNN_DIMS = 64  # the cell search assigns cells in this many principal components
-KNN_PROBE = 12  # cells searched for each cell's points (its own and those with the nearest centres)
 BLOCK_BYTES = 64 << 20  # float64 working block of the streamed PCA
 COV_BLOCK = 4096  # rows per float32 cross product of the PCA covariance
 READ_BYTES = 64 << 20  # float32 rows read from a store at a time
+UMAP_ROWS = 50_000  # rows the app's and the demo's UMAP of a store sample (all of the demo's)
+UMAP_AXES_ROWS = 16_384  # rows (evenly strided) whose covariance gives a UMAP's principal axes
 INT32_MIN, INT32_MAX = np.iinfo(np.int32).min + 1, np.iinfo(np.int32).max - 1  # as umap_.py
 
 
@@ -101,7 +97,8 @@ def _read_rows(store: ActivationStore, hook: str, ids: np.ndarray,
         hi = min(n, lo + step)
         sel = ids[np.searchsorted(ids, lo):np.searchsorted(ids, hi)]
         if sel.size:
-            out[at:at + sel.size] = store.acts(hook, lo, hi)[sel - lo]
+            block = store.acts(hook, lo, hi)
+            out[at:at + sel.size] = block if sel.size == hi - lo else block[sel - lo]  # all: no gather
             at += sel.size
         if ctx is not None:
             ctx.progress(hi, n, "reading rows")
@@ -131,7 +128,7 @@ def pca_layout(x: np.ndarray, ids: np.ndarray, name: str) -> Layout:
     """The first two principal components of ``x`` (n, d): exact, from the d x d covariance
     accumulated in float64 blocks; each axis signed so its largest |loading| is positive."""
     mean, cov = _mean_cov(x)
-    w = _top_components(cov, 2)  # (d, 2)
+    w = top_components(cov, 2)  # (d, 2)
     return Layout(name, _project(x, mean, w), np.asarray(ids, np.int64), True)
 
 
@@ -143,31 +140,36 @@ def _mean_cov(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mean (d,) and covariance (d, d) in one pass, shifted by a first estimate of the mean
     so large offsets (massive activation dimensions) do not cancel. Each block's cross
     product is a float32 GEMM (twice float64's speed) of the shifted rows, summed across
-    blocks in float64: the rounding stays that of COV_BLOCK rows, not of all n."""
+    blocks in float64 in block order: the rounding stays that of COV_BLOCK rows, not of all
+    n, and the result does not depend on which worker thread took a block."""
     n, d = x.shape
     if n == 0:
         return np.zeros(d), np.zeros((d, d))
     shift = x[:1024].mean(axis=0, dtype=np.float64)
-    total, scatter = np.zeros(d), np.zeros((d, d))
-    step = min(_blocks(n, d).step, COV_BLOCK)
     shift32 = shift.astype(np.float32)
-    for lo in range(0, n, step):
-        z = np.subtract(x[lo:lo + step], shift32, dtype=np.float32)
-        total += z.sum(axis=0, dtype=np.float64)
-        scatter += z.T @ z
+
+    def block(lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+        z = np.subtract(x[lo:hi], shift32, dtype=np.float32)
+        return z.sum(axis=0, dtype=np.float64), z.T @ z
+    total, scatter = np.zeros(d), np.zeros((d, d))
+    with workers() as pool:
+        for part_sum, part_scatter in row_blocks(pool, n, block, min(_blocks(n, d).step, COV_BLOCK)):
+            total += part_sum
+            scatter += part_scatter
     m = total / n
     cov = (scatter - n * np.outer(m, m)) / max(n - 1, 1)
     return shift + m, cov
 
 
-def _top_components(cov: np.ndarray, k: int) -> np.ndarray:
+def top_components(cov: np.ndarray, k: int) -> np.ndarray:
     """The top-``k`` eigenvectors (d, k) of ``cov`` (zero columns when d < k), signed as
     scikit-learn's PCA signs them (largest |loading| positive)."""
     d = len(cov)
     w = np.zeros((d, k))
     if d == 0:
         return w
-    vals, vecs = np.linalg.eigh(cov)
+    with single_threaded():  # LAPACK's threads stall on a busy core (engine/parallel.py)
+        vals, vecs = np.linalg.eigh(cov)
     top = np.argsort(vals)[::-1][:k]
     w[:, :len(top)] = vecs[:, top]
     pivot = w[np.abs(w).argmax(axis=0), np.arange(k)]
@@ -185,50 +187,6 @@ def _project(x: np.ndarray, mean: np.ndarray, w: np.ndarray) -> np.ndarray:
 
 
 # ------------------------------------------------------------------ UMAP
-def configure_numba_cache() -> Path:
-    """Point numba's on-disk cache at ``<latentlab cache>/numba`` (unless NUMBA_CACHE_DIR is
-    set) so umap's compiled functions survive the process; call before importing umap."""
-    if os.environ.get("NUMBA_CACHE_DIR"):
-        return Path(os.environ["NUMBA_CACHE_DIR"])
-    from engine.models.smollm2 import cache_root
-    folder = cache_root() / "numba"
-    folder.mkdir(parents=True, exist_ok=True)
-    os.environ["NUMBA_CACHE_DIR"] = str(folder)
-    config = getattr(sys.modules.get("numba.core.config"), "CACHE_DIR", None)
-    if config == "":  # numba already imported: its config read the environment before
-        sys.modules["numba.core.config"].CACHE_DIR = str(folder)
-    return folder
-
-
-def _warm_marker() -> Path:
-    """The file that says this cache holds umap's kernels for these library versions."""
-    import importlib.metadata as md
-    versions = "-".join(md.version(p) for p in ("umap-learn", "numba", "numpy"))
-    return configure_numba_cache() / f"warm-{versions}-py{sys.version_info[0]}{sys.version_info[1]}.ok"
-
-
-def warm_kernels() -> None:
-    """Compile every numba kernel a UMAP layout uses into the persistent cache (a tiny
-    layout of each kind), then leave the marker. Run by ``warm_in_background``."""
-    rng = np.random.default_rng(0)
-    for n in (64, TORCH_KNN_UP_TO // 8):
-        x = rng.normal(size=(n, 8)).astype(np.float32)
-        umap_layout(JobContext(), x, np.arange(n), "warm", n_epochs=2, frames=1)
-    _warm_marker().write_text("ok\n")
-
-
-def warm_in_background() -> subprocess.Popen | None:
-    """At start-up: unless the cache is already warm, compile umap's kernels in a separate,
-    low-priority process (numba holds the GIL while compiling, which would freeze a GUI),
-    so the first UMAP of the session loads them instead of paying ~40 s. None when warm."""
-    if _warm_marker().exists():
-        return None
-    code = "import os; os.nice(10); from engine.project import warm_kernels; warm_kernels()"
-    root = Path(__file__).resolve().parents[1]
-    return subprocess.Popen([sys.executable, "-c", code], cwd=root, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env=dict(os.environ, PYTHONPATH=str(root)))
-
-
 @dataclass
 class _Graph:
     """The fuzzy graph as umap's SGD takes it: edges, their sampling periods and a, b."""
@@ -247,14 +205,13 @@ def umap_layout(ctx: JobContext, x: np.ndarray, ids: np.ndarray, name: str,
     """A progressive UMAP of ``x``: ``frames`` non-final partial Layouts while it moves, then
     the final one, equal to an uninterrupted run (see the module docstring)."""
     configure_numba_cache()
+    await_warming(ctx)
     ids = np.asarray(ids, np.int64)
     random_state = np.random.RandomState(seed)
-    if len(x) < 4:  # too few points for a neighbour graph
-        return Layout(name, _scaled_init(x, ids, init, random_state), ids, True)
-    ctx.progress(0, 1, "UMAP: neighbour graph")
-    graph = _umap_graph(x, n_neighbors, min_dist, n_epochs, random_state)
+    graph, xy = _umap_inputs(ctx, x, n_neighbors, min_dist, n_epochs, random_state, init)
+    if graph is None:  # too few points for a neighbour graph
+        return Layout(name, xy, ids, True)
     ctx.check_cancelled()
-    xy = _scaled_init(x, ids, init, random_state)
     sgd = _SGD(xy, graph, random_state.randint(INT32_MIN, INT32_MAX, 3).astype(np.int64))
     stops = np.unique(np.linspace(0, graph.n_epochs, max(int(frames), 1) + 1).round().astype(int))
     if len(stops) > 2 and stops[1] > 2 * FIRST_FRAME_EPOCHS:  # an early first frame: the layout
@@ -267,18 +224,46 @@ def umap_layout(ctx: JobContext, x: np.ndarray, ids: np.ndarray, name: str,
     return Layout(name, xy, ids, True)
 
 
-def _umap_graph(x: np.ndarray, n_neighbors: int, min_dist: float, n_epochs: int | None,
+def _umap_inputs(ctx: JobContext, x: np.ndarray, n_neighbors: int, min_dist: float,
+                 n_epochs: int | None, random_state: np.random.RandomState,
+                 init: np.ndarray | None = None) -> tuple[_Graph | None, np.ndarray]:
+    """The fuzzy graph (None below 4 points) and the scaled init, both from one covariance
+    (``umap_moments``): the kNN searches in its principal axes, the init is the first two."""
+    ctx.progress(0, 3, "UMAP: principal axes")
+    mean, cov = umap_moments(x)
+    graph = None
+    if len(x) >= 4:
+        graph = _umap_graph(ctx, x, (mean, cov), n_neighbors, min_dist, n_epochs, random_state)
+    if init is None:
+        w = top_components(cov, 2).astype(np.float32)
+        init = x @ w - mean.astype(np.float32) @ w
+    return graph, _scaled_init(init, random_state)
+
+
+def umap_moments(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and covariance of every j-th row of ``x``, UMAP_AXES_ROWS rows or all: axes to
+    search neighbours and start a layout in, where an estimate serves as the exact PCA."""
+    return _mean_cov(x[::max(1, -(-len(x) // UMAP_AXES_ROWS))])
+
+
+def _umap_graph(ctx: JobContext, x: np.ndarray, moments: tuple[np.ndarray, np.ndarray],
+                n_neighbors: int, min_dist: float, n_epochs: int | None,
                 random_state: np.random.RandomState) -> _Graph:
-    """umap's fuzzy simplicial set of ``x`` (the body of ``fuzzy_simplicial_set`` at its
-    defaults), pruned and turned into edge sampling periods as ``simplicial_set_embedding``
-    prepares it."""
+    """umap's fuzzy simplicial set of the rows ``x`` (their mean and covariance: ``moments``),
+    as the body of ``fuzzy_simplicial_set`` at its defaults, pruned and turned into edge
+    sampling periods as ``simplicial_set_embedding`` prepares it."""
     import scipy.sparse
-    from umap import umap_
+
+    from engine.knn import knn
     n = len(x)
     k = n_neighbors if n > n_neighbors else n - 1  # as UMAP.fit
-    knn_idx, knn_dist = _knn(x, k, random_state)
-    sigmas, rhos = _cached_jit(umap_.smooth_knn_dist)(knn_dist, float(k), local_connectivity=1.0)
-    rows, cols, vals, _ = _cached_jit(umap_.compute_membership_strengths)(
+    ctx.progress(1, 3, "UMAP: nearest neighbours")
+    knn_idx, knn_dist = knn(x, k, random_state, moments)
+    ctx.check_cancelled()
+    ctx.progress(2, 3, "UMAP: fuzzy graph")
+    from umap import umap_  # after the kNN: a start-up import still running overlaps it
+    sigmas, rhos = cached_jit(umap_.smooth_knn_dist)(knn_dist, float(k), local_connectivity=1.0)
+    rows, cols, vals, _ = cached_jit(umap_.compute_membership_strengths)(
         knn_idx, knn_dist, sigmas, rhos, None)
     graph = scipy.sparse.coo_matrix((vals, (rows, cols)), shape=(n, n))
     graph.eliminate_zeros()
@@ -292,131 +277,10 @@ def _umap_graph(x: np.ndarray, n_neighbors: int, min_dist: float, n_epochs: int 
     return _Graph(graph.row, graph.col, umap_.make_epochs_per_sample(graph.data, n_epochs), a, b, n_epochs)
 
 
-@functools.cache
-def _cached_jit(dispatcher: Any) -> Any:
-    """A numba function of umap's compiled again with ``cache=True``: umap compiles these
-    (parallel) kernels in every process, about 10 s; from NUMBA_CACHE_DIR they load in 0.1 s."""
-    import numba
-    options = {k: v for k, v in dispatcher.targetoptions.items() if k != "nopython"}
-    options["nogil"] = True  # the GUI thread keeps running while a layout is computed
-    return numba.njit(dispatcher.py_func, cache=True, locals=dict(dispatcher.locals), **options)
-
-
-def _knn(x: np.ndarray, k: int, random_state: np.random.RandomState) -> tuple[np.ndarray, np.ndarray]:
-    """Neighbour indices (n, k) int32 and distances (n, k) float32, each point first at 0."""
-    if len(x) < EXACT_KNN_BELOW:
-        return _exact_knn(x, k)
-    if len(x) <= TORCH_KNN_UP_TO:
-        return _torch_knn(x, k)
-    return _cell_knn(x, k, random_state)
-
-
-def _exact_knn(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Exact euclidean kNN in blocks of rows (float64), each point its own first neighbour."""
-    x64 = x.astype(np.float64)
-    sq = (x64 * x64).sum(axis=1)
-    n = len(x)
-    idx, dist = np.empty((n, k), np.int32), np.empty((n, k), np.float32)
-    for lo in range(0, n, 1024):
-        hi = min(n, lo + 1024)
-        d2 = sq[lo:hi, None] + sq[None, :] - 2.0 * (x64[lo:hi] @ x64.T)
-        d2[np.arange(hi - lo), np.arange(lo, hi)] = -1.0  # self first
-        part = np.argpartition(d2, k - 1, axis=1)[:, :k]
-        nb = np.take_along_axis(part, np.take_along_axis(d2, part, 1).argsort(axis=1), 1)
-        idx[lo:hi] = nb
-        dist[lo:hi] = np.sqrt(np.maximum(np.take_along_axis(d2, nb, 1), 0.0))
-    return idx, dist
-
-
-def _torch_knn(x: np.ndarray, k: int, block: int = 2048) -> tuple[np.ndarray, np.ndarray]:
-    """Exact euclidean kNN with torch in float32 blocks: multi-threaded, GIL-free, and no
-    pynndescent compilation (60-90 s holding the GIL on first use in a process)."""
-    import torch
-    xt = torch.from_numpy(np.ascontiguousarray(x, np.float32))
-    sq = (xt * xt).sum(1)
-    n = len(x)
-    idx, dist = np.empty((n, k), np.int32), np.empty((n, k), np.float32)
-    with torch.no_grad():
-        for lo in range(0, n, block):
-            hi = min(n, lo + block)
-            d2 = sq[lo:hi, None] + sq[None, :] - 2.0 * (xt[lo:hi] @ xt.T)
-            d2[torch.arange(hi - lo), torch.arange(lo, hi)] = -1.0  # self first
-            vals, nb = torch.topk(d2, k, dim=1, largest=False, sorted=True)
-            idx[lo:hi] = nb.numpy()
-            dist[lo:hi] = vals.clamp_min(0.0).sqrt().numpy()
-    return idx, dist
-
-
-def _cell_knn(x: np.ndarray, k: int, random_state: np.random.RandomState,
-              dims: int = KNN_DIMS, probe: int = KNN_PROBE) -> tuple[np.ndarray, np.ndarray]:
-    """Approximate euclidean kNN for large sets (an inverted-file search, as FAISS's IVF):
-    k-means cells of about sqrt(n) points in the top ``dims`` principal components; each
-    cell's points are compared, by exact distance in the full space, with the points of the
-    ``probe`` cells whose centres are nearest its own. Each point is its own first
-    neighbour at distance 0; recall against exact kNN is tested. The many small GEMMs run
-    on one thread: on a busy two-core machine that is faster than two."""
-    import torch
-    n, d = x.shape
-    mean, cov = _mean_cov(x)
-    w = torch.from_numpy(_top_components(cov, min(dims, d)).astype(np.float32))
-    xt = torch.from_numpy(np.ascontiguousarray(x, np.float32))
-    threads = torch.get_num_threads()
-    try:
-        with torch.no_grad():
-            z = (xt - torch.from_numpy(mean.astype(np.float32))) @ w
-            cells, centres = _kmeans(z, max(1, int(round(np.sqrt(n)))), random_state)
-            near = torch.cdist(centres, centres).topk(min(probe, len(centres)), largest=False).indices
-            order = torch.argsort(cells)
-            bounds = torch.searchsorted(cells[order], torch.arange(len(centres) + 1)).tolist()
-            sq = (xt * xt).sum(1)
-            idx, dist = np.empty((n, k), np.int32), np.empty((n, k), np.float32)
-            torch.set_num_threads(1)
-            for c in range(len(centres)):
-                rows = order[bounds[c]:bounds[c + 1]]
-                if len(rows):
-                    cand = torch.cat([order[bounds[j]:bounds[j + 1]] for j in near[c].tolist()])
-                    _search_cell(xt, sq, rows, cand, k, idx, dist)
-    finally:
-        torch.set_num_threads(threads)
-    return idx, dist
-
-
-def _search_cell(xt, sq, rows, cand, k: int, idx: np.ndarray, dist: np.ndarray) -> None:
-    """Exact kNN of ``rows`` among ``cand`` (one GEMM per block of rows), written into
-    ``idx``/``dist``, self first; a neighbourhood smaller than k repeats its farthest."""
-    import torch
-    xc, sqc = xt[cand], sq[cand]
-    for lo in range(0, len(rows), 2048):
-        q = rows[lo:lo + 2048]
-        d2 = sq[q, None] + sqc[None, :] - 2.0 * (xt[q] @ xc.T)
-        d2[cand[None, :] == q[:, None]] = -1.0  # self first
-        vals, pos = d2.topk(min(k, len(cand)), largest=False)
-        nb, vals = cand[pos], vals.clamp_min(0.0).sqrt()
-        if nb.shape[1] < k:
-            pad = k - nb.shape[1]
-            nb = torch.cat([nb, nb[:, -1:].expand(-1, pad)], 1)
-            vals = torch.cat([vals, vals[:, -1:].expand(-1, pad)], 1)
-        idx[q.numpy()] = nb.numpy()
-        dist[q.numpy()] = vals.numpy()
-
-
-def _kmeans(z, c: int, random_state: np.random.RandomState, iters: int = 8):
-    """Lloyd's k-means of ``z`` (n, r) into ``c`` cells from a seeded sample; (cells, centres)."""
-    import torch
-    centres = z[torch.from_numpy(random_state.choice(len(z), c, replace=False))].clone()
-    for _ in range(iters):
-        cells = torch.cdist(z, centres).argmin(1)
-        sums = torch.zeros_like(centres).index_add_(0, cells, z)
-        counts = torch.bincount(cells, minlength=c).unsqueeze(1)
-        centres = torch.where(counts > 0, sums / counts.clamp_min(1), centres)
-    return torch.cdist(z, centres).argmin(1), centres
-
-
-def _scaled_init(x: np.ndarray, ids: np.ndarray, init: np.ndarray | None,
-                 random_state: np.random.RandomState) -> np.ndarray:
-    """PCA (or ``init``) coordinates scaled as umap scales its PCA init: largest |coord|
+def _scaled_init(xy: np.ndarray, random_state: np.random.RandomState) -> np.ndarray:
+    """Initial coordinates (n, 2) scaled as umap scales its PCA init: largest |coord|
     10 plus noise 1e-4, then each axis min-max to [0, 10]; float32, C order."""
-    xy = pca_layout(x, ids, "").xy if init is None else np.asarray(init, np.float32)
+    xy = np.asarray(xy, np.float32)
     if len(xy) == 0:
         return np.zeros((0, 2), np.float32)
     peak = float(np.abs(xy).max())
@@ -435,7 +299,7 @@ class _SGD:
 
     def __init__(self, xy: np.ndarray, graph: _Graph, rng_state: np.ndarray) -> None:
         from umap import layouts
-        self.epoch_fn = _cached_jit(layouts._nb_optimize_layout_euclidean_single_epoch)
+        self.epoch_fn = cached_jit(layouts._nb_optimize_layout_euclidean_single_epoch)
         self.xy, self.g = xy, graph
         self.per_negative = graph.epochs_per_sample / self.negative_sample_rate
         self.next_negative = self.per_negative.copy()

@@ -13,6 +13,7 @@ from typing import Any, NamedTuple
 
 from engine.errors import LatentLabError, StoreError
 from engine.jobs import JobContext
+from engine.project import UMAP_ROWS
 from engine.store import ActivationStore
 
 MANIFEST = "workspace.json"
@@ -138,7 +139,7 @@ class DemoSpec:
     sae_epochs: float = 8.0
     sae_name: str = "topk"
     umap: bool = True
-    umap_rows: int = 20_000
+    umap_rows: int = UMAP_ROWS
     zoo: bool = True  # digits-zoo CNNs (two seeds, a pruned family) for the geometry view
     extra: dict[str, Any] = field(default_factory=dict)
 

@@ -8,6 +8,9 @@ a minute cold), so the UMAP runs share one module fixture; later runs cost milli
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +20,7 @@ from sklearn.model_selection import cross_val_score
 from sklearn.neighbors import KNeighborsClassifier
 
 import engine.project as P
+import engine.umap_warm as W
 from engine.errors import LatentLabError
 from engine.jobs import Cancelled, JobContext
 from engine.project import (
@@ -223,8 +227,7 @@ def test_umap_equals_one_uninterrupted_umap_learn_run(umap_run):
     from umap.layouts import optimize_layout_euclidean
     x, _, _, layout = umap_run
     rs = np.random.RandomState(0)
-    g = P._umap_graph(x, 15, 0.1, 60, rs)
-    xy = P._scaled_init(x, np.arange(600), None, rs)
+    g, xy = P._umap_inputs(JobContext(), x, 15, 0.1, 60, rs)
     rng_state = rs.randint(P.INT32_MIN, P.INT32_MAX, 3).astype(np.int64)
     ref = optimize_layout_euclidean(xy, xy, g.head, g.tail, 60, len(x), g.epochs_per_sample,
                                     g.a, g.b, rng_state, 1.0, 1.0, 5.0, move_other=True)
@@ -335,32 +338,52 @@ def test_project_without_cache_and_bad_arguments(tmp_path):
         project(JobContext(), tmp_path / "s.h5", HOOK, method="umap", perplexity=30)
 
 
+def test_umap_init_is_the_pca_of_the_rows(umap_run):
+    """Without ``init`` the layout starts from the PCA axes (pca_layout's), scaled as umap
+    scales its PCA init."""
+    x = umap_run[0]
+    _, xy = P._umap_inputs(JobContext(), x, 15, 0.1, 60, np.random.RandomState(0))
+    pca = pca_layout(x, np.arange(600), "p").xy
+    for axis in range(2):
+        assert abs(np.corrcoef(xy[:, axis], pca[:, axis])[0, 1]) > 0.99999
+    np.testing.assert_allclose(xy.min(axis=0), 0.0, atol=1e-6)
+    np.testing.assert_allclose(xy.max(axis=0), 10.0, atol=1e-5)
+
+
 def test_kernels_warm_into_the_persistent_cache(tmp_path, monkeypatch):
-    """warm_kernels leaves the marker that stops later launches from warming again; a
-    launch without the marker starts the warming in a separate process."""
-    P.warm_kernels()  # the kernels are in this session's cache already: quick
-    assert P._warm_marker().exists() and P.warm_in_background() is None
-    monkeypatch.setattr(P, "_warm_marker", lambda: tmp_path / "missing.ok")
-    proc = P.warm_in_background()
+    """warm_kernels leaves the marker that stops later launches from compiling again; a
+    launch without the marker starts the compiling process, which a UMAP request waits
+    for (cancellably) instead of compiling the same kernels again."""
+    W.warm_kernels()  # the kernels are in this session's cache already: quick
+    assert W._warm_marker().exists() and W.warm_in_background() is None
+    code = ("import sys, threading; from engine.umap_warm import warm_in_background; "
+            "before = 'umap.umap_' in sys.modules; proc = warm_in_background(); "
+            "[t.join(120) for t in threading.enumerate() if t.name == 'umap-preload']; "
+            "print(before, proc is None, 'umap.umap_' in sys.modules, 'umap.layouts' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(P.__file__).parents[1], timeout=180)
+    assert out.stdout.split() == ["False", "True", "True", "True"]  # imported in the background
+    monkeypatch.setattr(W, "_warm_marker", lambda: tmp_path / "missing.ok")
+    proc = W.warm_in_background()
     try:
         assert proc is not None and proc.poll() is None and "warm_kernels" in " ".join(proc.args)
+        ctx = Recorder()
+        ctx.cancel()
+        with pytest.raises(Cancelled):
+            umap_layout(ctx, np.zeros((10, 3), np.float32), np.arange(10), "u")
+        assert ctx.progresses[-1][2].startswith("UMAP: compiling")
     finally:
         proc.terminate()
         proc.wait(10)
+        W._warming = None
 
 
-def test_cell_knn_finds_the_exact_neighbours_of_most_points():
-    """The inverted-file search used above TORCH_KNN_UP_TO rows: every point first at 0, the
-    distances exact for the neighbours it returns, and >= 0.95 recall of the exact kNN on
-    clustered 96-d data."""
-    rng = np.random.default_rng(0)
-    centres = rng.normal(scale=4.0, size=(40, 96))
-    x = (centres[rng.integers(0, 40, 15_000)] + rng.normal(size=(15_000, 96))).astype(np.float32)
-    idx, dist = P._cell_knn(x, 15, np.random.RandomState(0))
-    want, want_dist = P._torch_knn(x, 15)
-    assert (idx[:, 0] == np.arange(len(x))).all() and (dist[:, 0] == 0).all()
-    exact = np.sqrt(((x[idx] - x[:, None, :]) ** 2).sum(-1))
-    np.testing.assert_allclose(dist, exact, rtol=1e-3, atol=1e-3)
-    assert (np.diff(dist, axis=1) >= -1e-4).all()  # nearest first
-    recall = np.mean([len(np.intersect1d(a, b)) / 15 for a, b in zip(idx, want, strict=True)])
-    assert recall >= 0.95
+def test_warm_marker_follows_the_kernel_source(monkeypatch, tmp_path):
+    """Editing engine/knn_kernel.py (numba then drops its cached kernel) changes the
+    marker's name."""
+    from engine import knn_kernel
+    before = W._warm_marker().name
+    copy = tmp_path / "knn_kernel.py"
+    copy.write_text(open(knn_kernel.__file__).read() + "\n")
+    monkeypatch.setattr(knn_kernel, "__file__", str(copy))
+    assert W._warm_marker().name != before
