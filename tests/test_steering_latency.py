@@ -2,7 +2,8 @@
 through several strengths, only the last strength's text remains and no stale text is
 drawn after the last move; and from a slider change to the first steered token on screen,
 and to all 20 new tokens on screen, against a plain Hugging Face ``generate`` of the same
-length in the same process (the figures go to benchmarks/RESULTS.md; run with ``-s``)."""
+length in the same process, and the first token against a bare forward hook's first
+token (the figures go to benchmarks/RESULTS.md; run with ``-s``)."""
 
 from __future__ import annotations
 
@@ -37,6 +38,26 @@ def _plain_generate_seconds(prompt: str) -> float:
                                       temperature=None, top_k=None, top_p=None)
     assert out.shape[1] - inputs["input_ids"].shape[1] == NEW_TOKENS
     return time.perf_counter() - t0
+
+
+def _hooked_first_token_seconds(prompt: str) -> float:
+    """Wall time to the first new token of a plain greedy ``generate`` steered by a bare
+    forward hook that adds a vector at HOOK: the issue's reference for the first token."""
+    adapter = cached_model("smollm2")
+    inputs = _prompt_inputs(adapter, prompt)
+    vector = torch.randn(adapter.hook_dims([HOOK])[HOOK], generator=torch.Generator().manual_seed(0))
+
+    def add(module, args, output):
+        return (output[0] + vector, *output[1:]) if isinstance(output, tuple) else output + vector
+    handle = adapter.hook_sites()[HOOK].module.register_forward_hook(add)
+    try:
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            adapter.module.generate(**inputs, max_new_tokens=1, do_sample=False, temperature=None, top_k=None,
+                                    top_p=None, pad_token_id=adapter.tokenizer.eos_token_id)
+        return time.perf_counter() - t0
+    finally:
+        handle.remove()
 
 
 def test_slider_to_steered_text_against_plain_generate(qtbot):
@@ -77,7 +98,7 @@ def test_slider_to_steered_text_against_plain_generate(qtbot):
         after = [tokens for at, tokens in drawn if at > last_move]
         assert after and all(final[:len(t)] == t for t in after)  # nothing stale drawn after the move
 
-        first, full, plain = [], [], []
+        first, full, plain, hooked = [], [], [], []
         for tick in (260, 300, 340, 280, 320):  # each slider step beside a plain generate: drift hits both
             marks.clear()
             drawn.clear()
@@ -89,11 +110,14 @@ def test_slider_to_steered_text_against_plain_generate(qtbot):
             full.append(marks["full"] - t0)
             assert bridge.wait_idle(60)
             plain.append(_plain_generate_seconds(NEUTRAL_PROMPTS[0]))
+            hooked.append(_hooked_first_token_seconds(NEUTRAL_PROMPTS[0]))
         assert len(gen.baseline.tokens) == NEW_TOKENS and len(gen.steered.tokens) == NEW_TOKENS
         ratio = statistics.median(full) / statistics.median(plain)
-        print(f"\nslider -> first steered token {statistics.median(first) * 1000:.0f} ms (median of 5), "
-              f"-> all {NEW_TOKENS} tokens {statistics.median(full) * 1000:.0f} ms; plain generate "
-              f"{statistics.median(plain) * 1000:.0f} ms (median of 5, interleaved); ratio {ratio:.2f}")
-        assert ratio <= 1.2
+        first_ratio = statistics.median(first) / statistics.median(hooked)
+        print(f"\nslider -> first steered token {statistics.median(first) * 1000:.0f} ms (median of 5); a bare "
+              f"forward hook's first token {statistics.median(hooked) * 1000:.0f} ms; ratio {first_ratio:.2f}\n"
+              f"slider -> all {NEW_TOKENS} tokens {statistics.median(full) * 1000:.0f} ms; plain generate "
+              f"{statistics.median(plain) * 1000:.0f} ms (medians of 5, interleaved); ratio {ratio:.2f}")
+        assert ratio <= 1.2 and first_ratio <= 1.5  # the issue: 1.05 and 0.15 s / 0.11 s = 1.36, quiet
     finally:
         bridge.shutdown()
