@@ -151,19 +151,13 @@ def _feature_pass(args: argparse.Namespace, sae, hook: str, sae_id: str):
 
 def _feature_stats_of_store(args: argparse.Namespace, sae, hook: str, sae_id: str):
     """feature-stats --store: one pass over the rows a capture stored."""
-    from engine.features import feature_stats
+    from engine.features import feature_stats, logit_model
     from engine.jobs import run_cli
-    from engine.store import ActivationStore
-    with ActivationStore.open(args.store) as store:
-        model_id = store.meta.model_id
     adapter = None
     if not args.no_logits:
-        from engine.errors import ModelError
-        from engine.models.registry import cached_model
-        try:
-            adapter = cached_model(args.model or model_id)
-        except ModelError as exc:
-            print(f"note: no logit effects ({exc})", file=sys.stderr)
+        adapter, note = logit_model(args.store, args.model)
+        if note:
+            print(note, file=sys.stderr)
     return run_cli(feature_stats, device=args.device, store_path=args.store, sae=sae, hook=hook,
                    sae_id=sae_id, batch_size=args.batch_size or 4096, top_n=args.top_n,
                    adapter=adapter)

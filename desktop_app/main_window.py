@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PySide6.QtCore import QByteArray, QSettings, Qt, QTimer, Slot
 from PySide6.QtGui import QAction, QCloseEvent, QKeySequence
@@ -34,6 +34,9 @@ from desktop_app.state import AppState
 from engine.errors import LatentLabError
 from engine.project import Layout
 from engine.workspace import DemoSpec, Stage, Workspace, build_demo
+
+if TYPE_CHECKING:
+    from desktop_app.sae_dialog import TrainRequest
 
 ViewFactory = Callable[[AppState], QWidget]
 MAX_RECENT = 8
@@ -101,6 +104,8 @@ class MainWindow(QMainWindow):
         view.addSeparator()
         self._action(view, "&Reset Layout", "Ctrl+Shift+L", lambda: self.restoreState(self._default_layout))
         jobs = self.menuBar().addMenu("&Jobs")
+        self._action(jobs, "&Capture Activations...", "Ctrl+Shift+C", self.capture_dialog)
+        self._action(jobs, "&Train SAE...", None, self.train_sae_dialog)
         self._action(jobs, "Cancel &All", "Ctrl+.", self.bridge.cancel_all)
         help_menu = self.menuBar().addMenu("&Help")
         self._action(help_menu, "&About LatentLab", None, self._about)
@@ -256,6 +261,26 @@ class MainWindow(QMainWindow):
         if path:
             self.open_store(path)
 
+    def capture_dialog(self, model: str | None = None) -> QDialog:
+        """Jobs > Capture Activations: the dialog (on ``model``, default the active one) whose
+        OK submits the capture; it stays usable while the hook points load."""
+        from desktop_app.capture_dialog import CaptureDialog
+        dialog = CaptureDialog(self.bridge, self.state, self, model=model)
+        dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        dialog.accepted.connect(lambda: self.start_capture(dialog.params()))
+        dialog.open()
+        return dialog
+
+    def start_capture(self, params: dict[str, Any]) -> int:
+        """Run ``engine.capture.capture(**params)`` as a job; the new store opens when it ends."""
+        from desktop_app.capture_dialog import capture_summary
+        from engine.capture import capture
+
+        def done(result) -> None:
+            self.jobs.write(capture_summary(result))
+            self.open_store(result.path)
+        return self.bridge.submit(f"Capture {Path(params['out']).name}", capture, on_result=done, **params)
+
     def _remember(self, path: Path) -> None:
         recent = [str(path)] + [p for p in self._recent() if p != str(path)]
         self.settings.setValue("recent", recent[:MAX_RECENT])
@@ -283,6 +308,40 @@ class MainWindow(QMainWindow):
 
     def _update_title(self, path: Path | None) -> None:
         self.setWindowTitle(f"{APP_NAME} - {path.name}" if path else APP_NAME)
+
+    # ------------------------------------------------------------------ SAE training
+    def train_sae_dialog(self) -> QDialog:
+        """Jobs > Train SAE...: the dialog checks its fields; OK starts the training."""
+        from desktop_app.sae_dialog import TrainSAEDialog
+        dialog = TrainSAEDialog(self.state, self)
+        dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        dialog.accepted.connect(lambda: self.start_training(dialog.accepted_request))
+        dialog.open()
+        return dialog
+
+    def start_training(self, request: TrainRequest) -> int:
+        """Train an SAE as a job; once trained it becomes the current SAE, its feature
+        statistics run when asked (then the browser lists its latents), and it is laid out."""
+        from desktop_app.sae_dialog import store_stats, train_sae
+        root = Path(self.state.workspace or request.store.parent)
+
+        def trained(result) -> None:
+            ws = Workspace(root=root, model=request.model, store=request.store, hook=request.hook,
+                           sae=Path(result.out), sae_id=request.sae_id)
+            for stage in ("store", "sae"):
+                self._on_workspace_partial(Stage(stage, ws))
+            if request.stats:
+                self.bridge.submit(f"Feature statistics of {ws.sae_id}", store_stats, on_partial=self.jobs.write,
+                                   on_result=lambda _: stats_ready(ws), store=ws.store, sae=ws.sae,
+                                   hook=ws.hook, sae_id=ws.sae_id)
+            self._request_projections(ws)
+
+        def stats_ready(ws: Workspace) -> None:
+            if self.state.sae == ws.sae:  # not replaced by another SAE meanwhile
+                self._on_workspace_partial(Stage("stats", ws))
+
+        return self.bridge.submit(f"Train SAE {request.out.name}", train_sae, on_result=trained,
+                                  **request.train_params())
 
     # ------------------------------------------------------------------ sessions
     def session(self) -> Session:

@@ -226,6 +226,21 @@ def feature_stats(ctx: JobContext, store_path: str | os.PathLike, sae: SparseAut
                               time.perf_counter() - t0, pass_seconds, cached)
 
 
+def logit_model(store_path: str | os.PathLike, model: str | None = None) -> tuple[ModelAdapter | None, str | None]:
+    """The model whose unembedding gives the logit effects of statistics over a store:
+    ``model``, else the one the store was captured from; (None, a note saying why) when it
+    does not load, since statistics without logit effects are still worth having."""
+    from engine.errors import ModelError
+    from engine.models.registry import cached_model
+    if model is None:
+        with ActivationStore.open(store_path) as store:
+            model = store.meta.model_id
+    try:
+        return cached_model(model), None
+    except ModelError as exc:
+        return None, f"note: no logit effects ({exc})"
+
+
 # ---------------------------------------------------------------- reading
 def load_feature_stats(store: ActivationStore, sae_id: str) -> FeatureStats:
     """The statistics ``feature_stats`` wrote for ``sae_id`` (open the store after writing)."""

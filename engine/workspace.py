@@ -244,14 +244,9 @@ def build_zoo(ctx: JobContext, ws: Workspace, seeds: tuple[int, ...] = (0, 1)) -
 
 
 def _demo_stats(ctx: JobContext, ws: Workspace) -> None:
-    from engine.errors import ModelError
-    from engine.features import feature_stats
-    from engine.models.registry import cached_model
+    from engine.features import feature_stats, logit_model
     from engine.sae.io import load_sae
-    try:
-        adapter = cached_model(ws.model) if ws.model else None
-    except ModelError:
-        adapter = None
+    adapter = logit_model(ws.store, ws.model)[0] if ws.model else None
     feature_stats(ctx, ws.store, load_sae(ws.sae), ws.hook, ws.sae_id, adapter=adapter)
 
 
