@@ -108,3 +108,39 @@ def small_workspace(tiny_llama, tmp_path_factory):
     from engine.workspace import build_demo
     root = tmp_path_factory.mktemp("workspace") / "small"
     return build_demo(JobContext(device=torch.device("cpu")), root, small_demo_spec(tiny_llama))
+
+
+def wait_until(qtbot, predicate, timeout: float = 60.0) -> None:
+    """Process Qt events until ``predicate()`` holds (``timeout`` seconds at most)."""
+    qtbot.waitUntil(predicate, timeout=int(timeout * 1000))
+
+
+@pytest.fixture
+def open_window(qtbot, tmp_path):
+    """A factory of real main windows (``views``: default every view, as ``main.py``) with
+    their own settings file; each is closed and its engine stopped afterwards."""
+    from PySide6.QtCore import QSettings
+
+    from desktop_app.app import make_window
+    from main import gui_views
+    opened = []
+
+    def open_(views=None, size: tuple[int, int] | None = (1400, 900)):
+        settings = QSettings(str(tmp_path / f"settings{len(opened)}.ini"), QSettings.Format.IniFormat)
+        win = make_window(gui_views() if views is None else views, device="cpu", settings=settings)
+        qtbot.addWidget(win)
+        if size is not None:
+            win.resize(*size)
+        win.show()
+        opened.append(win)
+        return win
+    yield open_
+    for win in opened:
+        win.bridge.shutdown()
+        win.close()
+
+
+@pytest.fixture
+def window(open_window):
+    """The real main window with every view."""
+    return open_window()

@@ -21,25 +21,9 @@ from desktop_app.state import ROWS, Selection
 from engine.capture import capture
 from engine.store import ActivationStore
 from main import gui_views
-from tests.conftest import small_demo_spec
+from tests.conftest import small_demo_spec, wait_until
 
 SHOTS = Path(__file__).parent / "screenshots"
-
-
-def wait_until(qtbot, predicate, timeout: float = 60.0) -> None:
-    qtbot.waitUntil(predicate, timeout=int(timeout * 1000))
-
-
-@pytest.fixture
-def window(qtbot, tmp_path):
-    settings = QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat)
-    win = make_window(gui_views(), device="cpu", settings=settings)
-    qtbot.addWidget(win)
-    win.resize(1400, 900)
-    win.show()
-    yield win
-    win.bridge.shutdown()
-    win.close()
 
 
 @pytest.fixture

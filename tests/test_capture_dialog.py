@@ -9,33 +9,24 @@ import threading
 from pathlib import Path
 
 import pytest
-from PySide6.QtCore import QSettings, Qt
+from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QDialogButtonBox
 
-from desktop_app.app import make_window
 from desktop_app.bridge import DONE
 from desktop_app.capture_dialog import LOADING, CaptureDialog
 from engine.capture import COSINE_ATTR
 from engine.store import ActivationStore
-from main import gui_views
+from tests.conftest import wait_until
 
 HOOK = "blocks.1.hook_resid_post"
 
 
-def wait_until(qtbot, predicate, timeout: float = 60.0) -> None:
-    qtbot.waitUntil(predicate, timeout=int(timeout * 1000))
-
-
 @pytest.fixture
-def window(qtbot, tmp_path):
-    settings = QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat)
-    win = make_window(gui_views(), device="cpu", settings=settings)
-    qtbot.addWidget(win)
+def window(open_window, tmp_path):
+    """The real window on an empty workspace folder."""
+    win = open_window(size=None)
     win.state.set_workspace(tmp_path / "ws")
-    win.show()
-    yield win
-    win.bridge.shutdown()
-    win.close()
+    return win
 
 
 @pytest.fixture

@@ -10,31 +10,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PySide6.QtCore import QSettings, Qt
+from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QDialogButtonBox
 
-from desktop_app.app import make_window
 from desktop_app.bridge import DONE, FAILED
 from desktop_app.sae_dialog import ARCHS, RESUME_TEXT, TrainSAEDialog
 from engine.features import load_feature_stats
 from engine.sae.io import load_sae
 from engine.store import ActivationStore, StoreMeta
-from main import gui_views
 from main import main as cli
+from tests.conftest import wait_until
 
 HOOK = "blocks.1.hook_resid_post"  # the small workspace's hook point (d_in 32, 3000 rows)
-
-
-def wait_until(qtbot, predicate, timeout: float = 60.0) -> None:
-    qtbot.waitUntil(predicate, timeout=int(timeout * 1000))
-
-
-def _window(qtbot, tmp_path, views):
-    settings = QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat)
-    win = make_window(views, device="cpu", settings=settings)
-    qtbot.addWidget(win)
-    win.show()
-    return win
 
 
 @pytest.fixture
@@ -44,28 +31,15 @@ def workspace(small_workspace, tmp_path) -> Path:
 
 
 @pytest.fixture
-def window(qtbot, tmp_path):
-    """The real window with its views (closed and its engine stopped afterwards)."""
-    win = _window(qtbot, tmp_path, gui_views())
-    win.resize(1400, 900)
-    yield win
-    win.bridge.shutdown()
-    win.close()
-
-
-@pytest.fixture
-def dialog(qtbot, tmp_path, small_workspace):
+def dialog(open_window, tmp_path, small_workspace):
     """The dialog over a bare window whose state points at a copy of the small workspace's store."""
-    win = _window(qtbot, tmp_path, [])
+    win = open_window([], size=None)
     (tmp_path / "ws" / "stores").mkdir(parents=True)
     with win.state.batch():
         win.state.set_workspace(tmp_path / "ws")
         win.state.set_store(shutil.copy(small_workspace.store, tmp_path / "ws" / "stores"))
         win.state.set_hook(small_workspace.hook)
-    dlg = win.train_sae_dialog()
-    yield dlg  # accepted, it deletes itself; the window closes it otherwise
-    win.bridge.shutdown()
-    win.close()
+    return win.train_sae_dialog()  # accepted, it deletes itself; the window closes it otherwise
 
 
 def _type(edit, text: str) -> None:
