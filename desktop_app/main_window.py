@@ -66,6 +66,8 @@ class MainWindow(QMainWindow):
                 self.tabifyDockWidget(self.docks[views[1][0]], self.docks[name])
         if len(views) > 2:
             self.docks[views[1][0]].raise_()
+        for name, _ in views[2:]:  # behind the second's tab from the start, not only once the
+            self.views[name].hide()  # layout settles: a view may wait to work until it is shown
         self.jobs = JobsPanel(bridge)
         self._add_dock("Jobs", self.jobs, Qt.DockWidgetArea.BottomDockWidgetArea)
         self._default_layout = self.saveState()
@@ -79,6 +81,9 @@ class MainWindow(QMainWindow):
         dock = QDockWidget(name, self)
         dock.setObjectName(f"dock-{name}")
         dock.setWidget(widget)
+        # A dock behind another tab stays "visible" to Qt (only its region is empty); hiding
+        # its view there lets a view put off work until it is on screen (its showEvent).
+        dock.visibilityChanged.connect(widget.setVisible)
         self.addDockWidget(area, dock)
         self.views[name] = widget
         self.docks[name] = dock

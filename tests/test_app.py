@@ -106,6 +106,17 @@ def _long_capture(window, tiny_llama, out: Path, tokens: int = 200_000) -> int:
                                 batch_size=4, ctx_len=64)
 
 
+def test_a_view_behind_a_tab_waits_until_its_tab_is_chosen(window, qtbot, small_workspace):
+    steering, jobs = window.views["Steering"], window.bridge.jobs
+    assert not steering.isVisible() and not window.views["Geometry"].isVisible()  # from the start
+    assert window.open_workspace(small_workspace.root)
+    wait_until(qtbot, lambda: window.state.stats and not window.bridge.busy())
+    assert "baseline continuation" not in {j.title for j in jobs.values()}  # no model loaded for it
+    window.docks["Steering"].raise_()
+    wait_until(qtbot, lambda: steering.isVisible() and not window.views["Features"].isVisible())
+    wait_until(qtbot, lambda: any(j.title == "baseline continuation" for j in jobs.values()))
+
+
 def test_cancel_a_running_job_from_the_jobs_panel(window, qtbot, tiny_llama, tmp_path):
     out = tmp_path / "long.h5"
     job_id = _long_capture(window, tiny_llama, out)
