@@ -370,7 +370,7 @@ def cmd_steer(args: argparse.Namespace) -> int:
     """Baseline and steered continuations of one prompt, side by side."""
     from engine.jobs import resolve_device, run_cli
     from engine.models.registry import cached_model
-    from engine.steering import compare_generation
+    from engine.steering import compare_generation, shift_text
     adapter = cached_model(args.model)
     adapter.to(resolve_device(args.device))
     from engine.steering_recipe import recipe_interventions
@@ -382,8 +382,8 @@ def cmd_steer(args: argparse.Namespace) -> int:
     print(f"steered:  {r.steered_text!r}")
     where = "never" if r.first_divergence < 0 else f"at new token {r.first_divergence}"
     print(f"diverges {where}; KL(steered || baseline) of the next token {r.kl:.4f}")
-    print("gained: " + ", ".join(f"{t.text!r} {t.delta:+.3f}" for t in r.gained[:5]))
-    print("lost:   " + ", ".join(f"{t.text!r} {t.delta:+.3f}" for t in r.lost[:5]))
+    print("gained: " + shift_text(r.gained[:5]))
+    print("lost:   " + shift_text(r.lost[:5]))
     return 0
 
 

@@ -15,6 +15,7 @@ from engine.hooks import check_hooks, replacing
 from engine.models.base import ModelAdapter
 from engine.sae.base import SparseAutoencoder
 
+MIN_SHIFT = 1e-6  # a next-token probability change below this is not listed as gained or lost
 
 # ---------------------------------------------------------------------- interventions
 @dataclass(frozen=True, eq=False)
@@ -245,6 +246,11 @@ def next_token_shift(adapter: ModelAdapter, steered_lp: torch.Tensor, base_lp: t
                           _shifts(adapter, delta, top, False))
 
 
+def shift_text(shifts: Sequence[TokenShift]) -> str:
+    """``'tok' +0.123, ...`` (or ``none``): tokens gained or lost, as the CLI and the view show them."""
+    return ", ".join(f"{t.text!r} {t.delta:+.3f}" for t in shifts) or "none"
+
+
 def first_divergence(a: Sequence[int], b: Sequence[int]) -> int:
     """First index where two token lists differ (a length difference counts); -1 if equal."""
     for i, (x, y) in enumerate(zip(a, b, strict=False)):
@@ -254,7 +260,11 @@ def first_divergence(a: Sequence[int], b: Sequence[int]) -> int:
 
 
 def _shifts(adapter: ModelAdapter, delta: torch.Tensor, top: int, largest: bool) -> list[TokenShift]:
+    """The ``top`` tokens whose probability rose (``largest``) or fell the most; only tokens
+    that moved by more than MIN_SHIFT, so an unchanged distribution lists none."""
     vals, ids = delta.topk(min(top, delta.numel()), largest=largest)
+    moved = vals > MIN_SHIFT if largest else vals < -MIN_SHIFT
+    vals, ids = vals[moved], ids[moved]
     texts = adapter.decode(ids.tolist())
     return [TokenShift(int(i), t, float(v)) for i, t, v in zip(ids.tolist(), texts, vals.tolist(), strict=True)]
 

@@ -18,6 +18,8 @@ from engine.steering import (
     concept_vector,
     first_divergence,
     latent_direction,
+    next_token_shift,
+    shift_text,
     splice_codes,
     steered,
 )
@@ -195,6 +197,20 @@ def test_compare_without_intervention(llama):
         r = compare_generation(ctx, llama, PROMPT, [], max_new_tokens=8, sample=sample)
         assert r.first_divergence == -1 and r.baseline_tokens == r.steered_tokens
         assert r.kl == pytest.approx(0, abs=1e-6) and r.baseline_text == r.steered_text
+        assert r.gained == [] and r.lost == [] and shift_text(r.gained) == "none"  # nothing moved
+
+
+def test_shifts_list_only_tokens_that_moved(llama):
+    base = torch.log_softmax(torch.randn(llama.module.config.vocab_size), 0)
+    steered = base.clone()
+    steered[[3, 7]] += torch.tensor([0.5, -0.5])  # one token up, one down, the rest unchanged
+    steered = torch.log_softmax(steered, 0)
+    shift = next_token_shift(llama, steered, base, top=10)
+    delta = steered.exp() - base.exp()
+    assert [t.token for t in shift.gained] == [3] and shift.gained[0].delta == pytest.approx(float(delta[3]))
+    assert 7 in [t.token for t in shift.lost] and all(t.delta < 0 for t in shift.lost)
+    assert len(shift.lost) == int((delta < -1e-6).sum().clamp(max=10))  # renormalising moved the rest down
+    assert shift_text(shift.gained).startswith(repr(shift.gained[0].text))
 
 
 def test_compare_is_deterministic_and_steers(llama, d_model):

@@ -40,7 +40,7 @@ from shiboken6 import isValid
 
 from desktop_app.state import AppState
 from engine.errors import LatentLabError
-from engine.steering import first_divergence
+from engine.steering import first_divergence, shift_text
 from engine.steering_recipe import (
     LATENT_MODES,
     OCEAN_TEXTS,
@@ -516,9 +516,8 @@ class GenerateTab(QWidget):
             return ""
         where = "identical to the baseline" if start < 0 else f"diverges at new token {start}"
         text = f"Steered text {where}; next-token KL(steered \u2016 baseline) {s.kl:.4f}."
-        if s.gained:
-            text += "\nGained: " + ", ".join(f"{t.text!r} {t.delta:+.3f}" for t in s.gained[:5])
-            text += "\nLost: " + ", ".join(f"{t.text!r} {t.delta:+.3f}" for t in s.lost[:5])
+        if s.gained or s.lost:
+            text += "\nGained: " + shift_text(s.gained[:5]) + "\nLost: " + shift_text(s.lost[:5])
         return text
 
     # ------------------------------------------------------------ export
