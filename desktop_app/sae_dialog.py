@@ -329,7 +329,7 @@ class TrainSAEDialog(QDialog):
             return
         n_train = training_rows(self.info.n_rows)
         steps = max(1, math.ceil(epochs * n_train / self.batch_box.value()))
-        self.steps_note.setText(f"{steps:,} optimiser steps over {n_train:,} training rows "
+        self.steps_note.setText(f"{steps:,} optimiser step{'s' if steps != 1 else ''} over {n_train:,} training rows "
                                 f"({self.info.n_rows - n_train:,} held out for the metrics)")
 
     def _update_out(self) -> None:
