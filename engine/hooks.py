@@ -113,3 +113,16 @@ def replacing(site: HookSite, fn: Callable[[torch.Tensor], torch.Tensor]) -> Ite
         yield
     finally:
         handle.remove()
+
+
+@contextmanager
+def checking(modules: Sequence[nn.Module], check: Callable[[], None]) -> Iterator[None]:
+    """During forward passes inside the block, ``check()`` runs after each of ``modules``
+    (a job's ``check_cancelled``): a cancellation point at every transformer block, so a
+    stale generation stops within a block rather than at the end of its next token."""
+    handles = [m.register_forward_hook(lambda module, args, output: check()) for m in modules]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()

@@ -142,6 +142,31 @@ def test_cancelling_stops_the_stream_at_the_next_token(small_workspace):
     assert len(seen) == 2
 
 
+def test_a_cancel_stops_the_generation_within_a_block(small_workspace):
+    """Cancelled while block 0 computes the third new token: no later block of that token runs."""
+    from engine.models.registry import cached_model
+    adapter = cached_model(small_workspace.model)
+    sites = adapter.hook_sites()
+    first, last = sites["blocks.0.hook_resid_post"].module, sites["blocks.2.hook_resid_post"].module
+    ctx, runs = _ctx(), {"first": 0, "last": 0}
+
+    def count(which):
+        def hook(module, args, output):
+            runs[which] += 1
+            if which == "first" and runs["first"] == 3:  # the prompt, new token 1, then token 2's pass
+                ctx.cancel()
+        return hook
+    handles = [first.register_forward_hook(count("first")), last.register_forward_hook(count("last"))]
+    try:
+        with pytest.raises(Cancelled):
+            generate_stream(ctx, adapter, PROMPT, which="baseline", max_new_tokens=30)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert runs == {"first": 3, "last": 2}  # the last block never ran in the cancelled pass
+    generate_stream(_ctx(), adapter, PROMPT, which="baseline", max_new_tokens=3)  # no hook left behind
+
+
 def test_neighbouring_clamps_are_one_splice_and_mean_ablation_uses_the_mean(small_workspace):
     """Two clamps of one SAE edit one code together (a TopK SAE re-encoding after the first
     edit could pick other latents); mean-ablation sets the code to the given mean."""
