@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from engine.errors import LatentLabError, StoreError
-from engine.hooks import check_hooks
+from engine.hooks import check_hooks, checking
 from engine.jobs import JobContext
 from engine.models.base import ModelAdapter
 from engine.models.registry import cached_model
@@ -256,10 +256,12 @@ def _capture_into(ctx: JobContext, adapter: ModelAdapter, store: ActivationStore
     label_names = store.label_names
     total = quota or 0
     pending: list[Unit] = []
+    blocks = adapter.blocks()
 
     def flush() -> None:
         batch = adapter.make_batch([u.item for u in pending])
-        acts, tokens, sample, position, labels = _rows_of(adapter, batch, pending, hooks)
+        with checking(blocks, ctx.check_cancelled):  # a cancel stops the batch after the running block
+            acts, tokens, sample, position, labels = _rows_of(adapter, batch, pending, hooks)
         rows = {h: acts[h].to("cpu", torch.float32).numpy().astype(np_dtype, copy=False)
                 for h in store.hooks}
         lab = {n: np.array([d.get(n, -1) for d in labels], np.int32) for n in label_names}

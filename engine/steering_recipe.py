@@ -4,7 +4,6 @@ view's sliders drive (one token at a time, cancellable between tokens)."""
 
 from __future__ import annotations
 
-import re
 import weakref
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -190,12 +189,6 @@ class _TokenStream:
         pass
 
 
-def _blocks(adapter: ModelAdapter) -> list[torch.nn.Module]:
-    """The model's transformer blocks (the modules whose outputs are ``blocks.N.hook_resid_post``)."""
-    return [site.module for name, site in adapter.hook_sites().items()
-            if site.where == "output" and re.fullmatch(r"blocks\.\d+\.hook_resid_post", name)]
-
-
 def _ready_model(model: str | ModelAdapter, device: torch.device) -> ModelAdapter:
     adapter = cached_model(model) if isinstance(model, str) else model
     if adapter.tokenizer is None:
@@ -219,7 +212,7 @@ def generate_stream(ctx: JobContext, model: str | ModelAdapter, prompt: str,
     inputs = _prompt_inputs(adapter, prompt)
     stream = _TokenStream(ctx, adapter, which, max_new_tokens)
     torch.manual_seed(seed)
-    with steered(adapter, interventions), checking(_blocks(adapter), ctx.check_cancelled), torch.inference_mode():
+    with steered(adapter, interventions), checking(adapter.blocks(), ctx.check_cancelled), torch.inference_mode():
         out = adapter.module.generate(**inputs, **generation_options(adapter, max_new_tokens, sample, temperature),
                                       streamer=stream, output_logits=True, return_dict_in_generate=True)
     result = Generation(which, stream.tokens, stream.texts, True)

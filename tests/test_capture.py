@@ -71,6 +71,38 @@ def test_cancel_then_resume_equals_uninterrupted(tiny_llama, tmp_path):
     _assert_same_store(whole, part)
 
 
+def test_a_cancel_stops_the_running_batch_after_its_block(tiny_llama, tmp_path):
+    """Cancelled while block 0 runs the second batch: block 1 never runs for it, only the first
+    batch is committed, and a resume then equals an uninterrupted capture."""
+    model = load_model(str(tiny_llama))
+    assert len(model.blocks()) == 3
+    ctx, runs = JobContext(device=torch.device("cpu")), {0: 0, 1: 0}
+
+    def count(i):
+        def hook(module, *_):
+            runs[i] += 1
+            if i == 0 and runs[0] == 3:  # the hook-width probe, batch 1, then batch 2
+                ctx.cancel()
+        return hook
+    first, second = model.blocks()[:2]
+    handles = [first.register_forward_hook(count(0)), second.register_forward_pre_hook(count(1))]
+    part = tmp_path / "part.h5"
+    try:
+        with pytest.raises(Cancelled):
+            capture(ctx, model=model, out=part, source="demo", hooks=HOOKS, max_tokens=3000,
+                    batch_size=4, ctx_len=64)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert runs == {0: 3, 1: 2}  # block 1 (where the capture's last hook is) never started batch 2
+    with ActivationStore.open(part) as store:
+        assert 0 < store.n_rows <= 4 * 64  # the first batch of four windows only
+    whole = tmp_path / "whole.h5"
+    run_capture(model, whole)
+    run_capture(model, part, resume=True)
+    _assert_same_store(whole, part)
+
+
 def test_resume_extends_mid_window(tiny_llama, tmp_path):
     model = load_model(str(tiny_llama))
     run_capture(model, tmp_path / "a.h5", max_tokens=1000)  # 1000 is not a window boundary

@@ -4,6 +4,7 @@ inputs, a forward pass that returns activations as rows, and decoding where ther
 from __future__ import annotations
 
 import hashlib
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -15,6 +16,8 @@ from torch import nn
 
 from engine.errors import ModelError
 from engine.hooks import HookSite, StopForward, check_hooks, recording
+
+_BLOCK_OUTPUT = re.compile(r"blocks\.\d+\.hook_resid_post")
 
 
 @dataclass
@@ -123,6 +126,12 @@ class ModelAdapter(ABC):
 
     def hook_points(self) -> list[str]:
         return list(self.hook_sites())
+
+    def blocks(self) -> list[nn.Module]:
+        """The transformer blocks (the modules whose outputs are ``blocks.N.hook_resid_post``;
+        none for models without them): where long forward passes can be interrupted."""
+        return [site.module for name, site in self.hook_sites().items()
+                if site.where == "output" and _BLOCK_OUTPUT.fullmatch(name)]
 
     def hook_dims(self, names: Sequence[str]) -> dict[str, int]:
         """Row width of each hook point, found once per adapter (as ``weight_hash``) by a
