@@ -11,7 +11,9 @@ same reason Python's cyclic garbage collector must not run on the engine thread 
 destroy Qt wrappers there): while a bridge lives, automatic collection is off and a GUI-thread
 timer collects by the same thresholds (as pyqtgraph's GarbageCollector does). A full
 collection walks every object (hundreds of milliseconds once torch and a model are loaded)
-while holding the GIL, so it waits while a job runs, up to MAX_GC_DEFER seconds.
+while holding the GIL, so it waits while a job runs or the user drags (a mouse button held
+at this timer tick or the last one: a lasso keeps its rate, and the view answering its
+release is not held up), up to MAX_GC_DEFER seconds.
 
 Jobs follow the engine's protocol (``fn(ctx, **params)``). A job submitted with a ``key``
 replaces any queued or running job of the same key (a stale request is cancelled and its
@@ -31,7 +33,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from PySide6.QtCore import QObject, QSocketNotifier, QThread, QTimer, Signal, Slot
+from PySide6.QtCore import QObject, QSocketNotifier, Qt, QThread, QTimer, Signal, Slot
+from PySide6.QtGui import QGuiApplication
 
 from engine.errors import LatentLabError
 from engine.jobs import Cancelled, JobContext, resolve_device
@@ -152,6 +155,7 @@ class EngineBridge(QObject):
         self._gc_timer.setInterval(500)
         self._gc_timer.timeout.connect(self._collect_garbage)
         self._full_gc_due: float | None = None  # when a deferred full collection fell due
+        self._button_held = False  # a mouse button was down at the last timer tick
         self._gc_timer.start()
         self._worker.start()
 
@@ -215,10 +219,13 @@ class EngineBridge(QObject):
 
     def _collect_garbage(self) -> None:
         """On the GUI thread: collect the generation whose allocation threshold was passed;
-        a full collection only while no job runs (or once it has waited MAX_GC_DEFER s)."""
+        a full collection only while no job runs and no drag goes on (or once it has waited
+        MAX_GC_DEFER s)."""
         counts, thresholds = gc.get_count(), gc.get_threshold()
         generation = max((g for g in range(3) if counts[g] > thresholds[g]), default=None)
-        if generation == 2 and any(b.busy() for b in list(EngineBridge._running)):  # any engine
+        held = QGuiApplication.mouseButtons() != Qt.MouseButton.NoButton
+        dragging, self._button_held = held or self._button_held, held
+        if generation == 2 and (dragging or any(b.busy() for b in list(EngineBridge._running))):  # any engine
             now = time.perf_counter()
             self._full_gc_due = self._full_gc_due or now
             if now - self._full_gc_due < MAX_GC_DEFER:

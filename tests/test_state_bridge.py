@@ -208,3 +208,45 @@ def test_full_collections_wait_until_the_engine_is_idle(qapp, qtbot):
         gc.callbacks.remove(watch)
         gc.set_threshold(*thresholds)
         bridge.shutdown()
+
+
+def test_full_collections_wait_while_a_mouse_button_is_held(qapp, qtbot):
+    """A lasso drag allocates a lot; a full collection in the middle of it would stall the
+    brush for 100+ ms, so it waits until the button has been up for a timer tick."""
+    import gc
+
+    from PySide6.QtCore import QPoint, Qt
+    from PySide6.QtTest import QTest
+    from PySide6.QtWidgets import QWidget
+    thresholds = gc.get_threshold()
+    bridge = EngineBridge("cpu")
+    widget = QWidget()
+    qtbot.addWidget(widget)
+    widget.resize(200, 200)
+    widget.show()
+    qtbot.waitExposed(widget)
+    seen: list[tuple[int, float]] = []  # (generation, when) of each collection
+
+    def watch(phase, info):
+        if phase == "start":
+            seen.append((info["generation"], time.perf_counter()))
+    gc.callbacks.append(watch)
+    try:
+        gc.set_threshold(100, 2, 2)
+        QTest.mousePress(widget, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, QPoint(50, 50))
+        junk = []
+
+        def full_collection_due() -> bool:
+            junk.extend([i] for i in range(200))
+            return gc.get_count()[2] > gc.get_threshold()[2]
+        qtbot.waitUntil(full_collection_due, timeout=30_000)
+        qtbot.wait(1200)  # timer ticks with a full collection due while the button is held
+        assert any(g < 2 for g, _ in seen) and not [g for g, _ in seen if g == 2]
+        QTest.mouseRelease(widget, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, QPoint(50, 50))
+        released = time.perf_counter()
+        qtbot.waitUntil(lambda: any(g == 2 for g, _ in seen), timeout=5000)
+        assert min(t for g, t in seen if g == 2) - released >= 0.4  # a tick's grace after the release
+    finally:
+        gc.callbacks.remove(watch)
+        gc.set_threshold(*thresholds)
+        bridge.shutdown()
