@@ -114,6 +114,7 @@ class ScatterView(ColourModes, QWidget):
         self._layout: Layout | None = None
         self._finite = np.empty(0, np.int64)  # indices of points with finite coordinates
         self._xy = np.empty((0, 2), np.float32)  # their coordinates, as drawn
+        self._all_finite, self._dense = True, False  # see update_coordinates
         self._scheme = colour.uniform(0)
         self._sel = np.zeros(0, bool)
         self._mode, self._pinned = "position", False
@@ -335,6 +336,12 @@ class ScatterView(ColourModes, QWidget):
             np.asarray(self._layout.xy, np.float32).reshape(-1, 2)
         self._finite = np.flatnonzero(np.isfinite(xy).all(1))
         self._xy = np.ascontiguousarray(xy[self._finite])
+        ids = np.empty(0, np.int64) if self._layout is None else np.asarray(self._layout.ids)
+        self._all_finite = len(self._finite) == len(xy)
+        # every point drawn and the ids 0..n-1 in order (a store's rows, an SAE's latents): a
+        # point mask is then a selection mask as it stands, with no gathers per brush move
+        self._dense = (self._all_finite and len(ids) == len(xy) > 0 and ids[0] == 0
+                       and bool((np.diff(ids) == 1).all()))
         self._tree, self._hover = None, -1
         self.plot.set_points(self._xy, _marker_size(len(self._xy)))
         if not keep_view:
@@ -358,7 +365,7 @@ class ScatterView(ColourModes, QWidget):
     def update_colors(self) -> None:
         """Push the scheme's colours (selected points emphasised, others dimmed)."""
         codes, palette = self._drawn()
-        self.plot.set_colors(codes[self._finite], palette)
+        self.plot.set_colors(codes if self._all_finite else codes[self._finite], palette)
         self.legend.set_legend(self._scheme.legend)
 
     def update_selection(self) -> None:
@@ -370,6 +377,9 @@ class ScatterView(ColourModes, QWidget):
         sel = self.state.selection
         if self._layout is None or sel.kind != self._kind() or not len(sel):
             return np.zeros(0 if self._layout is None else len(self._layout.ids), bool)
+        n = len(self._layout.ids)
+        if self._dense and sel.mask is not None and len(sel.mask) >= n:
+            return sel.mask[:n]
         return ids_mask(self._layout.ids, sel.ids, sel.mask)
 
     def _drawn(self) -> tuple[np.ndarray, np.ndarray]:
@@ -428,13 +438,16 @@ class ScatterView(ColourModes, QWidget):
         if self._layout is None:
             return
         inside = points_in_polygon(self._xy, polygon_xy)
-        ids = np.asarray(self._layout.ids)[self._finite[inside]]
-        mask = None
-        top = int(self._layout.ids.max()) if len(self._layout.ids) else -1
-        if 0 <= top < 4 * len(self._layout.ids) + 1024 and (not len(ids) or ids.min() >= 0):
-            mask = np.zeros(top + 1, bool)
-            mask[ids] = True
-            ids = np.flatnonzero(mask)  # sorted unique, so Selection need not sort
+        if self._dense:  # the points are the ids 0..n-1: the point mask is the selection mask
+            mask, ids = inside, np.flatnonzero(inside)
+        else:
+            ids = np.asarray(self._layout.ids)[self._finite[inside]]
+            mask = None
+            top = int(self._layout.ids.max()) if len(self._layout.ids) else -1
+            if 0 <= top < 4 * len(self._layout.ids) + 1024 and (not len(ids) or ids.min() >= 0):
+                mask = np.zeros(top + 1, bool)
+                mask[ids] = True
+                ids = np.flatnonzero(mask)  # sorted unique, so Selection need not sort
         suffix = " (dragging)" if live else ""
         selection = Selection(self._kind(), ids, how=f"{how} in scatter ({self._name()}){suffix}", mask=mask,
                               live=live)
