@@ -18,19 +18,18 @@ from PySide6.QtWidgets import (
     QDialogButtonBox,
     QFileDialog,
     QFormLayout,
-    QHBoxLayout,
     QLabel,
     QLineEdit,
     QListWidget,
     QListWidgetItem,
     QMenu,
     QPushButton,
-    QSpinBox,
     QVBoxLayout,
     QWidget,
 )
 from shiboken6 import isValid
 
+from desktop_app._form import ERROR_STYLE, field_row, spin
 from desktop_app.bridge import CANCELLED, EngineBridge
 from desktop_app.state import AppState
 from engine.capture import COSINE_ATTR, CaptureResult
@@ -46,7 +45,6 @@ DIGIT_SPLITS = ("train", "test", "all")
 STORED_DTYPES = ("float16", "float32")
 STORE_SUFFIXES = (".h5", ".hdf5")
 LOADING = "loading hook points\u2026"
-ERROR_STYLE = "color: #b00020;"
 
 
 def hook_points(ctx: JobContext, model: str) -> list[str]:
@@ -123,30 +121,12 @@ def capture_summary(result: CaptureResult) -> str:
                           f"min {c['min']:.5f}" for hook, c in sorted(cosines.items()))
 
 
-def _spin(lo: int, hi: int, value: int, step: int = 1) -> QSpinBox:
-    box = QSpinBox()
-    box.setRange(lo, hi)
-    box.setValue(value)
-    box.setSingleStep(step)
-    box.setGroupSeparatorShown(True)
-    return box
-
-
 def _combo(items: list[str] | tuple[str, ...], editable: bool = False) -> QComboBox:
     box = QComboBox()
     box.addItems(list(items))
     box.setEditable(editable)
     box.setInsertPolicy(QComboBox.InsertPolicy.NoInsert)
     return box
-
-
-def _row(*widgets: QWidget) -> QWidget:
-    holder = QWidget()
-    row = QHBoxLayout(holder)
-    row.setContentsMargins(0, 0, 0, 0)
-    for i, w in enumerate(widgets):
-        row.addWidget(w, 1 if i == 0 else 0)
-    return holder
 
 
 class CaptureDialog(QDialog):
@@ -187,10 +167,10 @@ class CaptureDialog(QDialog):
         self.hooks.setMinimumHeight(220)
         self.hooks.itemChanged.connect(self._on_hook_ticked)
         self.hooks_status = QLabel()
-        self.max_tokens = _spin(0, 2**31 - 1, 0, 1000)
+        self.max_tokens = spin(0, 2**31 - 1, 0, 1000)
         self.max_tokens.setSpecialValueText("all (the whole source)")
-        self.ctx_len = _spin(2, 32768, 128, 16)
-        self.batch_size = _spin(1, 4096, 8)
+        self.ctx_len = spin(2, 32768, 128, 16)
+        self.batch_size = spin(1, 4096, 8)
         self.dtype = _combo(STORED_DTYPES)
         self.out = QLineEdit()
         self.out.textEdited.connect(lambda text: setattr(self, "_out_auto", not text))
@@ -204,14 +184,14 @@ class CaptureDialog(QDialog):
 
     def _lay_out(self) -> None:
         form = QFormLayout()
-        form.addRow("Model", _row(self.model, self._button("Browse\u2026", self._browse_model)))
+        form.addRow("Model", field_row(self.model, self._button("Browse\u2026", self._browse_model)))
         form.addRow("Model precision", self.model_dtype)
         source_browse = self._button("Browse\u2026", None)
         menu = QMenu(source_browse)
         menu.addAction("Text file (.txt, .jsonl)\u2026", self._browse_source_file)
         menu.addAction("Folder of text files\u2026", self._browse_source_folder)
         source_browse.setMenu(menu)
-        form.addRow("Source", _row(self.source, source_browse))
+        form.addRow("Source", field_row(self.source, source_browse))
         hooks = QWidget()
         column = QVBoxLayout(hooks)
         column.setContentsMargins(0, 0, 0, 0)
@@ -222,7 +202,7 @@ class CaptureDialog(QDialog):
         form.addRow("Context length", self.ctx_len)
         form.addRow("Batch size", self.batch_size)
         form.addRow("Stored precision", self.dtype)
-        form.addRow("Output file", _row(self.out, self._button("Browse\u2026", self._browse_out)))
+        form.addRow("Output file", field_row(self.out, self._button("Browse\u2026", self._browse_out)))
         form.addRow("", self.resume)
         buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel)
         buttons.button(QDialogButtonBox.StandardButton.Ok).setText("Capture")

@@ -22,14 +22,13 @@ from PySide6.QtWidgets import (
     QDialogButtonBox,
     QFileDialog,
     QFormLayout,
-    QHBoxLayout,
     QLabel,
     QLineEdit,
     QPushButton,
-    QSpinBox,
     QWidget,
 )
 
+from desktop_app._form import ERROR_STYLE, field_row, spin
 from engine.errors import LatentLabError
 from engine.features import FeatureStatsResult, feature_stats, logit_model
 from engine.jobs import JobContext
@@ -137,14 +136,6 @@ def _number(widget: QLineEdit, name: str) -> float:
     return value
 
 
-def _spin(lo: int, hi: int, value: int) -> QSpinBox:
-    box = QSpinBox()
-    box.setRange(lo, hi)
-    box.setValue(value)
-    box.setGroupSeparatorShown(True)
-    return box
-
-
 def _note() -> QLabel:
     """A muted line under a field saying what its value amounts to."""
     label = QLabel()
@@ -156,15 +147,6 @@ def _say(label: QLabel, text: str, width: int = 600) -> None:
     """One line in ``label``, elided to ``width`` pixels (the whole text as its tooltip)."""
     label.setText(label.fontMetrics().elidedText(text, Qt.TextElideMode.ElideMiddle, width))
     label.setToolTip(text)
-
-
-def _with_button(edit: QLineEdit, button: QPushButton) -> QWidget:
-    row = QWidget()
-    layout = QHBoxLayout(row)
-    layout.setContentsMargins(0, 0, 0, 0)
-    layout.addWidget(edit, 1)
-    layout.addWidget(button)
-    return row
 
 
 class TrainSAEDialog(QDialog):
@@ -203,17 +185,17 @@ class TrainSAEDialog(QDialog):
             self.arch_box.addItem(f"{arch}  ({ARCH_NOTES[arch]})", arch)
         self.arch_box.setCurrentIndex(ARCHS.index("topk"))
         self.arch_box.currentIndexChanged.connect(self._on_arch_changed)
-        self.k_box = _spin(1, 1_000_000, _TRAIN["k"])
+        self.k_box = spin(1, 1_000_000, _TRAIN["k"])
         self.l1_edit, self.l0_edit = QLineEdit(f"{_SAE['l1_coeff']:g}"), QLineEdit(f"{_SAE['l0_coeff']:g}")
-        self.expansion_box = _spin(1, 1024, _TRAIN["expansion"])
+        self.expansion_box = spin(1, 1024, _TRAIN["expansion"])
         self.expansion_box.valueChanged.connect(self._update_width)
         self.width_note = _note()
-        self.batch_box = _spin(1, 1 << 22, _TRAIN["batch_size"])
+        self.batch_box = spin(1, 1 << 22, _TRAIN["batch_size"])
         self.epochs_edit, self.lr_edit = QLineEdit(f"{_TRAIN['epochs']:g}"), QLineEdit(f"{_TRAIN['lr']:g}")
         self.steps_note = _note()
         self.batch_box.valueChanged.connect(self._update_steps)
         self.epochs_edit.textChanged.connect(self._update_steps)
-        self.seed_box = _spin(0, 2**31 - 1, _TRAIN["seed"])
+        self.seed_box = spin(0, 2**31 - 1, _TRAIN["seed"])
         self.out_edit = QLineEdit()
         self.out_edit.textEdited.connect(self._mark_out_edited)
         self.out_button = QPushButton("Browse...")
@@ -224,7 +206,7 @@ class TrainSAEDialog(QDialog):
         self.message = QLabel()
         self.message.setObjectName("train-sae-message")
         self.message.setWordWrap(True)
-        self.message.setStyleSheet("color: #b00020;")
+        self.message.setStyleSheet(ERROR_STYLE)
         self.message.hide()
         self.buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel)
         self.buttons.button(QDialogButtonBox.StandardButton.Ok).setText("Train")
@@ -234,7 +216,7 @@ class TrainSAEDialog(QDialog):
 
     def _lay_out(self) -> None:
         form = self.form = QFormLayout(self)
-        form.addRow("Store", _with_button(self.store_edit, self.store_button))
+        form.addRow("Store", field_row(self.store_edit, self.store_button))
         form.addRow("Hook point", self.hook_box)
         form.addRow("", self.store_note)
         form.addRow("Architecture", self.arch_box)
@@ -248,7 +230,7 @@ class TrainSAEDialog(QDialog):
         form.addRow("", self.steps_note)
         form.addRow("Learning rate", self.lr_edit)
         form.addRow("Seed", self.seed_box)
-        form.addRow("Output folder", _with_button(self.out_edit, self.out_button))
+        form.addRow("Output folder", field_row(self.out_edit, self.out_button))
         form.addRow("", self.resume_check)
         form.addRow("", self.stats_check)
         form.addRow(self.message)
