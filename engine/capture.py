@@ -256,12 +256,10 @@ def _capture_into(ctx: JobContext, adapter: ModelAdapter, store: ActivationStore
     label_names = store.label_names
     total = quota or 0
     pending: list[Unit] = []
-    blocks = adapter.blocks()
 
     def flush() -> None:
         batch = adapter.make_batch([u.item for u in pending])
-        with checking(blocks, ctx.check_cancelled):  # a cancel stops the batch after the running block
-            acts, tokens, sample, position, labels = _rows_of(adapter, batch, pending, hooks)
+        acts, tokens, sample, position, labels = _rows_of(adapter, batch, pending, hooks)
         rows = {h: acts[h].to("cpu", torch.float32).numpy().astype(np_dtype, copy=False)
                 for h in store.hooks}
         lab = {n: np.array([d.get(n, -1) for d in labels], np.int32) for n in label_names}
@@ -275,18 +273,19 @@ def _capture_into(ctx: JobContext, adapter: ModelAdapter, store: ActivationStore
         ctx.progress(done, max(total, done), f"{store.path.name}")
         pending.clear()
 
-    for unit, text, image in plan:
-        if text is not None:
-            store.put_documents(unit.sample, [text])
-        if image is not None:
-            store.put_images(unit.sample, np.asarray(image, np.float32)[None])
-        pending.append(unit)
-        if len(pending) == batch_size:
+    with checking(adapter.blocks(), ctx.check_cancelled):  # a cancel stops a batch after its running block
+        for unit, text, image in plan:
+            if text is not None:
+                store.put_documents(unit.sample, [text])
+            if image is not None:
+                store.put_images(unit.sample, np.asarray(image, np.float32)[None])
+            pending.append(unit)
+            if len(pending) == batch_size:
+                ctx.check_cancelled()
+                flush()
+        if pending:
             ctx.check_cancelled()
             flush()
-    if pending:
-        ctx.check_cancelled()
-        flush()
 
 
 def shard_path(out: Path, rank: int, world: int) -> Path:
