@@ -162,50 +162,46 @@ def rowless(llama, tmp_path_factory):
     return root / "rows.h5", root / "codes.h5", folder
 
 
-def test_views_read_stored_codes_exactly_as_encoding_gives(rowless):
-    """On a store with rows and codes, the stored codes answer what encoding answers."""
-    rows_store, _, folder = rowless
+def _answers_from_codes_match_encoding(store_path, rows_store, folder):
+    """What the views ask of ``store_path``'s stored codes (a latent's values, the latents of
+    a selection, shaded contexts) equals encoding ``rows_store``'s rows; returns the stats
+    and the most frequent latent for further checks."""
     ctx = JobContext(device=CPU)
-    with ActivationStore.open(rows_store) as store:
+    with ActivationStore.open(store_path) as store:
         stats = load_feature_stats(store, "s")
     latent = int(np.argmax(stats.count))
     encoded = latent_values(ctx, rows_store, HOOK, folder, [latent, 3])
-    np.testing.assert_array_equal(latent_values(ctx, rows_store, HOOK, folder, [latent, 3], stats_id="s"),
+    np.testing.assert_array_equal(latent_values(ctx, store_path, HOOK, folder, [latent, 3], stats_id="s"),
                                   encoded)
     picked = np.flatnonzero(encoded[:, 0] > 0)[:30]
-    a = latents_on_rows(ctx, rows_store, HOOK, folder, picked, n=20, stats_id="s")
+    a = latents_on_rows(ctx, store_path, HOOK, folder, picked, n=20, stats_id="s")
     b = latents_on_rows(ctx, rows_store, HOOK, folder, picked, n=20)
     np.testing.assert_array_equal(a.latents, b.latents)
     np.testing.assert_allclose(a.mean_on_rows, b.mean_on_rows, rtol=1e-6)
     np.testing.assert_array_equal(a.frac_on_rows, b.frac_on_rows)
-    args = (ctx, rows_store, HOOK, folder, latent, stats.top_rows[latent], stats.top_values[latent])
-    stored, fresh = shaded_contexts(*args, stats_id="s")[1], shaded_contexts(*args)[1]
+    assert a.latents[0] == latent or a.frac_on_rows[0] == 1.0
+    top = (latent, stats.top_rows[latent], stats.top_values[latent])
+    stored = shaded_contexts(ctx, store_path, HOOK, folder, *top, stats_id="s")[1]
+    fresh = shaded_contexts(ctx, rows_store, HOOK, folder, *top)[1]
     assert len(stored) == len(fresh) > 1
     for c, d in zip(stored, fresh, strict=True):
         np.testing.assert_array_equal(c.values, d.values)
+    return stats, latent
+
+
+def test_views_read_stored_codes_exactly_as_encoding_gives(rowless):
+    """On a store with rows and codes, the stored codes answer what encoding answers."""
+    rows_store, _, folder = rowless
+    _answers_from_codes_match_encoding(rows_store, rows_store, folder)
 
 
 def test_a_store_without_rows_answers_from_its_codes(rowless):
     rows_store, codes_store, folder = rowless
-    ctx = JobContext(device=CPU)
     with ActivationStore.open(codes_store) as store:
         assert store.hooks == ()
-        stats = load_feature_stats(store, "s")
-    latent = int(np.argmax(stats.count))
-    want = latent_values(ctx, rows_store, HOOK, folder, [latent, 3])  # encoded from the rows
-    np.testing.assert_array_equal(latent_values(ctx, codes_store, HOOK, folder, [latent, 3], stats_id="s"),
-                                  want)
-    picked = np.flatnonzero(want[:, 0] > 0)[:30]
-    a = latents_on_rows(ctx, codes_store, HOOK, folder, picked, n=20, stats_id="s")
-    b = latents_on_rows(ctx, rows_store, HOOK, folder, picked, n=20)
-    np.testing.assert_array_equal(a.latents, b.latents)
-    assert a.latents[0] == latent or a.frac_on_rows[0] == 1.0
-    args = (ctx, codes_store, HOOK, folder, latent, stats.top_rows[latent], stats.top_values[latent])
-    shaded = shaded_contexts(*args, stats_id="s")[1]
-    fresh = shaded_contexts(ctx, rows_store, HOOK, folder, latent, stats.top_rows[latent],
-                            stats.top_values[latent])[1]
-    for c, d in zip(shaded, fresh, strict=True):
-        np.testing.assert_array_equal(c.values, d.values)
+    stats, latent = _answers_from_codes_match_encoding(codes_store, rows_store, folder)
+    args = (JobContext(device=CPU), codes_store, HOOK, folder, latent, stats.top_rows[latent],
+            stats.top_values[latent])
     assert all(c.values is None for c in shaded_contexts(*args)[1])  # nothing to shade with
 
 
