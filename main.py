@@ -51,7 +51,7 @@ def _print_cosines(path: str) -> None:
     """The cosine to float32 a reduced-precision capture recorded, one line per hook point."""
     from engine.store import ActivationStore
     with ActivationStore.open(path) as store:
-        model_dtype, cosines = store.meta.model_dtype, json.loads(store.attrs.get("float32_cosine", "{}"))
+        model_dtype, cosines = store.meta.model_dtype, store.float32_cosine
     for hook, c in sorted(cosines.items()):
         print(f"{model_dtype} model, {hook}: cosine to float32 on the first batch "
               f"mean {c['mean']:.6f}, min {c['min']:.6f} ({c['rows']} rows)")

@@ -18,7 +18,6 @@ medians and of each side's best run (the least disturbed on a shared machine).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -69,7 +68,7 @@ def timed_capture(model, source, hook: str, out: Path, args) -> tuple[float, dic
     seconds = time.perf_counter() - start
     from engine.store import ActivationStore
     with ActivationStore.open(out) as store:
-        return seconds, json.loads(store.attrs.get("float32_cosine", "{}"))
+        return seconds, store.float32_cosine
 
 
 def run_precision(name: str, args, source, batches, hook: str, tmp: Path) -> dict[str, float]:

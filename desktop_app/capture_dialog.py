@@ -5,7 +5,6 @@ OK, and the window submits ``engine.capture.capture`` with ``CaptureDialog.param
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,7 @@ from shiboken6 import isValid
 from desktop_app._form import ERROR_STYLE, field_row, spin
 from desktop_app.bridge import CANCELLED, EngineBridge
 from desktop_app.state import AppState
-from engine.capture import COSINE_ATTR, CaptureResult
+from engine.capture import CaptureResult
 from engine.errors import LatentLabError
 from engine.jobs import JobContext
 from engine.models.base import MODEL_DTYPES
@@ -114,7 +113,7 @@ def capture_summary(result: CaptureResult) -> str:
     text = f"captured {result.added:,} rows into {result.path} ({result.rows:,} in the store, {result.seconds:.1f} s)"
     try:
         with ActivationStore.open(result.path) as store:
-            model_dtype, cosines = store.meta.model_dtype, json.loads(store.attrs.get(COSINE_ATTR, "{}"))
+            model_dtype, cosines = store.meta.model_dtype, store.float32_cosine
     except (LatentLabError, ValueError):
         return text
     return text + "".join(f"; {model_dtype} model at {hook}: cosine to float32 mean {c['mean']:.5f}, "

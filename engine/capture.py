@@ -21,7 +21,7 @@ from engine.models.base import ModelAdapter
 from engine.models.registry import cached_model
 from engine.shards import join_shards
 from engine.sources import Source, load_source
-from engine.store import ActivationStore, StoreMeta
+from engine.store import COSINE_ATTR, ActivationStore, StoreMeta
 
 
 class CaptureResult(NamedTuple):
@@ -196,9 +196,6 @@ def capture(ctx: JobContext, model: str | ModelAdapter, source: str | Source, ho
         run_capture(ctx, plan, store, list(plan.meta.hooks), batch_size, max_tokens, rank, world,
                     reference=reference)
         return CaptureResult(str(out), store.n_rows, store.n_rows - start, time.perf_counter() - t0)
-
-
-COSINE_ATTR = "float32_cosine"  # root attribute: JSON {hook: {"mean", "min", "rows"}}
 
 
 def float32_reference(ctx: JobContext, adapter: ModelAdapter) -> ModelAdapter:

@@ -39,6 +39,8 @@ _COMMITTED = "n_committed"  # dataset mirroring the root attribute of that name
 _STR = h5py.string_dtype("utf-8")
 
 
+COSINE_ATTR = "float32_cosine"  # root attribute: JSON {hook: {"mean", "min", "rows"}}
+
 @dataclass(frozen=True)
 class StoreMeta:
     """Identity of a capture: which model, weights, source and hook points made the rows."""
@@ -314,13 +316,19 @@ class ActivationStore:
         self._n = n
         return self._n
 
+    @property
+    def float32_cosine(self) -> dict[str, dict[str, float]]:
+        """Per hook, the mean/min/rows of the per-row cosine to the float32 model's rows on
+        the first batch, as a reduced-precision capture recorded it ({} for float32)."""
+        return json.loads(self._f.attrs.get(COSINE_ATTR, "{}") or "{}")
+
     def summary(self) -> dict[str, Any]:
         """A JSON-able description: identity, rows, widths and datasets (with the model's
         precision and, below float32, its first batch's cosine to float32 per hook)."""
-        cosine = json.loads(self._f.attrs.get("float32_cosine", "{}") or "{}")
+        cosine = self.float32_cosine
         return {"path": str(self.path), "format_version": int(self._f.attrs["format_version"]),
                 "model_id": self.meta.model_id, "model_hash": self.meta.model_hash,
-                "model_dtype": self.meta.model_dtype, **({"float32_cosine": cosine} if cosine else {}),
+                "model_dtype": self.meta.model_dtype, **({COSINE_ATTR: cosine} if cosine else {}),
                 "source_id": self.meta.source_id, "hooks": list(self.hooks),
                 "dims": dict(self.meta.dims), "dtype": self.meta.dtype, "rows": self._n,
                 "documents": self.n_documents, "labels": self.label_names,

@@ -14,8 +14,7 @@ from PySide6.QtWidgets import QDialogButtonBox
 
 from desktop_app.bridge import DONE
 from desktop_app.capture_dialog import LOADING, CaptureDialog
-from engine.capture import COSINE_ATTR
-from engine.store import ActivationStore
+from engine.store import COSINE_ATTR, ActivationStore
 from tests.conftest import wait_until
 
 HOOK = "blocks.1.hook_resid_post"
