@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypeVar
 
 import torch
 from torch import nn
@@ -21,6 +21,22 @@ class HookSite:
 
     module: nn.Module
     where: Literal["input", "output"] = "output"
+
+
+Hook = TypeVar("Hook", bound=Callable)
+
+
+def reads_only(fn: Hook) -> Hook:
+    """Mark a hook as one that never changes the values it sees (recording, cancellation
+    checks), so the blocks it is attached to still compute what the bare model does
+    (engine.prompt_prefix replays such blocks)."""
+    fn.reads_only = True
+    return fn
+
+
+def is_read_only(fn: Callable) -> bool:
+    """Whether ``fn`` was marked with ``reads_only``."""
+    return bool(getattr(fn, "reads_only", False))
 
 
 class StopForward(Exception):
@@ -63,10 +79,12 @@ def recording(sites: Mapping[str, HookSite], stop_early: bool = True) -> Iterato
                 raise StopForward()
 
         if where == "input":
+            @reads_only
             def pre_hook(module, args, kwargs):
                 save(args[0] if args else next(iter(kwargs.values())))
             return pre_hook
 
+        @reads_only
         def hook(module, args, output):
             save(output)
         return hook
@@ -120,7 +138,10 @@ def checking(modules: Sequence[nn.Module], check: Callable[[], None]) -> Iterato
     """During forward passes inside the block, ``check()`` runs after each of ``modules``
     (a job's ``check_cancelled``): a cancellation point at every transformer block, so a
     stale generation stops within a block rather than at the end of its next token."""
-    handles = [m.register_forward_hook(lambda module, args, output: check()) for m in modules]
+    @reads_only
+    def after(module: nn.Module, args: tuple, output: object) -> None:
+        check()
+    handles = [m.register_forward_hook(after) for m in modules]
     try:
         yield
     finally:

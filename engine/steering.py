@@ -11,8 +11,9 @@ from typing import Any, Literal, NamedTuple
 
 import torch
 
-from engine.hooks import check_hooks, replacing
+from engine.hooks import check_hooks, reads_only, replacing
 from engine.models.base import ModelAdapter
+from engine.prompt_prefix import reusing_prompt
 from engine.sae.base import SparseAutoencoder
 
 MIN_SHIFT = 1e-6  # a next-token probability change below this is not listed as gained or lost
@@ -90,6 +91,7 @@ class _Offset:
     def __init__(self) -> None:
         self.value = 0
 
+    @reads_only
     def pre_hook(self, module: Any, args: tuple, kwargs: dict) -> None:
         past = kwargs.get("past_key_values", kwargs.get("cache"))
         cache_pos, pos_ids = kwargs.get("cache_position"), kwargs.get("position_ids")
@@ -212,9 +214,10 @@ def generation_options(adapter: ModelAdapter, max_new_tokens: int, sample: bool,
 
 def _generate(adapter: ModelAdapter, inputs: dict[str, torch.Tensor], max_new_tokens: int,
               seed: int, sample: bool, temperature: float) -> list[int]:
-    """New token ids from HF ``generate``, seeded for sampling."""
+    """New token ids from HF ``generate``, seeded for sampling; the prompt's blocks before
+    the first steered one are replayed from an earlier run of it (engine.prompt_prefix)."""
     torch.manual_seed(seed)
-    with torch.inference_mode():
+    with reusing_prompt(adapter, inputs["input_ids"]), torch.inference_mode():
         out = adapter.module.generate(**inputs, **generation_options(adapter, max_new_tokens, sample,
                                                                      temperature))
     return out[0, inputs["input_ids"].shape[1]:].tolist()

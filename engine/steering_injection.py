@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 import torch
 
 from engine.errors import LatentLabError
-from engine.hooks import check_hooks
+from engine.hooks import check_hooks, reads_only
 from engine.jobs import JobContext
 from engine.models.base import ModelAdapter
 from engine.steering import AddDirection, _generate, _prompt_inputs, steered
@@ -166,7 +166,7 @@ def _inputs(adapter: ModelAdapter, question: str, preamble: str) -> tuple[dict[s
 def cancellable(adapter: ModelAdapter, ctx: JobContext) -> Iterator[None]:
     """Check ``ctx`` for cancellation before every forward pass of ``adapter`` in the block
     (each generated token), so a long generation stops within one token."""
-    handle = adapter.module.register_forward_pre_hook(lambda module, args: ctx.check_cancelled())
+    handle = adapter.module.register_forward_pre_hook(reads_only(lambda module, args: ctx.check_cancelled()))
     try:
         yield
     finally:

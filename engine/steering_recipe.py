@@ -18,6 +18,7 @@ from engine.jobs import JobContext
 from engine.lru import LockedLRU
 from engine.models.base import ModelAdapter
 from engine.models.registry import cached_model
+from engine.prompt_prefix import reusing_prompt
 from engine.steering import (
     AddDirection,
     ClampLatents,
@@ -212,7 +213,8 @@ def generate_stream(ctx: JobContext, model: str | ModelAdapter, prompt: str,
     inputs = _prompt_inputs(adapter, prompt)
     stream = _TokenStream(ctx, adapter, which, max_new_tokens)
     torch.manual_seed(seed)
-    with steered(adapter, interventions), checking(adapter.blocks(), ctx.check_cancelled), torch.inference_mode():
+    with steered(adapter, interventions), checking(adapter.blocks(), ctx.check_cancelled), \
+            reusing_prompt(adapter, inputs["input_ids"]), torch.inference_mode():
         out = adapter.module.generate(**inputs, **generation_options(adapter, max_new_tokens, sample, temperature),
                                       streamer=stream, output_logits=True, return_dict_in_generate=True)
     result = Generation(which, stream.tokens, stream.texts, True)

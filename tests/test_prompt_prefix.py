@@ -1,0 +1,138 @@
+"""Replaying a prompt's untouched leading blocks (engine.prompt_prefix) on the tiny llama:
+which blocks a hook leaves untouched, a replayed generation equal bit for bit to a full
+one, the replayed blocks really skipped, and a cancelled prefill leaving the model as it was."""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+
+import pytest
+import torch
+
+from engine.hooks import checking, reads_only, recording, replacing
+from engine.jobs import Cancelled, JobContext
+from engine.models.registry import cached_model
+from engine.prompt_prefix import reusing_prompt, untouched_blocks
+from engine.steering import AddDirection, _generate, _prompt_inputs, generation_options, steered
+from engine.steering_recipe import generate_stream
+
+PROMPTS = ("the ocean and the sea", "a quiet office on monday morning")
+
+
+@pytest.fixture()
+def adapter(tiny_llama):
+    return cached_model(str(tiny_llama))
+
+
+def _direction(adapter, hook: str) -> torch.Tensor:
+    width = adapter.hook_dims([hook])[hook]
+    return torch.randn(width, generator=torch.Generator().manual_seed(3)) * 4
+
+
+def _full(adapter, prompt: str, hook: str, n: int):
+    """A steered generation with no replay at all: ids and per-step logits."""
+    inputs = _prompt_inputs(adapter, prompt)
+    with steered(adapter, [AddDirection(hook, _direction(adapter, hook))]), torch.inference_mode():
+        out = adapter.module.generate(**inputs, **generation_options(adapter, n, False, 1.0),
+                                      output_logits=True, return_dict_in_generate=True)
+    return out.sequences, out.logits
+
+
+def _replayed(adapter, prompt: str, hook: str, n: int):
+    inputs = _prompt_inputs(adapter, prompt)
+    with steered(adapter, [AddDirection(hook, _direction(adapter, hook))]), \
+            reusing_prompt(adapter, inputs["input_ids"]), torch.inference_mode():
+        out = adapter.module.generate(**inputs, **generation_options(adapter, n, False, 1.0),
+                                      output_logits=True, return_dict_in_generate=True)
+    return out.sequences, out.logits
+
+
+def _untouched(adapter, hooks: list[str]) -> int:
+    """untouched_blocks while values are replaced at ``hooks`` and read at every site."""
+    sites = adapter.hook_sites()
+    with ExitStack() as stack:
+        for hook in hooks:
+            stack.enter_context(replacing(sites[hook], lambda x: x))
+        stack.enter_context(recording(sites, stop_early=False))
+        stack.enter_context(checking(adapter.blocks(), lambda: None))
+        return untouched_blocks(adapter)
+
+
+def test_untouched_blocks_follow_the_hooks_that_change_values(adapter):
+    n = len(adapter.blocks())
+    assert n == 3
+    assert _untouched(adapter, []) == n
+    assert _untouched(adapter, ["embed"]) == 0
+    assert _untouched(adapter, ["blocks.0.hook_resid_post"]) == 1
+    assert _untouched(adapter, ["blocks.1.hook_resid_post"]) == 2
+    assert _untouched(adapter, ["blocks.1.hook_mlp_out"]) == 1  # inside block 1
+    assert _untouched(adapter, ["blocks.2.attn.hook_z"]) == 2
+    assert _untouched(adapter, ["blocks.2.hook_resid_post", "blocks.0.hook_mlp_out"]) == 0
+    handle = adapter.module.model.embed_tokens.register_forward_hook(lambda m, a, out: out * 2)
+    try:  # a hook outside the blocks, before them
+        assert untouched_blocks(adapter) == 0
+    finally:
+        handle.remove()
+
+
+def test_a_bare_hook_under_generate_is_never_replayed_over(adapter):
+    """A hook attached without ``steered`` (as a user's script would) still keeps the
+    blocks after it from being replayed, or recorded as if untouched."""
+    prompt, hook = PROMPTS[1], "blocks.0.hook_resid_post"
+    inputs = _prompt_inputs(adapter, prompt)
+    plain = _generate(adapter, inputs, 6, 0, False, 1.0)
+    vector = _direction(adapter, hook)
+    handle = adapter.blocks()[0].register_forward_hook(lambda m, a, out: out + vector)
+    try:
+        hooked = _generate(adapter, inputs, 6, 0, False, 1.0)
+    finally:
+        handle.remove()
+    assert hooked != plain
+    assert _generate(adapter, inputs, 6, 0, False, 1.0) == plain
+
+
+@pytest.mark.parametrize("hook", ["blocks.0.hook_resid_post", "blocks.1.hook_resid_post",
+                                  "blocks.1.hook_mlp_out", "blocks.2.hook_resid_post"])
+def test_a_replayed_prompt_generates_exactly_what_a_full_run_does(adapter, hook):
+    for prompt in PROMPTS:
+        _generate(adapter, _prompt_inputs(adapter, prompt), 4, 0, False, 1.0)  # records every block
+    for prompt in PROMPTS:
+        ids, logits = _full(adapter, prompt, hook, 8)
+        for _ in range(2):  # recorded by the baseline, then by the steered run itself
+            again, again_logits = _replayed(adapter, prompt, hook, 8)
+            assert torch.equal(again, ids)
+            assert all(torch.equal(a, b) for a, b in zip(again_logits, logits, strict=True))
+
+
+def test_replayed_blocks_do_not_run_over_the_prompt(adapter):
+    prompt, hook, n = "blocks replayed from the record", "blocks.1.hook_resid_post", 5
+    calls = [0, 0, 0]
+    handles = [block.self_attn.register_forward_hook(reads_only(lambda *a, b=b: calls.__setitem__(b, calls[b] + 1)))
+               for b, block in enumerate(adapter.blocks())]
+    try:
+        _replayed(adapter, prompt, hook, n)  # first time: nothing recorded, everything runs
+        assert calls == [n, n, n]
+        calls[:] = [0, 0, 0]
+        _replayed(adapter, prompt, hook, n)  # blocks 0 and 1 only for the n - 1 new tokens
+        assert calls == [n - 1, n - 1, n]
+        calls[:] = [0, 0, 0]
+        _replayed(adapter, prompt, "blocks.2.hook_resid_post", n)  # block 2 recorded now
+        _replayed(adapter, prompt, "blocks.2.hook_resid_post", n)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert calls == [2 * (n - 1), 2 * (n - 1), n + n - 1]
+
+
+def test_a_cancelled_prefill_leaves_the_model_as_it_was(adapter):
+    prompt, hook = PROMPTS[0], "blocks.2.hook_resid_post"
+    _generate(adapter, _prompt_inputs(adapter, prompt), 3, 0, False, 1.0)
+    ids, _ = _full(adapter, prompt, hook, 6)
+    ctx = JobContext(device=torch.device("cpu"))
+    ctx.cancel()
+    item = {"kind": "concept", "hook": hook, "strength": 2.0, "positive": ["the sea"], "negative": ["an office"]}
+    with pytest.raises(Cancelled):
+        generate_stream(ctx, adapter, prompt, recipe=[item], max_new_tokens=6)
+    assert all("forward" not in vars(block) for block in adapter.blocks())
+    again, _ = _replayed(adapter, prompt, hook, 6)
+    assert torch.equal(again, ids)
