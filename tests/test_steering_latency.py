@@ -145,7 +145,10 @@ def test_slider_to_steered_text_against_plain_generate(qtbot):
               f"slider moved mid-generation -> first token of the new value {statistics.median(moved) * 1000:.0f} "
               f"ms (median of 5; {', '.join(f'{m * 1000:.0f}' for m in moved)})")
         moved_ratio = statistics.median(moved) / statistics.median(hooked)
-        assert ratio <= 1.2 and first_ratio <= 1.5  # the issue: 1.05 and 0.15 s / 0.11 s = 1.36, quiet
-        assert moved_ratio <= 1.5  # the stale run stops within a block, not at its next token
+        assert ratio <= 1.2  # the issue: 1.05 on a quiet machine; this margin is for a loaded one
+        # the blocks before the steered one replay the prompt (engine.prompt_prefix), so the
+        # first token comes sooner than the bare hook's (0.72-0.81x measured)
+        assert first_ratio <= 1.1
+        assert moved_ratio <= 1.2  # the stale run stops within a block, not at its next token
     finally:
         bridge.shutdown()
