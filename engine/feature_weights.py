@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from engine.cache import cache_root
 from engine.jobs import JobContext
 from engine.models.base import ModelAdapter, weight_fingerprint
 from engine.sae.base import SparseAutoencoder
@@ -152,7 +153,6 @@ class WeightTables(NamedTuple):
 def tables_cache_dir() -> Path:
     """Where weight-only tables are cached: <LatentLab's cache>/feature-tables (the cache is
     $LATENTLAB_CACHE, else the platform's user cache dir)."""
-    from engine.models.smollm2 import cache_root  # not at import: it pulls in transformers
     return cache_root() / "feature-tables"
 
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from engine.cache import cache_root
 from engine.jobs import JobContext
 
 
@@ -29,7 +30,6 @@ def configure_numba_cache() -> Path:
     set) so umap's compiled functions survive the process; call before importing umap."""
     if os.environ.get("NUMBA_CACHE_DIR"):
         return Path(os.environ["NUMBA_CACHE_DIR"])
-    from engine.models.smollm2 import cache_root
     folder = cache_root() / "numba"
     folder.mkdir(parents=True, exist_ok=True)
     os.environ["NUMBA_CACHE_DIR"] = str(folder)

@@ -16,6 +16,29 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def _session_cache() -> Path:
+    """Give this test session (and the CLIs it runs) its own LatentLab cache folder, so the
+    feature tables tests write never land in the user's cache, nor stale ones get read
+    from it. What is slow to make and never depends on a test (the converted SmolLM2,
+    numba's compiled kernels) is linked from the user's cache."""
+    import atexit
+    import shutil
+    import tempfile
+
+    from engine.cache import cache_root
+    user = cache_root()
+    session = Path(tempfile.mkdtemp(prefix="latentlab-test-cache-"))
+    atexit.register(shutil.rmtree, session, True)
+    for entry in user.glob("*") if user.is_dir() else ():
+        if entry.is_dir() and entry.name != "feature-tables" and ".tmp" not in entry.name:
+            (session / entry.name).symlink_to(entry, target_is_directory=True)
+    os.environ["LATENTLAB_CACHE"] = str(session)
+    return session
+
+
+SESSION_CACHE = _session_cache()
+
+
 def _train_tokenizer(kind: str):
     """A byte-level BPE tokenizer (vocab ~400) trained on the demo corpus; ``kind`` picks
     its special-token template: llama adds <s>, bert wraps in [CLS] ... [SEP], gpt2 none."""

@@ -8,20 +8,12 @@ import os
 import shutil
 from pathlib import Path
 
+from engine.cache import cache_root
 from engine.errors import ModelError
 from engine.models.hf import HFCausalLM
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MODEL_ID = "smollm2"
-
-
-def cache_root() -> Path:
-    """LatentLab's cache folder: $LATENTLAB_CACHE, else the platform's user cache dir."""
-    env = os.environ.get("LATENTLAB_CACHE")
-    if env:
-        return Path(env)
-    from platformdirs import user_cache_dir
-    return Path(user_cache_dir("latentlab"))
 
 
 def gguf_path() -> Path:
