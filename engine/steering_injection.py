@@ -8,8 +8,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -17,7 +16,7 @@ from typing import Any, NamedTuple
 import torch
 
 from engine.errors import LatentLabError
-from engine.hooks import check_hooks, reads_only
+from engine.hooks import check_hooks, checking
 from engine.jobs import JobContext
 from engine.models.base import ModelAdapter
 from engine.steering import AddDirection, _generate, _prompt_inputs, steered
@@ -162,17 +161,6 @@ def _inputs(adapter: ModelAdapter, question: str, preamble: str) -> tuple[dict[s
     return x, min(head, x["input_ids"].shape[1] - 1)
 
 
-@contextmanager
-def cancellable(adapter: ModelAdapter, ctx: JobContext) -> Iterator[None]:
-    """Check ``ctx`` for cancellation before every forward pass of ``adapter`` in the block
-    (each generated token), so a long generation stops within one token."""
-    handle = adapter.module.register_forward_pre_hook(reads_only(lambda module, args: ctx.check_cancelled()))
-    try:
-        yield
-    finally:
-        handle.remove()
-
-
 # ---------------------------------------------------------------------- the job
 def _check(adapter: ModelAdapter, hook: str, direction: torch.Tensor, strengths: Sequence[float],
            concept_words: Sequence[str], questions: Sequence[str]) -> None:
@@ -211,7 +199,7 @@ def inject_concept(ctx: JobContext, adapter: ModelAdapter, hook: str, direction:
             iv = AddDirection(hook, vec, alpha, tuple(range(start, end)) if from_question else None)
             for k in range(samples):
                 ctx.check_cancelled()
-                with steered(adapter, [iv]), cancellable(adapter, ctx):
+                with steered(adapter, [iv]), checking(adapter.blocks(), ctx.check_cancelled):
                     new = _generate(adapter, x, max_new_tokens, seed + k, sample, temperature)
                 answer = adapter.tokenizer.decode(new, skip_special_tokens=True).strip()
                 found = concept_matches(answer, words)
