@@ -41,7 +41,6 @@ class _Prefix:
     blocks: list[_Block]
 
 
-_CACHE_KWARGS = ("past_key_values", "cache", "past_key_value")  # its name across transformers versions
 _prefixes = LockedLRU(PREFIX_ENTRIES)  # (module id, device, dtype, prompt ids) -> _Prefix
 
 
@@ -100,15 +99,16 @@ def _key(adapter: ModelAdapter, ids: torch.Tensor) -> tuple:
             tuple(ids[0].tolist()))
 
 
-def _cache_of(kwargs: dict) -> Any:
-    """The KV cache a block was handed, when it is a plain DynamicCache (whose ``update``
-    per layer is all a block does to it); None otherwise."""
-    cache = next((kwargs[k] for k in _CACHE_KWARGS if kwargs.get(k) is not None), None)
+def _cache_of(args: tuple, kwargs: dict) -> Any:
+    """The KV cache a module was handed, under whatever name (``past_key_values``, ``cache``,
+    ``layer_past``) or position, when it is a plain DynamicCache, whose ``update`` per layer
+    is all a block does to it; None otherwise."""
     try:
-        from transformers import DynamicCache
+        from transformers.cache_utils import Cache, DynamicCache
     except ImportError:  # pragma: no cover - HF models only generate with transformers
         return None
-    return cache if type(cache) is DynamicCache else None
+    found = next((v for v in (*kwargs.values(), *args) if isinstance(v, Cache)), None)
+    return found if type(found) is DynamicCache else None
 
 
 def _nbytes(value: Any) -> int:
@@ -148,7 +148,7 @@ class _Prefill:
             return
         self._armed = False
         ids = kwargs.get("input_ids", args[0] if args else None)
-        past = next((kwargs[k] for k in _CACHE_KWARGS if kwargs.get(k) is not None), None)
+        past = _cache_of(args, kwargs)
         if ids is None or ids.shape[-1] != self.n_prompt or (past is not None and past.get_seq_length() != 0):
             return
         for block, done in zip(self.blocks, self.replay, strict=False):
@@ -169,7 +169,7 @@ class _Prefill:
         own = block.forward
 
         def replayed(*args: Any, **kwargs: Any) -> Any:
-            cache = _cache_of(kwargs)
+            cache = _cache_of(args, kwargs)
             if cache is None:  # not a cache this module knows how to fill: run the block
                 return own(*args, **kwargs)
             for layer_idx, key, value in done.updates:
@@ -180,7 +180,7 @@ class _Prefill:
 
     def _record(self, b: int, block: nn.Module) -> None:
         def before(module: nn.Module, args: tuple, kwargs: dict) -> None:
-            cache = _cache_of(kwargs)
+            cache = _cache_of(args, kwargs)
             if cache is None:
                 return
             if self._wrapped is not cache:

@@ -29,20 +29,22 @@ def _direction(adapter, hook: str) -> torch.Tensor:
     return torch.randn(width, generator=torch.Generator().manual_seed(3)) * 4
 
 
-def _full(adapter, prompt: str, hook: str, n: int):
+def _full(adapter, prompt: str, hook: str, n: int, sample: bool = False):
     """A steered generation with no replay at all: ids and per-step logits."""
     inputs = _prompt_inputs(adapter, prompt)
+    torch.manual_seed(5)
     with steered(adapter, [AddDirection(hook, _direction(adapter, hook))]), torch.inference_mode():
-        out = adapter.module.generate(**inputs, **generation_options(adapter, n, False, 1.0),
+        out = adapter.module.generate(**inputs, **generation_options(adapter, n, sample, 1.0),
                                       output_logits=True, return_dict_in_generate=True)
     return out.sequences, out.logits
 
 
-def _replayed(adapter, prompt: str, hook: str, n: int):
+def _replayed(adapter, prompt: str, hook: str, n: int, sample: bool = False):
     inputs = _prompt_inputs(adapter, prompt)
+    torch.manual_seed(5)
     with steered(adapter, [AddDirection(hook, _direction(adapter, hook))]), \
             reusing_prompt(adapter, inputs["input_ids"]), torch.inference_mode():
-        out = adapter.module.generate(**inputs, **generation_options(adapter, n, False, 1.0),
+        out = adapter.module.generate(**inputs, **generation_options(adapter, n, sample, 1.0),
                                       output_logits=True, return_dict_in_generate=True)
     return out.sequences, out.logits
 
@@ -97,11 +99,35 @@ def test_a_replayed_prompt_generates_exactly_what_a_full_run_does(adapter, hook)
     for prompt in PROMPTS:
         _generate(adapter, _prompt_inputs(adapter, prompt), 4, 0, False, 1.0)  # records every block
     for prompt in PROMPTS:
-        ids, logits = _full(adapter, prompt, hook, 8)
-        for _ in range(2):  # recorded by the baseline, then by the steered run itself
-            again, again_logits = _replayed(adapter, prompt, hook, 8)
-            assert torch.equal(again, ids)
-            assert all(torch.equal(a, b) for a, b in zip(again_logits, logits, strict=True))
+        for sample in (False, True):
+            ids, logits = _full(adapter, prompt, hook, 8, sample)
+            for _ in range(2):  # recorded by the baseline, then by the steered run itself
+                again, again_logits = _replayed(adapter, prompt, hook, 8, sample)
+                assert torch.equal(again, ids)
+                assert all(torch.equal(a, b) for a, b in zip(again_logits, logits, strict=True))
+
+
+@pytest.mark.parametrize("family", ["gpt2", "gpt_neox"])
+def test_other_families_replay_exactly_too(tiny_models, family):
+    """GPT-2 and GPT-NeoX blocks (other attention code, other cache calls) replay as llama's do."""
+    adapter = cached_model(str(tiny_models[family]))
+    hook = "blocks.1.hook_resid_post"
+    sites = adapter.hook_sites()
+    inner = [sites[f"blocks.{b}.hook_mlp_out"].module for b in range(len(adapter.blocks()))]
+    calls = [0] * len(inner)
+    handles = [m.register_forward_hook(reads_only(lambda *a, b=b: calls.__setitem__(b, calls[b] + 1)))
+               for b, m in enumerate(inner)]
+    try:
+        ids, logits = _full(adapter, PROMPTS[0], hook, 6)
+        _replayed(adapter, PROMPTS[0], hook, 6)  # records blocks 0 and 1
+        calls[:] = [0] * len(calls)
+        again, again_logits = _replayed(adapter, PROMPTS[0], hook, 6)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert torch.equal(again, ids)
+    assert all(torch.equal(a, b) for a, b in zip(again_logits, logits, strict=True))
+    assert calls == [5, 5, 6]  # blocks 0 and 1 ran for the 5 new tokens only, block 2 for all 6 steps
 
 
 def test_replayed_blocks_do_not_run_over_the_prompt(adapter):
