@@ -24,7 +24,7 @@ from engine.lru import LockedLRU
 from engine.models.base import ModelAdapter
 
 PREFIX_ENTRIES = 4  # prompts kept (a slider session moves over one prompt)
-PREFIX_BYTES = 64 * 2**20  # a prompt whose recorded blocks would take more is not kept
+PREFIX_BYTES = 128 * 2**20  # a prompt whose recorded blocks would take more is neither recorded nor kept
 
 
 @dataclass
@@ -220,15 +220,18 @@ def reusing_prompt(adapter: ModelAdapter, input_ids: torch.Tensor) -> Iterator[N
     """Around one ``generate`` of the prompt ``input_ids`` (batch 1) with whatever hooks
     (steering) are attached: its prefill replays the blocks those hooks leave untouched from
     an earlier run of the prompt, and records the ones not seen yet for the next run."""
-    blocks = _layout(adapter).blocks
-    upto = untouched_blocks(adapter) if blocks and input_ids.shape[0] == 1 else 0
+    layout = _layout(adapter)
+    upto = untouched_blocks(adapter) if layout.blocks and input_ids.shape[0] == 1 else 0
+    width = getattr(getattr(adapter.module, "config", None), "hidden_size", None)
+    if width:  # an output and at most as wide a key and value, per token and block
+        upto = min(upto, PREFIX_BYTES // (3 * width * layout.params[0].element_size() * input_ids.shape[-1]))
     if upto == 0:
         yield
         return
     key = _key(adapter, input_ids)
     found = _prefixes.get(key)
     have = found.blocks if found is not None and found.module() is adapter.module else []
-    prefill = _Prefill(blocks, have[:upto], upto, input_ids.shape[-1])
+    prefill = _Prefill(layout.blocks, have[:upto], upto, input_ids.shape[-1])
     handles = [adapter.module.register_forward_pre_hook(prefill.pre_forward, with_kwargs=True),
                adapter.module.register_forward_hook(prefill.post_forward)]
     try:

@@ -162,3 +162,24 @@ def test_a_cancelled_prefill_leaves_the_model_as_it_was(adapter):
     assert all("forward" not in vars(block) for block in adapter.blocks())
     again, _ = _replayed(adapter, prompt, hook, 6)
     assert torch.equal(again, ids)
+
+
+def test_a_long_prompt_replays_only_the_blocks_the_memory_budget_holds(adapter, monkeypatch):
+    import engine.prompt_prefix as prefix
+    prompt, hook, n = "a long prompt " * 6, "blocks.2.hook_resid_post", 4
+    width = adapter.module.config.hidden_size
+    n_prompt = _prompt_inputs(adapter, prompt)["input_ids"].shape[1]
+    monkeypatch.setattr(prefix, "PREFIX_BYTES", 3 * width * 4 * n_prompt + 1)  # one block's worth
+    calls = [0, 0, 0]
+    handles = [block.self_attn.register_forward_hook(reads_only(lambda *a, b=b: calls.__setitem__(b, calls[b] + 1)))
+               for b, block in enumerate(adapter.blocks())]
+    try:
+        ids, _ = _full(adapter, prompt, hook, n)
+        _replayed(adapter, prompt, hook, n)
+        calls[:] = [0, 0, 0]
+        again, _ = _replayed(adapter, prompt, hook, n)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert torch.equal(again, ids)
+    assert calls == [n - 1, n, n]
