@@ -41,7 +41,7 @@ class _Prefix:
     blocks: list[_Block]
 
 
-_prefixes = LockedLRU(PREFIX_ENTRIES)  # (module id, device, dtype, prompt ids) -> _Prefix
+_prefixes = LockedLRU(PREFIX_ENTRIES)  # _key(adapter, prompt ids) -> _Prefix
 
 
 def _changes_values(module: nn.Module) -> bool:
