@@ -212,15 +212,25 @@ def generation_options(adapter: ModelAdapter, max_new_tokens: int, sample: bool,
     return opts
 
 
-def _generate(adapter: ModelAdapter, inputs: dict[str, torch.Tensor], max_new_tokens: int,
-              seed: int, sample: bool, temperature: float) -> list[int]:
-    """New token ids from HF ``generate``, seeded for sampling; the prompt's blocks before
-    the first steered one are replayed from an earlier run of it (engine.prompt_prefix)."""
+def generate_first(adapter: ModelAdapter, inputs: dict[str, torch.Tensor], max_new_tokens: int,
+                   seed: int, sample: bool, temperature: float, streamer: Any = None
+                   ) -> tuple[list[int], torch.Tensor]:
+    """New token ids from HF ``generate`` (seeded for sampling; each token also goes to
+    ``streamer`` when given), and the next-token log-probabilities right after the prompt,
+    read from the same run's first step (raw logits, before temperature) rather than from
+    another forward pass. The prompt's blocks before the first steered one are replayed
+    from an earlier run of it (engine.prompt_prefix)."""
     torch.manual_seed(seed)
     with reusing_prompt(adapter, inputs["input_ids"]), torch.inference_mode():
-        out = adapter.module.generate(**inputs, **generation_options(adapter, max_new_tokens, sample,
-                                                                     temperature))
-    return out[0, inputs["input_ids"].shape[1]:].tolist()
+        out = adapter.module.generate(**inputs, **generation_options(adapter, max_new_tokens, sample, temperature),
+                                      streamer=streamer, output_logits=True, return_dict_in_generate=True)
+    return out.sequences[0, inputs["input_ids"].shape[1]:].tolist(), torch.log_softmax(out.logits[0][0].float(), -1)
+
+
+def _generate(adapter: ModelAdapter, inputs: dict[str, torch.Tensor], max_new_tokens: int,
+              seed: int, sample: bool, temperature: float) -> list[int]:
+    """New token ids from HF ``generate`` (``generate_first`` without the log-probabilities)."""
+    return generate_first(adapter, inputs, max_new_tokens, seed, sample, temperature)[0]
 
 
 def _next_token_logprobs(adapter: ModelAdapter, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -279,13 +289,11 @@ def compare_generation(ctx: Any, adapter: ModelAdapter, prompt: str, interventio
     share their randomness) and compare the texts and the next-token distributions."""
     inputs = _prompt_inputs(adapter, prompt)
     ctx.progress(0, 2, "baseline")
-    base_lp = _next_token_logprobs(adapter, inputs)
-    base = _generate(adapter, inputs, max_new_tokens, seed, sample, temperature)
+    base, base_lp = generate_first(adapter, inputs, max_new_tokens, seed, sample, temperature)
     ctx.check_cancelled()
     ctx.progress(1, 2, "steered")
     with steered(adapter, interventions):
-        steer_lp = _next_token_logprobs(adapter, inputs)
-        steer = _generate(adapter, inputs, max_new_tokens, seed, sample, temperature)
+        steer, steer_lp = generate_first(adapter, inputs, max_new_tokens, seed, sample, temperature)
     ctx.progress(2, 2, "done")
     decode = adapter.tokenizer.decode
     return GenerationComparison(base, steer, decode(base), decode(steer), first_divergence(base, steer),

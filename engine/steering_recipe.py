@@ -18,7 +18,6 @@ from engine.jobs import JobContext
 from engine.lru import LockedLRU
 from engine.models.base import ModelAdapter
 from engine.models.registry import cached_model
-from engine.prompt_prefix import reusing_prompt
 from engine.steering import (
     AddDirection,
     ClampLatents,
@@ -27,7 +26,7 @@ from engine.steering import (
     _next_token_logprobs,
     _prompt_inputs,
     concept_vector,
-    generation_options,
+    generate_first,
     latent_direction,
     next_token_shift,
     steered,
@@ -212,13 +211,9 @@ def generate_stream(ctx: JobContext, model: str | ModelAdapter, prompt: str,
     interventions = recipe_interventions(adapter, recipe) if which == "steered" else []
     inputs = _prompt_inputs(adapter, prompt)
     stream = _TokenStream(ctx, adapter, which, max_new_tokens)
-    torch.manual_seed(seed)
-    with steered(adapter, interventions), checking(adapter.blocks(), ctx.check_cancelled), \
-            reusing_prompt(adapter, inputs["input_ids"]), torch.inference_mode():
-        out = adapter.module.generate(**inputs, **generation_options(adapter, max_new_tokens, sample, temperature),
-                                      streamer=stream, output_logits=True, return_dict_in_generate=True)
+    with steered(adapter, interventions), checking(adapter.blocks(), ctx.check_cancelled):
+        _, first = generate_first(adapter, inputs, max_new_tokens, seed, sample, temperature, streamer=stream)
     result = Generation(which, stream.tokens, stream.texts, True)
-    first = torch.log_softmax(out.logits[0][0].float(), -1)  # the step after the prompt, unprocessed
     if which != "steered":
         _remember_baseline(adapter, inputs, first)
         return result

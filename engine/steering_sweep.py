@@ -19,9 +19,9 @@ from engine.jobs import JobContext
 from engine.models.base import ModelAdapter
 from engine.steering import (
     AddDirection,
-    _generate,
     _next_token_logprobs,
     _prompt_inputs,
+    generate_first,
     kl_divergence,
     steered,
 )
@@ -156,8 +156,7 @@ def _cell(adapter: ModelAdapter, prompts: list[dict[str, torch.Tensor]], base_lp
     scores, ppls, kls = [], [], []
     for inputs, base in zip(prompts, base_lp, strict=True):
         with steered(adapter, [iv] if iv is not None else []):
-            lp = _next_token_logprobs(adapter, inputs)
-            new = _generate(adapter, inputs, max_new_tokens, seed, False, 1.0)
+            new, lp = generate_first(adapter, inputs, max_new_tokens, seed, False, 1.0)
         scores.append(float(torch.logsumexp(lp[concept], 0)))
         kls.append(kl_divergence(lp, base))
         ppls.append(_perplexity(adapter, inputs, new))
