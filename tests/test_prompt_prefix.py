@@ -4,7 +4,7 @@ one, the replayed blocks really skipped, and a cancelled prefill leaving the mod
 
 from __future__ import annotations
 
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager, nullcontext
 
 import pytest
 import torch
@@ -29,24 +29,39 @@ def _direction(adapter, hook: str) -> torch.Tensor:
     return torch.randn(width, generator=torch.Generator().manual_seed(3)) * 4
 
 
-def _full(adapter, prompt: str, hook: str, n: int, sample: bool = False):
-    """A steered generation with no replay at all: ids and per-step logits."""
-    inputs = _prompt_inputs(adapter, prompt)
-    torch.manual_seed(5)
-    with steered(adapter, [AddDirection(hook, _direction(adapter, hook))]), torch.inference_mode():
-        out = adapter.module.generate(**inputs, **generation_options(adapter, n, sample, 1.0),
-                                      output_logits=True, return_dict_in_generate=True)
-    return out.sequences, out.logits
-
-
-def _replayed(adapter, prompt: str, hook: str, n: int, sample: bool = False):
+def _steered_run(adapter, prompt: str, hook: str, n: int, sample: bool = False, replay: bool = True):
+    """Ids and per-step logits of a generation steered at ``hook``, with the prompt replay
+    or (``replay=False``) with none at all."""
     inputs = _prompt_inputs(adapter, prompt)
     torch.manual_seed(5)
     with steered(adapter, [AddDirection(hook, _direction(adapter, hook))]), \
-            reusing_prompt(adapter, inputs["input_ids"]), torch.inference_mode():
+            reusing_prompt(adapter, inputs["input_ids"]) if replay else nullcontext(), torch.inference_mode():
         out = adapter.module.generate(**inputs, **generation_options(adapter, n, sample, 1.0),
                                       output_logits=True, return_dict_in_generate=True)
     return out.sequences, out.logits
+
+
+def _full(adapter, prompt: str, hook: str, n: int, sample: bool = False):
+    """A steered generation with no replay at all."""
+    return _steered_run(adapter, prompt, hook, n, sample, replay=False)
+
+
+def _replayed(adapter, prompt: str, hook: str, n: int, sample: bool = False):
+    return _steered_run(adapter, prompt, hook, n, sample)
+
+
+@contextmanager
+def _counting(modules):
+    """How many times each of ``modules`` ran inside the block (a list, reset by assigning
+    to its slice), counted by read-only hooks so replay still applies."""
+    calls = [0] * len(modules)
+    handles = [m.register_forward_hook(reads_only(lambda *a, b=b: calls.__setitem__(b, calls[b] + 1)))
+               for b, m in enumerate(modules)]
+    try:
+        yield calls
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def _untouched(adapter, hooks: list[str]) -> int:
@@ -114,17 +129,11 @@ def test_other_families_replay_exactly_too(tiny_models, family):
     hook = "blocks.1.hook_resid_post"
     sites = adapter.hook_sites()
     inner = [sites[f"blocks.{b}.hook_mlp_out"].module for b in range(len(adapter.blocks()))]
-    calls = [0] * len(inner)
-    handles = [m.register_forward_hook(reads_only(lambda *a, b=b: calls.__setitem__(b, calls[b] + 1)))
-               for b, m in enumerate(inner)]
-    try:
+    with _counting(inner) as calls:
         ids, logits = _full(adapter, PROMPTS[0], hook, 6)
         _replayed(adapter, PROMPTS[0], hook, 6)  # records blocks 0 and 1
         calls[:] = [0] * len(calls)
         again, again_logits = _replayed(adapter, PROMPTS[0], hook, 6)
-    finally:
-        for handle in handles:
-            handle.remove()
     assert torch.equal(again, ids)
     assert all(torch.equal(a, b) for a, b in zip(again_logits, logits, strict=True))
     assert calls == [5, 5, 6]  # blocks 0 and 1 ran for the 5 new tokens only, block 2 for all 6 steps
@@ -132,10 +141,7 @@ def test_other_families_replay_exactly_too(tiny_models, family):
 
 def test_replayed_blocks_do_not_run_over_the_prompt(adapter):
     prompt, hook, n = "blocks replayed from the record", "blocks.1.hook_resid_post", 5
-    calls = [0, 0, 0]
-    handles = [block.self_attn.register_forward_hook(reads_only(lambda *a, b=b: calls.__setitem__(b, calls[b] + 1)))
-               for b, block in enumerate(adapter.blocks())]
-    try:
+    with _counting([block.self_attn for block in adapter.blocks()]) as calls:
         _replayed(adapter, prompt, hook, n)  # first time: nothing recorded, everything runs
         assert calls == [n, n, n]
         calls[:] = [0, 0, 0]
@@ -144,9 +150,6 @@ def test_replayed_blocks_do_not_run_over_the_prompt(adapter):
         calls[:] = [0, 0, 0]
         _replayed(adapter, prompt, "blocks.2.hook_resid_post", n)  # block 2 recorded now
         _replayed(adapter, prompt, "blocks.2.hook_resid_post", n)
-    finally:
-        for handle in handles:
-            handle.remove()
     assert calls == [2 * (n - 1), 2 * (n - 1), n + n - 1]
 
 
@@ -170,16 +173,10 @@ def test_a_long_prompt_replays_only_the_blocks_the_memory_budget_holds(adapter, 
     width = adapter.module.config.hidden_size
     n_prompt = _prompt_inputs(adapter, prompt)["input_ids"].shape[1]
     monkeypatch.setattr(prefix, "PREFIX_BYTES", 3 * width * 4 * n_prompt + 1)  # one block's worth
-    calls = [0, 0, 0]
-    handles = [block.self_attn.register_forward_hook(reads_only(lambda *a, b=b: calls.__setitem__(b, calls[b] + 1)))
-               for b, block in enumerate(adapter.blocks())]
-    try:
+    with _counting([block.self_attn for block in adapter.blocks()]) as calls:
         ids, _ = _full(adapter, prompt, hook, n)
         _replayed(adapter, prompt, hook, n)
         calls[:] = [0, 0, 0]
         again, _ = _replayed(adapter, prompt, hook, n)
-    finally:
-        for handle in handles:
-            handle.remove()
     assert torch.equal(again, ids)
     assert calls == [n - 1, n, n]
