@@ -136,17 +136,16 @@ class _Prefill:
         self.blocks, self.replay, self.upto, self.n_prompt = blocks, replay, upto, n_prompt
         self.recorded: dict[int, _Block] = {}
         self.complete = False
-        self._stack = ExitStack()
+        self._stack: ExitStack | None = ExitStack()
         self._current: int | None = None
         self._wrapped: Any = None
-        self._armed = True
 
     @reads_only
     def pre_forward(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        """Model pre-hook: at the prefill, put the replaying and recording hooks in place."""
-        if not self._armed:
+        """Model pre-hook: at the prefill, put the replaying and recording hooks in place
+        (only the first forward pass can be it: the model hook closes the stack after it)."""
+        if self._stack is None:
             return
-        self._armed = False
         ids = kwargs.get("input_ids", args[0] if args else None)
         past = _cache_of(args, kwargs)
         if ids is None or ids.shape[-1] != self.n_prompt or (past is not None and past.get_seq_length() != 0):

@@ -41,6 +41,7 @@ _STR = h5py.string_dtype("utf-8")
 
 COSINE_ATTR = "float32_cosine"  # root attribute: JSON {hook: {"mean", "min", "rows"}}
 
+
 @dataclass(frozen=True)
 class StoreMeta:
     """Identity of a capture: which model, weights, source and hook points made the rows."""
