@@ -16,7 +16,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-def _session_cache() -> Path:
+def _use_session_cache() -> None:
     """Give this test session (and the CLIs it runs) its own LatentLab cache folder, so the
     feature tables tests write never land in the user's cache, nor stale ones get read
     from it. What is slow to make and never depends on a test (the converted SmolLM2,
@@ -33,10 +33,9 @@ def _session_cache() -> Path:
         if entry.is_dir() and entry.name != "feature-tables" and ".tmp" not in entry.name:
             (session / entry.name).symlink_to(entry, target_is_directory=True)
     os.environ["LATENTLAB_CACHE"] = str(session)
-    return session
 
 
-SESSION_CACHE = _session_cache()
+_use_session_cache()
 
 
 def _train_tokenizer(kind: str):
