@@ -32,8 +32,7 @@ def _floats(text: str) -> list[float]:
 
 
 def cmd_capture(args: argparse.Namespace) -> int:
-    from engine.capture import capture, capture_distributed
-    from engine.jobs import run_cli
+    from engine.api import capture, capture_distributed, run_cli
     params = dict(model=args.model, source=args.source, hooks=_csv(args.hooks), out=args.out,
                   max_tokens=args.max_tokens, resume=args.resume, batch_size=args.batch_size,
                   ctx_len=args.ctx_len, dtype=args.dtype, model_dtype=args.model_dtype)
@@ -49,7 +48,7 @@ def cmd_capture(args: argparse.Namespace) -> int:
 
 def _print_cosines(path: str) -> None:
     """The cosine to float32 a reduced-precision capture recorded, one line per hook point."""
-    from engine.store import ActivationStore
+    from engine.api import ActivationStore
     with ActivationStore.open(path) as store:
         model_dtype, cosines = store.meta.model_dtype, store.float32_cosine
     for hook, c in sorted(cosines.items()):
@@ -58,21 +57,21 @@ def _print_cosines(path: str) -> None:
 
 
 def cmd_store_info(args: argparse.Namespace) -> int:
-    from engine.store import ActivationStore
+    from engine.api import ActivationStore
     with ActivationStore.open(args.store) as store:
         info = store.summary()
         if args.context is not None:
             ids, at = store.context(args.context)
             info["context"] = {"row": args.context, "tokens": ids.tolist(), "at": at}
             if args.decode:
-                from engine.models.registry import load_model
+                from engine.api import load_model
                 info["context"]["text"] = load_model(store.meta.model_id).decode(ids)
     print(json.dumps(info, indent=2))
     return 0
 
 
 def cmd_hooks(args: argparse.Namespace) -> int:
-    from engine.models.registry import load_model
+    from engine.api import load_model
     model = load_model(args.model)
     for name in model.hook_points():
         print(name)
@@ -80,8 +79,7 @@ def cmd_hooks(args: argparse.Namespace) -> int:
 
 
 def cmd_zoo_train(args: argparse.Namespace) -> int:
-    from engine.jobs import run_cli
-    from engine.models.digits_zoo import train_zoo
+    from engine.api import run_cli, train_zoo
     folders = run_cli(train_zoo, device=args.device, out=args.out, arch=args.arch,
                       widths=tuple(_ints(args.widths)), depths=tuple(_ints(args.depths)),
                       seeds=tuple(_ints(args.seeds)), epochs=args.epochs)
@@ -90,8 +88,7 @@ def cmd_zoo_train(args: argparse.Namespace) -> int:
 
 
 def cmd_zoo_prune(args: argparse.Namespace) -> int:
-    from engine.jobs import run_cli
-    from engine.models.digits_zoo import prune_zoo
+    from engine.api import prune_zoo, run_cli
     folders = run_cli(prune_zoo, device=args.device, model=args.model, out=args.out,
                       methods=tuple(_csv(args.methods)), sparsities=tuple(_floats(args.sparsities)),
                       seed=args.seed)
@@ -100,8 +97,7 @@ def cmd_zoo_prune(args: argparse.Namespace) -> int:
 
 
 def cmd_train_sae(args: argparse.Namespace) -> int:
-    from engine.jobs import run_cli
-    from engine.sae.train_job import train_sae, train_sae_distributed
+    from engine.api import run_cli, train_sae, train_sae_distributed
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     options = {k: v for k, v in (("l1_coeff", args.l1_coeff), ("l0_coeff", args.l0_coeff)) if v is not None}
@@ -118,8 +114,8 @@ def cmd_train_sae(args: argparse.Namespace) -> int:
 
 
 def cmd_feature_stats(args: argparse.Namespace) -> int:
+    from engine.api import load_sae
     from engine.errors import LatentLabError
-    from engine.sae.io import load_sae
     if (args.store is None) == (args.source is None):
         raise LatentLabError("give either --store STORE (statistics of its rows) or --model M "
                              "--source S --out STORE (one pass over the source)")
@@ -129,7 +125,7 @@ def cmd_feature_stats(args: argparse.Namespace) -> int:
         raise LatentLabError(f"{args.sae}: the SAE names no hook point; pass --hook")
     sae_id = args.sae_id or Path(args.sae).resolve().name
     result = (_feature_pass(args, sae, hook, sae_id) if args.source is not None
-              else _feature_stats_of_store(args, sae, hook, sae_id))
+              else _feature_stats_of_store(args, hook, sae_id))
     print(f"{result.path}: /features/{result.sae_id}: {result.d_sae} latents over {result.n_rows} rows "
           f"in {result.seconds:.1f} s (pass {result.pass_seconds:.1f} s)"
           + (f"; read from the cache: {', '.join(result.cached_tables)}" if result.cached_tables else ""))
@@ -138,9 +134,8 @@ def cmd_feature_stats(args: argparse.Namespace) -> int:
 
 def _feature_pass(args: argparse.Namespace, sae, hook: str, sae_id: str):
     """feature-stats --model --source --out: one pass of the model over the source."""
+    from engine.api import feature_pass, run_cli
     from engine.errors import LatentLabError
-    from engine.feature_pass import feature_pass
-    from engine.jobs import run_cli
     if args.model is None or args.out is None:
         raise LatentLabError("a pass over --source needs --model and --out")
     return run_cli(feature_pass, device=args.device, model=args.model, source=args.source, sae=sae,
@@ -149,24 +144,17 @@ def _feature_pass(args: argparse.Namespace, sae, hook: str, sae_id: str):
                    top_n=args.top_n, write_acts=not args.no_acts, logits=not args.no_logits)
 
 
-def _feature_stats_of_store(args: argparse.Namespace, sae, hook: str, sae_id: str):
+def _feature_stats_of_store(args: argparse.Namespace, hook: str, sae_id: str):
     """feature-stats --store: one pass over the rows a capture stored."""
-    from engine.features import feature_stats, logit_model
-    from engine.jobs import run_cli
-    adapter = None
-    if not args.no_logits:
-        adapter, note = logit_model(args.store, args.model)
-        if note:
-            print(note, file=sys.stderr)
-    return run_cli(feature_stats, device=args.device, store_path=args.store, sae=sae, hook=hook,
-                   sae_id=sae_id, batch_size=args.batch_size or 4096, top_n=args.top_n,
-                   adapter=adapter)
+    from engine.api import run_cli, sae_feature_stats
+    return run_cli(sae_feature_stats, device=args.device, store=args.store, sae=args.sae, hook=hook,
+                   sae_id=sae_id, model=args.model, logits=not args.no_logits,
+                   batch_size=args.batch_size or 4096, top_n=args.top_n)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Build (or finish) the demo workspace headless: capture, SAE, statistics, projections."""
-    from engine.jobs import run_cli
-    from engine.workspace import DemoSpec, build_demo, default_workspace
+    from engine.api import DemoSpec, build_demo, default_workspace, run_cli
     root = Path(args.workspace) if args.workspace else default_workspace()
     print(f"workspace {root}", file=sys.stderr)
     ws = run_cli(build_demo, device=args.device, root=root,
@@ -180,8 +168,7 @@ def cmd_project(args: argparse.Namespace) -> int:
     """A 2-D layout (PCA or UMAP) of a store's rows or an SAE's latents, saved as .npz."""
     import numpy as np
 
-    from engine.jobs import run_cli
-    from engine.project import project
+    from engine.api import project, run_cli
     layout = run_cli(project, device=args.device, store_path=args.store, hook=args.hook,
                      method=args.method, what=args.what, sae_path=args.sae,
                      cache_dir=args.cache_dir, max_rows=args.max_rows, seed=args.seed)
@@ -201,8 +188,7 @@ def _corruption(text: str) -> tuple[str, float]:
 
 def cmd_compare_pruned(args: argparse.Namespace) -> int:
     """Loss geometry of a dense zoo model and its pruned variants under corruptions."""
-    from engine.jobs import run_cli
-    from engine.pruning_geometry import compare_pruned, save_comparison
+    from engine.api import compare_pruned, run_cli, save_comparison
     corruptions = args.corruption or [("none", 0.0), ("noise", 0.3), ("blur", 1.0), ("dropout", 0.3)]
     result = run_cli(compare_pruned, device=args.device, dense=args.dense, pruned=args.pruned,
                      corruptions=corruptions, source=args.source, seed=args.seed,
@@ -222,10 +208,8 @@ def cmd_compare_pruned(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     """Similarity measures between two hook points, or a layer x layer matrix of one."""
+    from engine.api import MEASURES, ActivationStore, compare, layer_matrix, run_cli
     from engine.errors import LatentLabError
-    from engine.geometry import MEASURES, compare, layer_matrix
-    from engine.jobs import run_cli
-    from engine.store import ActivationStore
     args.a, args.b = args.a_flag or args.a, args.b_flag or args.b
     if not args.a or not args.b:
         raise LatentLabError("compare needs two sides: A B, or --a STORE[:HOOK] --b STORE[:HOOK]")
@@ -262,8 +246,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_kernel_analysis(args: argparse.Namespace) -> int:
     """Classification error of a label against the number of leading kernel components."""
-    from engine.geometry_streams import store_kernel_analysis
-    from engine.jobs import run_cli
+    from engine.api import run_cli, store_kernel_analysis
     comps = _ints(args.components) if args.components else None
     curve = run_cli(store_kernel_analysis, device=args.device, store=args.store, hook=args.hook,
                     label=args.label, components=comps, max_rows=args.max_rows, seed=args.seed)
@@ -280,8 +263,7 @@ def _layer_spec(spec: str) -> tuple[str, list[str]]:
 
 def cmd_match(args: argparse.Namespace) -> int:
     """Match units of two hook points (or latents of two SAEs)."""
-    from engine.jobs import run_cli
-    from engine.matching import match
+    from engine.api import match, run_cli
     result = run_cli(match, device=args.device, a=args.a, b=args.b, method=args.method,
                      max_rows=args.max_rows, seed=args.seed, alpha=args.alpha,
                      max_units=args.max_units, n_clusters=args.n_clusters, threshold=args.threshold)
@@ -305,8 +287,7 @@ def _describe_match(method: str, r) -> str:
 
 def cmd_stitch(args: argparse.Namespace) -> int:
     """Stitch model A's layer into model B's and report B's task on the mapped activations."""
-    from engine.jobs import run_cli
-    from engine.stitching import stitch
+    from engine.api import run_cli, stitch
     r = run_cli(stitch, device=args.device, model_a=args.model_a, hook_a=args.hook_a,
                 model_b=args.model_b, hook_b=args.hook_b, train_source=args.train,
                 eval_source=args.eval, ridge=args.ridge, max_tokens=args.max_tokens,
@@ -321,10 +302,8 @@ def cmd_stitch(args: argparse.Namespace) -> int:
 def _recipe(specs: list[str], store: str | None = None) -> list[dict]:
     """Parse --intervention specs (see the steer help) into steering recipe items, the same
     items the steering view keeps in AppState; mean-ablations read their means from ``store``."""
+    from engine.api import JobContext, latent_means, load_concept_sets
     from engine.errors import LatentLabError
-    from engine.jobs import JobContext
-    from engine.steering_recipe import latent_means
-    from engine.steering_sweep import load_concept_sets
     out: list[dict] = []
     for spec in specs:
         kind, _, rest = spec.partition(":")
@@ -368,12 +347,10 @@ def _recipe(specs: list[str], store: str | None = None) -> list[dict]:
 
 def cmd_steer(args: argparse.Namespace) -> int:
     """Baseline and steered continuations of one prompt, side by side."""
-    from engine.jobs import resolve_device, run_cli
-    from engine.models.registry import cached_model
-    from engine.steering import compare_generation, shift_text
+    from engine.api import cached_model, compare_generation, resolve_device, run_cli, shift_text
     adapter = cached_model(args.model)
     adapter.to(resolve_device(args.device))
-    from engine.steering_recipe import recipe_interventions
+    from engine.api import recipe_interventions
     interventions = recipe_interventions(adapter, _recipe(args.intervention, args.store))
     r = run_cli(compare_generation, device=args.device, quiet=True, adapter=adapter, prompt=args.prompt,
                 interventions=interventions, max_new_tokens=args.max_new_tokens, seed=args.seed,
@@ -410,9 +387,7 @@ def _concept_words(args: argparse.Namespace, sets: dict) -> list[str]:
 
 def _steering_model(args: argparse.Namespace, hooks: list[str]):
     """The model on its device, with ``hooks`` checked against its hook points."""
-    from engine.hooks import check_hooks
-    from engine.jobs import resolve_device
-    from engine.models.registry import cached_model
+    from engine.api import cached_model, check_hooks, resolve_device
     adapter = cached_model(args.model)
     adapter.to(resolve_device(args.device))
     check_hooks(hooks, adapter.hook_points(), adapter.model_id)
@@ -444,10 +419,8 @@ def _write_out(path: str | None, result) -> None:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     """Concept score, coherence and KL over a grid of hook points x strengths."""
+    from engine.api import NEUTRAL_PROMPTS, load_concept_sets, run_cli, sweep_item
     from engine.errors import LatentLabError
-    from engine.jobs import run_cli
-    from engine.steering_recipe import sweep_item
-    from engine.steering_sweep import NEUTRAL_PROMPTS, load_concept_sets
     sets = load_concept_sets(args.concept)
     words, strengths = _concept_words(args, sets), _numbers("--strengths", args.strengths)
     _check_out(args.out)
@@ -466,10 +439,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def cmd_inject(args: argparse.Namespace) -> int:
     """Concept injection: does the model's answer about its own state name the injected concept?"""
-    from engine.jobs import run_cli
-    from engine.steering_injection import DEFAULT_QUESTIONS
-    from engine.steering_recipe import inject_item
-    from engine.steering_sweep import load_concept_sets
+    from engine.api import DEFAULT_QUESTIONS, inject_item, load_concept_sets, run_cli
     sets = load_concept_sets(args.concept)
     words, strengths = _concept_words(args, sets), _numbers("--strengths", args.strengths)
     _check_out(args.out)
@@ -740,8 +710,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from engine.api import Cancelled
     from engine.errors import LatentLabError
-    from engine.jobs import Cancelled
     try:
         if args.command is None:
             args.func = cmd_gui

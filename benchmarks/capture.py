@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from engine.capture import _plan, capture, iter_units  # noqa: E402
+from engine.capture import capture, iter_units, plan_units  # noqa: E402
 from engine.jobs import JobContext  # noqa: E402
 from engine.models.registry import cached_model  # noqa: E402
 from engine.sources import load_source  # noqa: E402
@@ -66,7 +66,7 @@ def timed_capture(model, source, hook: str, out: Path, args) -> tuple[float, dic
     capture(JobContext(device=torch.device("cpu")), model=model, source=source, hooks=[hook], out=out,
             max_tokens=args.tokens, batch_size=args.batch_size, ctx_len=args.ctx_len)
     seconds = time.perf_counter() - start
-    from engine.store import ActivationStore
+    from engine.store.activations import ActivationStore
     with ActivationStore.open(out) as store:
         return seconds, store.float32_cosine
 
@@ -122,7 +122,7 @@ def main() -> None:
     base = cached_model(args.model)
     hook = f"blocks.{args.layer}.hook_resid_post"
     source = load_source("demo")
-    units = [u for u, _, _ in _plan(iter_units(base, source, args.ctx_len), 0, args.tokens)]
+    units = [u for u, _, _ in plan_units(iter_units(base, source, args.ctx_len), 0, args.tokens)]
     batches = [base.make_batch([u.item for u in units[i:i + args.batch_size]])
                for i in range(0, len(units), args.batch_size)]
     n_layers = base.module.config.num_hidden_layers

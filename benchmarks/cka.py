@@ -39,10 +39,10 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from engine.geometry import linear_cka  # noqa: E402
-from engine.geometry_streams import layer_matrix  # noqa: E402
+from engine.geometry.measures import linear_cka  # noqa: E402
+from engine.geometry.streams import layer_matrix  # noqa: E402
 from engine.jobs import JobContext  # noqa: E402
-from engine.store import ActivationStore, StoreMeta  # noqa: E402
+from engine.store.activations import ActivationStore, StoreMeta  # noqa: E402
 
 RUNNER = r"""
 import json, os, sys, threading, time
@@ -67,7 +67,7 @@ elif side == "gemm":  # the floor: the three cross products exact CKA needs, not
         return float(xy.square().sum() / (xx.square().sum().sqrt() * yy.square().sum().sqrt()))
 else:
     sys.path.insert(0, root)
-    from engine.geometry import linear_cka
+    from engine.geometry.measures import linear_cka
     def run(x, y):
         return linear_cka(x, y)
 

@@ -2,12 +2,12 @@
 forward pass over the same batches, and against sae-dashboard's runner on the same SAE and
 tokens (in its own environment, ``--dashboard-python``; see ../shared/BENCHMARKS.md).
 
-Ours = ``engine.feature_pass.feature_pass``: SmolLM2 run once over the tokens, stopped after
+Ours = ``engine.features.one_pass.feature_pass``: SmolLM2 run once over the tokens, stopped after
 the hook's block, each batch encoded by the SAE and folded into the running statistics,
 rows and codes written to a new store; "pass" is that loop, "end to end" adds the
 quantile-interval examples, the weight-only tables and writing the statistics. The
 weight-only tables (decoder neighbours, logit effects over the 49k-token unembedding) are
-cached per SAE and model (``engine.feature_weights.weight_tables``): each repeat runs ours
+cached per SAE and model (``engine.features.weights.weight_tables``): each repeat runs ours
 "cold" (an empty cache folder: the tables are computed) and then "warm" (the same SAE again,
 the tables read from the cache). Bare forward = the HF model with
 ``num_hidden_layers`` cut after the hook's block (no hooks, no head) on exactly the same
@@ -52,8 +52,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from benchmarks.capture import bare_forward  # noqa: E402
-from engine.capture import _plan, iter_units  # noqa: E402
-from engine.feature_pass import feature_pass  # noqa: E402
+from engine.capture import iter_units, plan_units  # noqa: E402
+from engine.features.one_pass import feature_pass  # noqa: E402
 from engine.jobs import JobContext  # noqa: E402
 from engine.models import load_model  # noqa: E402
 from engine.models.smollm2 import cached_folder  # noqa: E402
@@ -253,7 +253,7 @@ def main() -> None:
     hook = f"blocks.{args.layer}.hook_resid_post"
     source = load_source("demo")
     sae = load_sae(args.sae)
-    units = [u for u, _, _ in _plan(iter_units(model, source, args.ctx_len), 0, args.tokens)]
+    units = [u for u, _, _ in plan_units(iter_units(model, source, args.ctx_len), 0, args.tokens)]
     batches = [model.make_batch([u.item for u in units[i:i + args.batch_size]])
                for i in range(0, len(units), args.batch_size)]
     model.weight_hash()  # computed once per model in any session; not a per-run cost

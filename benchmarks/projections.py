@@ -6,7 +6,7 @@
 - a 50k-row UMAP request (``project``: read the rows, principal axes, kNN, fuzzy graph, the
   first epochs), each in a fresh process: with an empty numba cache (a first launch, the
   request compiling), with the cache kept but umap not yet imported (a request at start-up),
-  and after the start-up warm-up (``_preload``: the app's state seconds after launch);
+  and after the start-up warm-up (``preload_kernels``: the app's state seconds after launch);
   request to first progressive frame, with the time of each stage;
 - the peer: umap-learn's ``UMAP(random_state=0).fit_transform`` in a fresh process.
 
@@ -34,8 +34,8 @@ HOOK = "blocks.15.hook_resid_post"
 def _rows(store: str, hook: str, n: int | None):
     import numpy as np
 
-    from engine.project import row_matrix
-    from engine.store import ActivationStore
+    from engine.projection.layouts import row_matrix
+    from engine.store.activations import ActivationStore
     with ActivationStore.open(store) as st:
         x, ids, _ = row_matrix(st, hook, max_rows=n, seed=0)
     return np.ascontiguousarray(x, np.float32), ids
@@ -44,13 +44,13 @@ def _rows(store: str, hook: str, n: int | None):
 def child_request(store: str, hook: str, n: int, warm: bool) -> dict:
     """In a fresh process: optionally the start-up warm-up, then one UMAP request; seconds
     from the request to the first frame and to each stage (its first progress message)."""
-    from engine import project as P
     from engine.jobs import JobContext
-    from engine.umap_warm import _preload
+    from engine.projection import layouts as P
+    from engine.projection.umap_warm import preload_kernels
     out: dict = {"stages": {}}
     if warm:
         t = time.perf_counter()
-        _preload(None)
+        preload_kernels(None)
         out["warm_up_s"] = time.perf_counter() - t
     start = time.perf_counter()
 
@@ -85,7 +85,7 @@ def pca(args: argparse.Namespace) -> None:
     import numpy as np
     from sklearn.decomposition import PCA
 
-    from engine.project import pca_layout
+    from engine.projection.layouts import pca_layout
     x, _ = _rows(args.store, args.hook, None)
     rng = np.random.default_rng(0)
     reps = -(-200_000 // len(x))  # the store's rows, repeated with noise, to 200k
@@ -108,9 +108,9 @@ def knn_recall(args: argparse.Namespace, sample: int = 2000) -> None:
     import numpy as np
     import torch
 
-    from engine import knn_kernel
-    from engine.knn import cell_knn
-    from engine.project import configure_numba_cache, umap_moments
+    from engine.projection import knn_kernel
+    from engine.projection.knn import cell_knn
+    from engine.projection.layouts import configure_numba_cache, umap_moments
     configure_numba_cache()
     knn_kernel.warm()
     x, _ = _rows(args.store, args.hook, args.rows)

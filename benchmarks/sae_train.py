@@ -45,7 +45,7 @@ import torch  # noqa: E402
 from engine.sae.base import SAEConfig, SparseAutoencoder, TrainState, build_sae  # noqa: E402
 from engine.sae.train_job import store_batches  # noqa: E402
 from engine.sae.trainer import TrainConfig, fit  # noqa: E402
-from engine.store import ActivationStore  # noqa: E402
+from engine.store.activations import ActivationStore  # noqa: E402
 
 SAELENS_SCRIPT = r"""
 import json, os, sys, time

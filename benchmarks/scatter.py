@@ -108,7 +108,7 @@ def bench_vispy(xy: np.ndarray, seconds: float, frames: int) -> tuple[float, flo
 def bench_view(xy: np.ndarray, backend: str, seconds: float, frames: int,
                selected: float = 0.0) -> tuple[float, float, bool]:
     from desktop_app.state import ROWS, AppState, Selection
-    from engine.project import Layout
+    from engine.projection.layouts import Layout
     from views.scatter import ScatterView
     state = AppState()
     layout = Layout("rows/pca", xy, np.arange(len(xy), dtype=np.int64))
@@ -139,7 +139,7 @@ def bench_lasso(n: int, repeats: int = 5) -> tuple[float, float]:
     """Median seconds of one 400-vertex lasso over n points; KD-tree build seconds."""
     from scipy.spatial import cKDTree
 
-    from views._scatter_geom import points_in_polygon
+    from views.scatter.geom import points_in_polygon
     xy = np.random.default_rng(1).normal(size=(n, 2)).astype(np.float32)
     t = np.linspace(0, 2 * np.pi, 400, endpoint=False)
     r = 1.5 + 0.5 * np.sin(5 * t)
@@ -161,7 +161,7 @@ def main() -> None:
     p.add_argument("--frames", type=int, default=8)
     args = p.parse_args()
     app = QApplication.instance() or QApplication(sys.argv)
-    from views.scatter import gl_renderer
+    from views.scatter.view import gl_renderer
     print(f"window {W} x {H}, OpenGL renderer: {gl_renderer() or 'none'}, "
           f"{os.cpu_count()} cores, panning {args.seconds:.0f}+ s per row")
     for n in args.sizes:

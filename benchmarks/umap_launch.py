@@ -41,8 +41,8 @@ def child(store: str, hook: str, rows: int, after_warm_up: bool) -> dict:
     from PySide6.QtWidgets import QApplication
 
     from desktop_app.app import make_window
-    from engine.project import Layout, project
-    from engine.umap_warm import warm_in_background
+    from engine.projection.layouts import Layout, project
+    from engine.projection.umap_warm import warm_in_background
     from main import gui_views
     from views.scatter import ScatterView
     app = QApplication(sys.argv[:1])

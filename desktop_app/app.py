@@ -12,8 +12,7 @@ from pathlib import Path
 from PySide6.QtCore import QSettings
 
 from desktop_app.main_window import MainWindow, ViewFactory
-from engine.umap_warm import warm_in_background
-from engine.workspace import DemoSpec, default_workspace
+from engine.api import DemoSpec, default_workspace, warm_in_background
 
 
 def make_window(views: Sequence[tuple[str, ViewFactory]], device: str | None = None,

@@ -36,8 +36,8 @@ from typing import Any
 from PySide6.QtCore import QObject, QSocketNotifier, Qt, QThread, QTimer, Signal, Slot
 from PySide6.QtGui import QGuiApplication
 
+from engine.api import Cancelled, JobContext, resolve_device
 from engine.errors import LatentLabError
-from engine.jobs import Cancelled, JobContext, resolve_device
 
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
 

@@ -28,29 +28,23 @@ from PySide6.QtWidgets import (
 )
 from shiboken6 import isValid
 
-from desktop_app._form import ERROR_STYLE, field_row, spin
 from desktop_app.bridge import CANCELLED, EngineBridge
+from desktop_app.form import ERROR_STYLE, field_row, spin
 from desktop_app.state import AppState
-from engine.capture import CaptureResult
+from engine import api
+from engine.api import (
+    MODEL_DTYPES,
+    TEXT_SUFFIXES,
+    CaptureResult,
+    default_workspace,
+)
 from engine.errors import LatentLabError
-from engine.jobs import JobContext
-from engine.models.base import MODEL_DTYPES
-from engine.models.registry import cached_model
-from engine.sources.text import TEXT_SUFFIXES
-from engine.workspace import default_workspace
 
 PRESET_SOURCES = ("demo", "digits:train", "digits:test")
 DIGIT_SPLITS = ("train", "test", "all")
 STORED_DTYPES = ("float16", "float32")
 STORE_SUFFIXES = (".h5", ".hdf5")
 LOADING = "loading hook points\u2026"
-
-
-def hook_points(ctx: JobContext, model: str) -> list[str]:
-    """The hook points of ``model``, as ``main.py hooks`` lists them; an engine job, since it
-    loads the model (which stays in the engine thread's cache for the capture that follows)."""
-    ctx.progress(0, 0, f"loading {model}")
-    return cached_model(model).hook_points()
 
 
 def workspace_models(root: Path | None) -> list[str]:
@@ -109,7 +103,7 @@ def source_problem(spec: str) -> str | None:
 def capture_summary(result: CaptureResult) -> str:
     """One log line for a finished capture, with the cosine to float32 a reduced-precision
     model recorded in the store."""
-    from engine.store import ActivationStore
+    from engine.api import ActivationStore
     text = f"captured {result.added:,} rows into {result.path} ({result.rows:,} in the store, {result.seconds:.1f} s)"
     try:
         with ActivationStore.open(result.path) as store:
@@ -278,7 +272,7 @@ class CaptureDialog(QDialog):
                 self._fill_hooks([], loading=False)
                 self._set_hooks_state("failed", f"Model: {sentence}")
         self._set_hooks_state("loading", LOADING)
-        self._hooks_job = self.bridge.submit(f"Hook points of {model_name(spec)}", hook_points,
+        self._hooks_job = self.bridge.submit(f"Hook points of {model_name(spec)}", api.hook_points,
                                              key="capture-hooks", on_result=done, on_error=failed,
                                              model=self._expand(spec))
 

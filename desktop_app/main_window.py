@@ -31,9 +31,9 @@ from desktop_app.export import FORMATS, export_figure
 from desktop_app.jobs_panel import JobsPanel
 from desktop_app.session import Session
 from desktop_app.state import AppState
+from engine import api
+from engine.api import DemoSpec, Layout, Stage, Workspace, build_demo
 from engine.errors import LatentLabError
-from engine.project import Layout
-from engine.workspace import DemoSpec, Stage, Workspace, build_demo
 
 if TYPE_CHECKING:
     from desktop_app.sae_dialog import TrainRequest
@@ -190,8 +190,7 @@ class MainWindow(QMainWindow):
     def _suggest_focus(self) -> None:
         """With nothing focused yet, focus a specific, often firing latent, so the browser's
         detail pane and the scatter's colouring show something on opening."""
-        from engine.features import suggest_latent
-        from engine.store import ActivationStore
+        from engine.api import ActivationStore, suggest_latent
         if self.state.focus or self.state.store is None or self.state.stats is None:
             return
         try:
@@ -217,10 +216,12 @@ class MainWindow(QMainWindow):
             elif obj.stage == "stats":
                 self.state.set_stats(ws.sae_id)
                 self._suggest_focus()
+        elif isinstance(obj, str):  # a job's note (e.g. no logit effects)
+            self.jobs.write(obj)
 
     def _request_projections(self, ws: Workspace) -> None:
         """PCA at once, UMAP after it, for rows and (with an SAE) latents; cached per input."""
-        from engine.project import UMAP_ROWS, project
+        from engine.api import UMAP_ROWS, project
         if ws.store is None or ws.hook is None:
             return
         whats = ("rows", "latents") if ws.sae is not None else ("rows",)
@@ -235,7 +236,7 @@ class MainWindow(QMainWindow):
 
     def open_store(self, path: str | Path) -> bool:
         """Make a store file the active one (its first hook point); a bad file is reported."""
-        from engine.store import ActivationStore, validate
+        from engine.api import ActivationStore, validate
         path = Path(path)
         try:
             validate(path)
@@ -279,7 +280,7 @@ class MainWindow(QMainWindow):
     def start_capture(self, params: dict[str, Any]) -> int:
         """Run ``engine.capture.capture(**params)`` as a job; the new store opens when it ends."""
         from desktop_app.capture_dialog import capture_summary
-        from engine.capture import capture
+        from engine.api import capture
 
         def done(result) -> None:
             self.jobs.write(capture_summary(result))
@@ -327,7 +328,6 @@ class MainWindow(QMainWindow):
     def start_training(self, request: TrainRequest) -> int:
         """Train an SAE as a job; once trained it becomes the current SAE, its feature
         statistics run when asked (then the browser lists its latents), and it is laid out."""
-        from desktop_app.sae_dialog import store_stats, train_sae
         root = Path(self.state.workspace or request.store.parent)
 
         def trained(result) -> None:
@@ -336,8 +336,8 @@ class MainWindow(QMainWindow):
             for stage in ("store", "sae"):
                 self._on_workspace_partial(Stage(stage, ws))
             if request.stats:
-                self.bridge.submit(f"Feature statistics of {ws.sae_id}", store_stats, on_partial=self.jobs.write,
-                                   on_result=lambda _: stats_ready(ws), store=ws.store, sae=ws.sae,
+                self.bridge.submit(f"Feature statistics of {ws.sae_id}", api.sae_feature_stats,
+                                   on_partial=self.jobs.write, on_result=lambda _: stats_ready(ws), store=ws.store, sae=ws.sae,
                                    hook=ws.hook, sae_id=ws.sae_id)
             self._request_projections(ws)
 
@@ -345,7 +345,7 @@ class MainWindow(QMainWindow):
             if self.state.sae == ws.sae:  # not replaced by another SAE meanwhile
                 self._on_workspace_partial(Stage("stats", ws))
 
-        return self.bridge.submit(f"Train SAE {request.out.name}", train_sae, on_result=trained,
+        return self.bridge.submit(f"Train SAE {request.out.name}", api.train_sae, on_result=trained,
                                   **request.train_params())
 
     # ------------------------------------------------------------------ sessions

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import inspect
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,14 +27,10 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from desktop_app._form import ERROR_STYLE, field_row, spin
+from desktop_app.form import ERROR_STYLE, field_row, spin
+from engine import api
+from engine.api import SAEConfig, train_sae
 from engine.errors import LatentLabError
-from engine.features import FeatureStatsResult, feature_stats, logit_model
-from engine.jobs import JobContext
-from engine.sae.base import SAEConfig
-from engine.sae.io import load_sae
-from engine.sae.train_job import train_sae
-from engine.store import ActivationStore
 
 if TYPE_CHECKING:
     from desktop_app.state import AppState
@@ -57,24 +52,6 @@ class FieldError(LatentLabError):
     def __init__(self, message: str, widget: QWidget | None = None) -> None:
         super().__init__(message)
         self.widget = widget
-
-
-@dataclass(frozen=True)
-class StoreInfo:
-    """What the dialog needs of a store, read from its metadata."""
-
-    path: Path
-    hooks: tuple[str, ...]
-    dims: dict[str, int]
-    n_rows: int
-    model_id: str
-
-
-def read_store(path: str | os.PathLike) -> StoreInfo:
-    """The hook points, widths, row count and model of a store (raises StoreError)."""
-    with ActivationStore.open(path) as store:
-        return StoreInfo(Path(path), store.hooks, {h: store.dim(h) for h in store.hooks}, store.n_rows,
-                         store.meta.model_id)
 
 
 def training_rows(n_rows: int, holdout: float = _TRAIN["holdout"]) -> int:
@@ -114,16 +91,6 @@ class TrainRequest:
                     resume=self.resume, **self.options)
 
 
-def store_stats(ctx: JobContext, store: str | os.PathLike, sae: str | os.PathLike, hook: str,
-                sae_id: str) -> FeatureStatsResult:
-    """Job: ``feature-stats --store`` for an SAE folder: statistics of every row, with logit
-    effects from the store's model when it loads (a note otherwise), as the CLI computes them."""
-    adapter, note = logit_model(store)
-    if note:
-        ctx.partial(note)
-    return feature_stats(ctx, store, load_sae(sae), hook, sae_id, adapter=adapter)
-
-
 def _number(widget: QLineEdit, name: str) -> float:
     """A positive number typed into ``widget``; FieldError naming the field otherwise."""
     text = widget.text().strip()
@@ -159,7 +126,7 @@ class TrainSAEDialog(QDialog):
         self.state = state
         self.setWindowTitle("Train SAE")
         self.setObjectName("train-sae-dialog")
-        self.info: StoreInfo | None = None
+        self.info: api.StoreSummary | None = None
         self.accepted_request: TrainRequest | None = None
         self._out_edited = False  # once the user types a folder, it no longer follows arch/hook
         self._build()
@@ -262,7 +229,7 @@ class TrainSAEDialog(QDialog):
         self.info = None
         self.store_error = ""
         try:
-            self.info = read_store(Path(text).expanduser()) if text else None
+            self.info = api.store_summary(Path(text).expanduser()) if text else None
         except LatentLabError as exc:
             self.store_error = str(exc)
         hooks = self.info.hooks if self.info else ()
@@ -352,7 +319,7 @@ class TrainSAEDialog(QDialog):
                             seed=self.seed_box.value(), resume=self.resume_check.isChecked(),
                             stats=self.stats_check.isChecked(), options=options)
 
-    def _checked_store(self) -> tuple[StoreInfo, str]:
+    def _checked_store(self) -> tuple[api.StoreSummary, str]:
         text = self.store_edit.text().strip()
         if not text:
             raise FieldError("Store: none chosen; pick an activation store (.h5)", self.store_edit)
@@ -404,7 +371,7 @@ if __name__ == "__main__":  # the dialog on the demo workspace; --grab PATH save
     from PySide6.QtWidgets import QApplication
 
     from desktop_app.app import make_window
-    from engine.workspace import Workspace, default_workspace
+    from engine.api import Workspace, default_workspace
     app = QApplication(sys.argv[:1])
     main = make_window([], device="cpu")
     ws = Workspace.open(default_workspace())

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 import numpy as np
 from PySide6.QtCore import QObject, Signal
 
-from engine.project import Layout
+from engine.api import Layout
 
 ROWS = "rows"  # selection ids are activation-store rows (tokens, images)
 LATENTS = "latents"  # selection ids are SAE latents

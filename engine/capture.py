@@ -19,9 +19,9 @@ from engine.hooks import check_hooks, checking
 from engine.jobs import JobContext
 from engine.models.base import ModelAdapter
 from engine.models.registry import cached_model
-from engine.shards import join_shards
 from engine.sources import Source, load_source
-from engine.store import COSINE_ATTR, ActivationStore, StoreMeta
+from engine.store.activations import COSINE_ATTR, ActivationStore, StoreMeta
+from engine.store.shards import join_shards
 
 
 class CaptureResult(NamedTuple):
@@ -68,7 +68,7 @@ def iter_units(model: ModelAdapter, source: Source, ctx_len: int, rank: int = 0,
             yield Unit(sample, start, window, 0, n, ex.labels), ex.text if k == 0 else None, None
 
 
-def _plan(units: Iterator, skip: int, quota: int | None) -> Iterator:
+def plan_units(units: Iterator, skip: int, quota: int | None) -> Iterator:
     """Drop the first ``skip`` rows (already committed) and stop after ``quota`` rows."""
     seen = 0
     for unit, text, image in units:
@@ -106,7 +106,7 @@ def _rows_of(model: ModelAdapter, batch, units: Sequence[Unit], hooks: Sequence[
     return acts, tokens, sample, position, labels
 
 
-def _open_store(out: Path, meta: StoreMeta, source: Source, resume: bool,
+def open_capture_store(out: Path, meta: StoreMeta, source: Source, resume: bool,
                 attrs: Mapping[str, object] | None = None) -> ActivationStore:
     """Open ``out`` to append (``resume``, same identity only) or create it with ``attrs``
     as extra root attributes."""
@@ -190,7 +190,7 @@ def capture(ctx: JobContext, model: str | ModelAdapter, source: str | Source, ho
     out = Path(out)
     plan = plan_capture(ctx, model, source, hooks, ctx_len, dtype, rank, world, model_dtype=model_dtype)
     reduced = plan.meta.model_dtype != "float32"
-    with _open_store(out, plan.meta, plan.source, resume, {COSINE_ATTR: "{}"} if reduced else None) as store:
+    with open_capture_store(out, plan.meta, plan.source, resume, {COSINE_ATTR: "{}"} if reduced else None) as store:
         start = store.n_rows
         reference = float32_reference(ctx, plan.adapter) if reduced and start == 0 else None
         run_capture(ctx, plan, store, list(plan.meta.hooks), batch_size, max_tokens, rank, world,
@@ -242,7 +242,7 @@ def run_capture(ctx: JobContext, plan: CapturePlan, store: ActivationStore, hook
     ``reference`` model the first batch is run by it too and ``precision_cosines`` of the
     store's hook points go into the store's ``float32_cosine`` attribute."""
     quota = None if max_tokens is None else max_tokens // world + (rank < max_tokens % world)
-    units = _plan(iter_units(plan.adapter, plan.source, plan.ctx_len, rank, world), store.n_rows, quota)
+    units = plan_units(iter_units(plan.adapter, plan.source, plan.ctx_len, rank, world), store.n_rows, quota)
     _capture_into(ctx, plan.adapter, store, units, hooks, batch_size, quota, consume, reference)
 
 

@@ -29,7 +29,7 @@ Hook = TypeVar("Hook", bound=Callable)
 def reads_only(fn: Hook) -> Hook:
     """Mark a hook as one that never changes the values it sees (recording, cancellation
     checks), so the blocks it is attached to still compute what the bare model does
-    (engine.prompt_prefix replays such blocks)."""
+    (engine.steering.prompt_prefix replays such blocks)."""
     fn.reads_only = True
     return fn
 

@@ -93,6 +93,12 @@ class TerminalProgress:
             self._drawn = False
 
 
+def _print_note(obj: Any) -> None:
+    """A job's text partials are notes for the user (``note: ...``); other partials are for views."""
+    if isinstance(obj, str):
+        print(obj, file=sys.stderr)
+
+
 def run_cli(job: Callable[..., Any], device: str | None = None, quiet: bool = False,
             **params: Any) -> Any:
     """Run a job in the foreground with a terminal progress bar; Ctrl-C cancels it cleanly.
@@ -100,7 +106,8 @@ def run_cli(job: Callable[..., Any], device: str | None = None, quiet: bool = Fa
     A first Ctrl-C asks the job to stop at its next check (it commits what it has); a
     second one interrupts at once."""
     bar = TerminalProgress()
-    ctx = JobContext(device=resolve_device(device), on_progress=None if quiet else bar)
+    ctx = JobContext(device=resolve_device(device), on_progress=None if quiet else bar,
+                     on_partial=_print_note)
 
     def on_sigint(signum, frame):
         if ctx.cancelled:

@@ -13,8 +13,8 @@ from typing import Any, NamedTuple
 
 from engine.errors import LatentLabError, StoreError
 from engine.jobs import JobContext
-from engine.project import UMAP_ROWS
-from engine.store import ActivationStore
+from engine.projection.layouts import UMAP_ROWS
+from engine.store.activations import ActivationStore
 
 MANIFEST = "workspace.json"
 FORMAT = 1
@@ -202,7 +202,7 @@ def build_demo(ctx: JobContext, root: str | os.PathLike, spec: DemoSpec = DemoSp
         _demo_stats(_stage_ctx(ctx, 3, n, "feature statistics"), ws)
     ctx.partial(Stage("stats", ws))
 
-    from engine.project import project
+    from engine.projection.layouts import project
     methods = ("pca", "umap") if spec.umap else ("pca",)
     for i, method in enumerate(methods, start=4):
         sub = _stage_ctx(ctx, i, n, method.upper())
@@ -244,10 +244,8 @@ def build_zoo(ctx: JobContext, ws: Workspace, seeds: tuple[int, ...] = (0, 1)) -
 
 
 def _demo_stats(ctx: JobContext, ws: Workspace) -> None:
-    from engine.features import feature_stats, logit_model
-    from engine.sae.io import load_sae
-    adapter = logit_model(ws.store, ws.model)[0] if ws.model else None
-    feature_stats(ctx, ws.store, load_sae(ws.sae), ws.hook, ws.sae_id, adapter=adapter)
+    from engine.features.stats import sae_feature_stats
+    sae_feature_stats(ctx, ws.store, ws.sae, ws.hook, ws.sae_id, model=ws.model, logits=bool(ws.model))
 
 
 def _slug(spec: str) -> str:

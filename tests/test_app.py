@@ -19,7 +19,7 @@ from desktop_app.app import make_window
 from desktop_app.bridge import CANCELLED, DONE
 from desktop_app.state import ROWS, Selection
 from engine.capture import capture
-from engine.store import ActivationStore
+from engine.store.activations import ActivationStore
 from main import gui_views
 from tests.conftest import small_demo_spec, wait_until
 
@@ -63,8 +63,20 @@ def test_demo_pipeline_fills_every_view_as_it_arrives(window, qtbot, tiny_llama,
     path = shot(window, "main_window_demo")
     assert QImage(str(path)).width() > 800
     # a second launch: every stage is found complete, so nothing but reads happen
-    t0 = time.perf_counter()
+    stamps = _stamps(root)
     assert window.open_workspace(root, demo=small_demo_spec(tiny_llama, sae_name="topk-fresh"))
+    wait_until(qtbot, lambda: not window.bridge.busy(), 60)
+    assert _stamps(root) == stamps
+
+
+def _stamps(root: Path) -> dict[Path, int]:
+    return {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
+
+
+@pytest.mark.perf
+def test_a_second_launch_of_the_demo_workspace_is_ready_within_5s(window, qtbot, tiny_llama, small_workspace):
+    t0 = time.perf_counter()
+    assert window.open_workspace(small_workspace.root, demo=small_demo_spec(tiny_llama))
     wait_until(qtbot, lambda: not window.bridge.busy(), 30)
     assert time.perf_counter() - t0 < 5.0
 
@@ -130,7 +142,21 @@ def test_cancel_a_running_job_from_the_jobs_panel(window, qtbot, tiny_llama, tmp
         assert 0 < store.n_rows < 200_000
 
 
+def test_event_loop_keeps_answering_while_capture_runs(window, qtbot, tiny_llama, tmp_path):
+    gaps = _event_loop_gaps_during_capture(window, qtbot, tiny_llama, tmp_path)
+    assert len(gaps) > 5  # a 10 ms timer kept firing: the capture runs off the GUI thread
+
+
+@pytest.mark.perf
 def test_event_loop_answers_within_100ms_while_capture_runs(window, qtbot, tiny_llama, tmp_path):
+    gaps = _event_loop_gaps_during_capture(window, qtbot, tiny_llama, tmp_path)
+    longest = max(gaps)
+    print(f"longest event-loop stall during capture: {longest} ms over {len(gaps)} ticks")
+    assert len(gaps) > 20 and longest < 100
+
+
+def _event_loop_gaps_during_capture(window, qtbot, tiny_llama, tmp_path) -> list[int]:
+    """The ms between the ticks of a 10 ms timer while a 12k-token capture runs to the end."""
     # The window's first paint (tens of ms, once per window) is not a capture stall: let it finish.
     assert QTest.qWaitForWindowExposed(window)
     qtbot.wait(100)
@@ -153,9 +179,7 @@ def test_event_loop_answers_within_100ms_while_capture_runs(window, qtbot, tiny_
     wait_until(qtbot, lambda: job.state != "queued" and job.state != "running", 120)
     timer.stop()
     assert job.state == DONE
-    longest = max(gaps)
-    print(f"longest event-loop stall during capture: {longest} ms over {len(gaps)} ticks")
-    assert len(gaps) > 20 and longest < 100
+    return gaps
 
 
 def test_export_writes_valid_png_svg_and_pdf(opened, tmp_path):

@@ -20,7 +20,7 @@ from engine.errors import LatentLabError, SourceError, StoreError
 from engine.jobs import Cancelled, JobContext
 from engine.models import load_model
 from engine.sources import load_source
-from engine.store import ActivationStore
+from engine.store.activations import ActivationStore
 
 ROOT = Path(__file__).resolve().parents[1]
 HOOKS = ["blocks.0.hook_resid_post", "blocks.1.hook_mlp_out"]

@@ -14,7 +14,7 @@ from PySide6.QtWidgets import QDialogButtonBox
 
 from desktop_app.bridge import DONE
 from desktop_app.capture_dialog import LOADING, CaptureDialog
-from engine.store import COSINE_ATTR, ActivationStore
+from engine.store.activations import COSINE_ATTR, ActivationStore
 from tests.conftest import wait_until
 
 HOOK = "blocks.1.hook_resid_post"

@@ -16,7 +16,7 @@ from engine.capture import capture, row_cosines
 from engine.errors import LatentLabError, StoreError
 from engine.jobs import JobContext
 from engine.models import load_model
-from engine.store import ActivationStore
+from engine.store.activations import ActivationStore
 
 HOOKS = ["blocks.0.hook_resid_post", "blocks.1.hook_mlp_out"]
 

@@ -101,7 +101,7 @@ def test_ctrl_c_cancels_cleanly_and_resumes(tiny_llama, tmp_path):
     import signal
     import time
 
-    from engine.store import ActivationStore
+    from engine.store.activations import ActivationStore
     out = tmp_path / "c.h5"
     args = [sys.executable, str(ROOT / "main.py"), "capture", "--model", str(tiny_llama), "--source", "demo",
             "--hooks", "blocks.0.hook_resid_post", "--max-tokens", "6000", "--batch-size", "1", "--ctx-len", "16",

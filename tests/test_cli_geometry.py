@@ -73,7 +73,7 @@ def test_match_and_stitch_two_seeds(zoo, capsys):
 
 
 def test_compare_pruned_writes_a_loadable_comparison(zoo, tmp_path, capsys):
-    from engine.pruning_geometry import load_comparison
+    from engine.geometry.pruning import load_comparison
     pruned = prune_zoo(JobContext(device=CPU), str(zoo["model0"]), tmp_path / "pruned",
                        methods=("magnitude", "random"), sparsities=(0.9,))
     out = tmp_path / "cmp.npz"
@@ -86,7 +86,7 @@ def test_compare_pruned_writes_a_loadable_comparison(zoo, tmp_path, capsys):
 
 
 def test_misaligned_stores_give_one_clear_error(zoo, tmp_path, capsys):
-    from engine.store import ActivationStore, StoreMeta
+    from engine.store.activations import ActivationStore, StoreMeta
     small = tmp_path / "small.h5"
     meta = StoreMeta(model_id="x", model_hash="0", source_id="s", hooks=("h",), dims={"h": 4})
     with ActivationStore.create(small, meta) as store:

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 import main
-from engine.steering_injection import InjectionResult
-from engine.steering_sweep import SweepResult, concept_token_ids
+from engine.steering.injection import InjectionResult
+from engine.steering.sweep import SweepResult, concept_token_ids
 
 HOOK = "blocks.2.hook_resid_post"
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.store import ActivationStore
+from engine.store.activations import ActivationStore
 
 ROOT = Path(__file__).resolve().parents[1]
 

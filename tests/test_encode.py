@@ -1,4 +1,4 @@
-"""engine.encode on a real store of a tiny random llama and SAEs saved in SAELens's layout:
+"""engine.features.encode on a real store of a tiny random llama and SAEs saved in SAELens's layout:
 latent values against each architecture's own ``encode``, on all rows and on row subsets,
 cancellation, the SAE cache, batches bounded for whole-row encoders, the latents most
 characteristic of a planted selection against brute force, and shaded top contexts."""
@@ -11,21 +11,21 @@ import numpy as np
 import pytest
 import torch
 
-from engine import encode
 from engine.capture import capture
-from engine.encode import (
+from engine.errors import LatentLabError
+from engine.features import encode
+from engine.features.encode import (
     cached_sae,
     column_encoder,
     latent_values,
     latents_on_rows,
     shaded_contexts,
 )
-from engine.errors import LatentLabError
-from engine.features import feature_stats
+from engine.features.stats import feature_stats
 from engine.jobs import Cancelled, JobContext
 from engine.sae.base import SAEConfig, build_sae
 from engine.sae.io import save_sae
-from engine.store import ActivationStore
+from engine.store.activations import ActivationStore
 
 HOOK = "blocks.1.hook_resid_post"
 N_TOKENS = 2000
@@ -232,7 +232,7 @@ def test_stored_codes_answer_like_the_sae_and_stale_ones_are_ignored(small_works
 
     import torch
 
-    from engine.encode import latent_values, stored_values
+    from engine.features.encode import latent_values, stored_values
     from engine.sae.io import load_sae, save_sae
     ws = small_workspace
     ctx = JobContext(device=torch.device("cpu"))
@@ -263,7 +263,7 @@ def test_stored_codes_answer_like_the_sae_and_stale_ones_are_ignored(small_works
 def test_stored_code_sums_equal_the_dense_codes(planted, store_path, x, share):
     """Sums over a few rows (entry ranges gathered) and over many (a repeated row mask)
     from the stored CSR codes equal the SAE's dense codes."""
-    from engine.encode import stored_code_sums, stored_codes
+    from engine.features.encode import stored_code_sums, stored_codes
     from engine.sae.io import load_sae
     _, folder, _ = planted
     sae = load_sae(folder)
@@ -283,7 +283,7 @@ def test_stored_code_sums_equal_the_dense_codes(planted, store_path, x, share):
 def test_selection_sums_follow_a_moving_selection(planted, store_path):
     """Running sums moved from selection to selection (rows gained and lost) equal sums
     computed afresh, as a brush grows, shrinks and jumps."""
-    from engine.encode import selection_code_sums, stored_code_sums, stored_codes
+    from engine.features.encode import selection_code_sums, stored_code_sums, stored_codes
     from engine.sae.io import load_sae
     _, folder, _ = planted
     sae = load_sae(folder)

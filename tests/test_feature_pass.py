@@ -1,4 +1,4 @@
-"""Feature statistics in one pass of the model (engine.feature_pass) against capture then
+"""Feature statistics in one pass of the model (engine.features.one_pass) against capture then
 feature_stats on the same tokens of the tiny llama; the running accumulators' fast paths
 (sparse top-k merge with ties, TopK codes without a dense matrix, the two-stage row top-k,
 quantile-interval examples) against the straightforward computation; the store the pass
@@ -17,23 +17,23 @@ import pytest
 import torch
 
 from engine.capture import capture
-from engine.encode import latent_values, latents_on_rows, shaded_contexts
 from engine.errors import LatentLabError, StoreError
-from engine.feature_pass import feature_pass
-from engine.feature_running import (
+from engine.features.encode import latent_values, latents_on_rows, shaded_contexts
+from engine.features.one_pass import feature_pass
+from engine.features.running import (
     RunningStats,
     SparseCodes,
     dense_to_sparse,
     interval_examples,
     topk_codes,
 )
-from engine.feature_weights import row_top, tables_cache_dir, weight_tables
-from engine.features import feature_stats, load_feature_stats, top_contexts
+from engine.features.stats import feature_stats, load_feature_stats, top_contexts
+from engine.features.weights import row_top, tables_cache_dir, weight_tables
 from engine.jobs import Cancelled, JobContext
 from engine.models import load_model
 from engine.sae.base import SAEConfig, build_sae
 from engine.sae.io import save_sae
-from engine.store import ActivationStore
+from engine.store.activations import ActivationStore
 
 ROOT = Path(__file__).resolve().parents[1]
 HOOK = "blocks.1.hook_resid_post"

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from engine import features
 from engine.capture import capture
 from engine.errors import StoreError
-from engine.features import (
+from engine.features import stats as features
+from engine.features.stats import (
     HIST_RANGE,
     auto_label,
     feature_stats,
@@ -24,8 +24,8 @@ from engine.features import (
     top_contexts,
 )
 from engine.jobs import Cancelled, JobContext
-from engine.store import ActivationStore
-from engine.tokens import load_vocab
+from engine.models.tokens import load_vocab
+from engine.store.activations import ActivationStore
 from tests.test_sae_metrics import random_sae
 
 HOOK = "blocks.1.hook_resid_post"

@@ -1,4 +1,4 @@
-"""Similarity measures (engine/geometry.py, engine/geometry_streams.py): exact invariances,
+"""Similarity measures (engine/geometry/measures.py, engine/geometry/streams.py): exact invariances,
 agreement between forms, and references written differently here (numpy/scipy brute force,
 Kornblith et al.'s unbiased centring, covariance-based CCA, scipy's orthogonal Procrustes)."""
 
@@ -15,7 +15,7 @@ from scipy.stats import spearmanr
 from sklearn.datasets import load_digits
 
 from engine.errors import LatentLabError, StoreError
-from engine.geometry import (
+from engine.geometry.measures import (
     MEASURES,
     GeometryNote,
     debiased_cka,
@@ -29,7 +29,7 @@ from engine.geometry import (
     rsa,
     svcca,
 )
-from engine.geometry_streams import (
+from engine.geometry.streams import (
     Comparison,
     LayerMatrix,
     compare,
@@ -39,7 +39,7 @@ from engine.geometry_streams import (
     streamed_cka,
 )
 from engine.jobs import Cancelled, JobContext
-from engine.store import ActivationStore, StoreMeta
+from engine.store.activations import ActivationStore, StoreMeta
 
 CTX = JobContext(device=torch.device("cpu"))
 

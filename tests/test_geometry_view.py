@@ -22,10 +22,10 @@ from desktop_app.export import export_figure
 from desktop_app.state import LATENTS, ROWS, AppState, Selection
 from engine.capture import capture
 from engine.geometry import MEASURES, LayerMatrix, compare, layer_matrix
+from engine.geometry.pruning import compare_pruned, save_comparison
 from engine.jobs import JobContext
 from engine.models.digits_zoo import ZooConfig, prune, save, train
-from engine.pruning_geometry import compare_pruned, save_comparison
-from engine.store import ActivationStore, StoreMeta
+from engine.store.activations import ActivationStore, StoreMeta
 from views.geometry import GeometryView
 
 CPU = torch.device("cpu")

@@ -1,9 +1,9 @@
 """Live brushing at a million points: a real mouse lasso dragged across a 1M-row scatter
 updates AppState's selection while it moves (one mask computed per brush and shared), the
 feature browser's most-active list follows, and after release every view shows the final
-selection. The test prints both figures (the rate while dragging, the time after release)
-and holds them to the issue's targets: >= 10 Hz and <= 0.1 s (glue: nothing while dragging,
-about 0.15 s after release; see ../shared/BENCHMARKS.md)."""
+selection. The perf test (``-m perf``) prints both figures (the rate while dragging, the time
+after release) and holds them to the issue's targets: >= 10 Hz and <= 0.1 s (glue: nothing
+while dragging, about 0.15 s after release; see ../shared/BENCHMARKS.md)."""
 
 from __future__ import annotations
 
@@ -17,12 +17,12 @@ from PySide6.QtTest import QTest
 
 from desktop_app.bridge import EngineBridge
 from desktop_app.state import ROWS, AppState
-from engine.features import feature_stats
+from engine.features.stats import feature_stats
 from engine.jobs import JobContext
-from engine.project import Layout
+from engine.projection.layouts import Layout
 from engine.sae.base import SAEConfig, build_sae
 from engine.sae.io import save_sae
-from engine.store import ActivationStore, StoreMeta
+from engine.store.activations import ActivationStore, StoreMeta
 from views.features import FeatureBrowser
 from views.scatter import ScatterView
 
@@ -53,6 +53,24 @@ def million(tmp_path_factory):
 
 
 def test_a_lasso_over_a_million_points_updates_every_view_live(qtbot, million):
+    live, _dragged, _after = _lasso(qtbot, million)
+    assert live  # the selection followed the lasso while it moved
+
+
+@pytest.mark.perf
+def test_live_brushing_rate_and_time_to_final_selection(qtbot, million):
+    live, dragged, after = _lasso(qtbot, million)
+    rate = len(live) / dragged
+    print(f"\nlive brushing over {N:,} points: {len(live)} selections in {dragged:.2f} s of dragging "
+          f"({rate:.1f} Hz); every view on the final selection {after * 1000:.0f} ms after release")
+    assert rate >= 10.0
+    assert after <= 0.1
+
+
+def _lasso(qtbot, million) -> tuple[list[tuple[float, int]], float, float]:
+    """Drag a real mouse lasso over the million rows and check what every view shows; returns
+    the live selections (when, size), the seconds of dragging and the seconds from the
+    release until the feature browser showed the final selection."""
     path, folder, layout = million
     bridge = EngineBridge(device="cpu")
     try:
@@ -97,13 +115,9 @@ def test_a_lasso_over_a_million_points_updates_every_view_live(qtbot, million):
         def browser_shows_final() -> bool:
             title = browser.active_title.text()
             return f"({len(final)} rows)" in title and "computing" not in title and browser.active_list.count() > 0
-        qtbot.waitUntil(browser_shows_final, timeout=5000)
+        qtbot.waitUntil(browser_shows_final, timeout=30_000)  # the perf test holds it to 0.1 s
         after = time.perf_counter() - released
-        rate = len(live) / dragged
-        print(f"\nlive brushing over {N:,} points: {len(live)} selections in {dragged:.2f} s of dragging "
-              f"({rate:.1f} Hz); every view on the final selection {after * 1000:.0f} ms after release")
         assert scatter._sel.sum() == len(final)  # the scatter draws exactly the final selection
-        assert rate >= 10.0
-        assert after <= 0.1
+        return live, dragged, after
     finally:
         bridge.shutdown()

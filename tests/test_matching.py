@@ -13,8 +13,7 @@ import torch
 from sklearn.metrics import adjusted_rand_score, r2_score
 
 from engine.errors import LatentLabError
-from engine.jobs import Cancelled, JobContext
-from engine.matching import (
+from engine.geometry.matching import (
     load_aligned,
     match,
     match_neurons,
@@ -22,9 +21,10 @@ from engine.matching import (
     sparse_prediction,
     unit_clusters,
 )
+from engine.jobs import Cancelled, JobContext
 from engine.sae.base import SAEConfig, build_sae
 from engine.sae.io import save_sae
-from engine.store import ActivationStore, StoreMeta
+from engine.store.activations import ActivationStore, StoreMeta
 
 
 def _planted(n: int = 1500, d: int = 40, noise: float = 0.1, seed: int = 0):

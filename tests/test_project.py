@@ -1,4 +1,4 @@
-"""Projections (engine/project.py): PCA against scikit-learn, row and latent matrices from
+"""Projections (engine/projection/layouts.py): PCA against scikit-learn, row and latent matrices from
 real stores and SAEs, the progressive UMAP against one uninterrupted umap-learn
 ``optimize_layout_euclidean`` run, cancellation, and the project() job's cache.
 
@@ -19,11 +19,12 @@ from sklearn.decomposition import PCA
 from sklearn.model_selection import cross_val_score
 from sklearn.neighbors import KNeighborsClassifier
 
-import engine.project as P
-import engine.umap_warm as W
+import engine.projection.layouts as P
+import engine.projection.pca as pca
+import engine.projection.umap_warm as W
 from engine.errors import LatentLabError
 from engine.jobs import Cancelled, JobContext
-from engine.project import (
+from engine.projection.layouts import (
     Layout,
     configure_numba_cache,
     latent_matrix,
@@ -35,7 +36,7 @@ from engine.project import (
 from engine.sae.base import SAEConfig
 from engine.sae.io import WEIGHTS_FILENAME, save_sae
 from engine.sae.relu import ReLUSAE
-from engine.store import ActivationStore, StoreMeta
+from engine.store.activations import ActivationStore, StoreMeta
 
 HOOK = "blocks.0.out"
 D = 8
@@ -112,7 +113,7 @@ def test_pca_matches_sklearn(monkeypatch):
     assert layout.ids.dtype == np.int64
     np.testing.assert_allclose(np.abs(layout.xy), np.abs(want), atol=1e-5 * np.abs(want).max())
     np.testing.assert_allclose(layout.xy, want, atol=1e-5 * np.abs(want).max())  # same sign rule
-    monkeypatch.setattr(P, "BLOCK_BYTES", 8 * D * 100)  # stream in 30-odd blocks
+    monkeypatch.setattr(pca, "BLOCK_BYTES", 8 * D * 100)  # stream in 30-odd blocks
     np.testing.assert_allclose(pca_layout(x, np.arange(len(x)), "p").xy, layout.xy, atol=1e-4)
 
 
@@ -356,12 +357,12 @@ def test_kernels_warm_into_the_persistent_cache(tmp_path, monkeypatch):
     for (cancellably) instead of compiling the same kernels again."""
     W.warm_kernels()  # the kernels are in this session's cache already: quick
     assert W._warm_marker().exists() and W.warm_in_background() is None
-    code = ("import sys, threading; from engine.umap_warm import warm_in_background; "
+    code = ("import sys, threading; from engine.projection.umap_warm import warm_in_background; "
             "before = 'umap.umap_' in sys.modules; proc = warm_in_background(); "
             "[t.join(120) for t in threading.enumerate() if t.name == 'umap-preload']; "
             "print(before, proc is None, 'umap.umap_' in sys.modules, 'umap.layouts' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=Path(P.__file__).parents[1], timeout=180)
+                         cwd=Path(P.__file__).parents[2], timeout=180)
     assert out.stdout.split() == ["False", "True", "True", "True"]  # imported in the background
     monkeypatch.setattr(W, "_warm_marker", lambda: tmp_path / "missing.ok")
     proc = W.warm_in_background()
@@ -379,9 +380,9 @@ def test_kernels_warm_into_the_persistent_cache(tmp_path, monkeypatch):
 
 
 def test_warm_marker_follows_the_kernel_source(monkeypatch, tmp_path):
-    """Editing engine/knn_kernel.py (numba then drops its cached kernel) changes the
+    """Editing engine/projection/knn_kernel.py (numba then drops its cached kernel) changes the
     marker's name."""
-    from engine import knn_kernel
+    from engine.projection import knn_kernel
     before = W._warm_marker().name
     copy = tmp_path / "knn_kernel.py"
     copy.write_text(open(knn_kernel.__file__).read() + "\n")

@@ -1,4 +1,4 @@
-"""UMAP's neighbour search (engine/knn.py): the cell search and its numba re-ranking kernel
+"""UMAP's neighbour search (engine/projection/knn.py): the cell search and its numba re-ranking kernel
 against exact kNN, on data whose spectrum falls fast (as activations') and on isotropic
 clusters, where scoring in a few principal axes is not enough and more are taken."""
 
@@ -7,9 +7,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import engine.knn as K
-from engine.knn_kernel import rerank_kernel
-from engine.project import _mean_cov
+import engine.projection.knn as K
+from engine.projection.knn_kernel import rerank_kernel
+from engine.projection.pca import mean_cov
 
 
 def low_rank(n: int = 8000, d: int = 192, seed: int = 0) -> np.ndarray:
@@ -62,7 +62,7 @@ def test_cell_knn_recall_against_exact_knn(data, more_axes, more_cells, fits):
     axes, and probe more cells than NEAR_CELLS for the 24-dimensional cloud, whose
     neighbourhoods straddle many k-means cells."""
     x = data()
-    idx, dist = K.cell_knn(x, *_mean_cov(x), 15, np.random.RandomState(0))
+    idx, dist = K.cell_knn(x, *mean_cov(x), 15, np.random.RandomState(0))
     check_neighbours(x, idx, dist)
     assert recall(idx, K.torch_knn(x, 15)[0]) >= 0.95
     assert (fits[0][0] > K.KNN_DIMS) == more_axes
@@ -72,7 +72,7 @@ def test_cell_knn_recall_against_exact_knn(data, more_axes, more_cells, fits):
 def test_cell_knn_searching_everything_is_exact_knn():
     """Probing every cell and re-ranking every candidate is the straightforward exact kNN."""
     x = clusters(n=1500, d=24)
-    idx, dist = K.cell_knn(x, *_mean_cov(x), 10, np.random.RandomState(0), dims=4, probes=9,
+    idx, dist = K.cell_knn(x, *mean_cov(x), 10, np.random.RandomState(0), dims=4, probes=9,
                            rerank=1500, n_cells=9)
     want, want_dist = K.exact_knn(x, 10)
     np.testing.assert_allclose(dist, want_dist, rtol=1e-4, atol=1e-4)
@@ -106,7 +106,7 @@ def test_cell_knn_small_cells_repeat_the_farthest(monkeypatch):
     x = clusters(n=300, d=6)
     monkeypatch.setattr(K, "CHECK_ROWS", 10)
     monkeypatch.setattr(K, "CELL_RECALL", 0.0)
-    idx, dist = K.cell_knn(x, *_mean_cov(x), 8, np.random.RandomState(0), n_cells=300)
+    idx, dist = K.cell_knn(x, *mean_cov(x), 8, np.random.RandomState(0), n_cells=300)
     check_neighbours(x, idx, dist)
     short = (idx[:, -1] == idx[:, -2]) & (dist[:, -1] == dist[:, -2])
     assert short.any()

@@ -1,4 +1,4 @@
-"""Replaying a prompt's untouched leading blocks (engine.prompt_prefix) on the tiny llama:
+"""Replaying a prompt's untouched leading blocks (engine.steering.prompt_prefix) on the tiny llama:
 which blocks a hook leaves untouched, a replayed generation equal bit for bit to a full
 one, the replayed blocks really skipped, and a cancelled prefill leaving the model as it was."""
 
@@ -12,9 +12,15 @@ import torch
 from engine.hooks import checking, reads_only, recording, replacing
 from engine.jobs import Cancelled, JobContext
 from engine.models.registry import cached_model
-from engine.prompt_prefix import reusing_prompt, untouched_blocks
-from engine.steering import AddDirection, _generate, _prompt_inputs, generation_options, steered
-from engine.steering_recipe import generate_stream
+from engine.steering.prompt_prefix import reusing_prompt, untouched_blocks
+from engine.steering.recipe import generate_stream
+from engine.steering.steer import (
+    AddDirection,
+    generate,
+    generation_options,
+    prompt_inputs,
+    steered,
+)
 
 PROMPTS = ("the ocean and the sea", "a quiet office on monday morning")
 
@@ -32,7 +38,7 @@ def _direction(adapter, hook: str) -> torch.Tensor:
 def _steered_run(adapter, prompt: str, hook: str, n: int, sample: bool = False, replay: bool = True):
     """Ids and per-step logits of a generation steered at ``hook``, with the prompt replay
     or (``replay=False``) with none at all."""
-    inputs = _prompt_inputs(adapter, prompt)
+    inputs = prompt_inputs(adapter, prompt)
     torch.manual_seed(5)
     with steered(adapter, [AddDirection(hook, _direction(adapter, hook))]), \
             reusing_prompt(adapter, inputs["input_ids"]) if replay else nullcontext(), torch.inference_mode():
@@ -96,23 +102,23 @@ def test_a_bare_hook_under_generate_is_never_replayed_over(adapter):
     """A hook attached without ``steered`` (as a user's script would) still keeps the
     blocks after it from being replayed, or recorded as if untouched."""
     prompt, hook = PROMPTS[1], "blocks.0.hook_resid_post"
-    inputs = _prompt_inputs(adapter, prompt)
-    plain = _generate(adapter, inputs, 6, 0, False, 1.0)
+    inputs = prompt_inputs(adapter, prompt)
+    plain = generate(adapter, inputs, 6, 0, False, 1.0)
     vector = _direction(adapter, hook)
     handle = adapter.blocks()[0].register_forward_hook(lambda m, a, out: out + vector)
     try:
-        hooked = _generate(adapter, inputs, 6, 0, False, 1.0)
+        hooked = generate(adapter, inputs, 6, 0, False, 1.0)
     finally:
         handle.remove()
     assert hooked != plain
-    assert _generate(adapter, inputs, 6, 0, False, 1.0) == plain
+    assert generate(adapter, inputs, 6, 0, False, 1.0) == plain
 
 
 @pytest.mark.parametrize("hook", ["blocks.0.hook_resid_post", "blocks.1.hook_resid_post",
                                   "blocks.1.hook_mlp_out", "blocks.2.hook_resid_post"])
 def test_a_replayed_prompt_generates_exactly_what_a_full_run_does(adapter, hook):
     for prompt in PROMPTS:
-        _generate(adapter, _prompt_inputs(adapter, prompt), 4, 0, False, 1.0)  # records every block
+        generate(adapter, prompt_inputs(adapter, prompt), 4, 0, False, 1.0)  # records every block
     for prompt in PROMPTS:
         for sample in (False, True):
             ids, logits = _full(adapter, prompt, hook, 8, sample)
@@ -155,7 +161,7 @@ def test_replayed_blocks_do_not_run_over_the_prompt(adapter):
 
 def test_a_cancelled_prefill_leaves_the_model_as_it_was(adapter):
     prompt, hook = PROMPTS[0], "blocks.2.hook_resid_post"
-    _generate(adapter, _prompt_inputs(adapter, prompt), 3, 0, False, 1.0)
+    generate(adapter, prompt_inputs(adapter, prompt), 3, 0, False, 1.0)
     ids, _ = _full(adapter, prompt, hook, 6)
     ctx = JobContext(device=torch.device("cpu"))
     ctx.cancel()
@@ -168,10 +174,10 @@ def test_a_cancelled_prefill_leaves_the_model_as_it_was(adapter):
 
 
 def test_a_long_prompt_replays_only_the_blocks_the_memory_budget_holds(adapter, monkeypatch):
-    import engine.prompt_prefix as prefix
+    import engine.steering.prompt_prefix as prefix
     prompt, hook, n = "a long prompt " * 6, "blocks.2.hook_resid_post", 4
     width = adapter.module.config.hidden_size
-    n_prompt = _prompt_inputs(adapter, prompt)["input_ids"].shape[1]
+    n_prompt = prompt_inputs(adapter, prompt)["input_ids"].shape[1]
     monkeypatch.setattr(prefix, "PREFIX_BYTES", 3 * width * 4 * n_prompt + 1)  # one block's worth
     with _counting([block.self_attn for block in adapter.blocks()]) as calls:
         ids, _ = _full(adapter, prompt, hook, n)

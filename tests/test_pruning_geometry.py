@@ -12,9 +12,7 @@ import pytest
 import torch
 
 from engine.errors import LatentLabError, ModelError, SourceError
-from engine.jobs import Cancelled, JobContext
-from engine.models.digits_zoo import DigitsZooModel, ZooConfig, prune, prune_zoo, save, train
-from engine.pruning_geometry import (
+from engine.geometry.pruning import (
     PruningComparison,
     SampleGeometry,
     class_centroids,
@@ -24,6 +22,8 @@ from engine.pruning_geometry import (
     load_comparison,
     save_comparison,
 )
+from engine.jobs import Cancelled, JobContext
+from engine.models.digits_zoo import DigitsZooModel, ZooConfig, prune, prune_zoo, save, train
 from engine.sources.digits import digits_arrays
 
 DENSE = ZooConfig(arch="mlp", width=32, depth=2, seed=0, epochs=10)

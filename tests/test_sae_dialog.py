@@ -15,9 +15,9 @@ from PySide6.QtWidgets import QDialogButtonBox
 
 from desktop_app.bridge import DONE, FAILED
 from desktop_app.sae_dialog import ARCHS, RESUME_TEXT, TrainSAEDialog
-from engine.features import load_feature_stats
+from engine.features.stats import load_feature_stats
 from engine.sae.io import load_sae
-from engine.store import ActivationStore, StoreMeta
+from engine.store.activations import ActivationStore, StoreMeta
 from main import main as cli
 from tests.conftest import wait_until
 

@@ -15,10 +15,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from engine.errors import LatentLabError
-from engine.sae.base import ARCHITECTURES, SAEConfig, _load_architectures, build_sae
+from engine.sae.base import ARCHITECTURES, SAEConfig, build_sae, load_architectures
 from engine.sae.io import SAEFileError, load_sae, save_sae
 
-_load_architectures()
+load_architectures()
 ALL_ARCHS = ["relu", "topk", "batchtopk", "jumprelu", "mp", "gtopk"]
 SAELENS_NAME = {"relu": "standard", "topk": "topk", "gtopk": "topk", "jumprelu": "jumprelu",
                 "batchtopk": "jumprelu", "mp": "matching_pursuit"}

@@ -23,7 +23,7 @@ from engine.sae.metrics import (
     store_windows,
 )
 from engine.sources import load_source
-from engine.store import ActivationStore
+from engine.store.activations import ActivationStore
 
 RESID = "blocks.1.hook_resid_post"
 HOOKS = [RESID, "embed"]

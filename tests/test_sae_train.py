@@ -20,7 +20,7 @@ from engine.errors import StoreError
 from engine.jobs import Cancelled, JobContext
 from engine.sae.train_job import train_sae
 from engine.sae.trainer import TrainConfig, geometric_median
-from engine.store import ActivationStore, StoreMeta
+from engine.store.activations import ActivationStore, StoreMeta
 
 ROOT = Path(__file__).resolve().parents[1]
 HOOK = "blocks.0.hook_resid_post"

@@ -12,7 +12,7 @@ import pytest
 from desktop_app.bridge import CANCELLED, DONE, FAILED, EngineBridge
 from desktop_app.state import LATENTS, ROWS, AppState, Selection, and_not_mode, or_mode
 from engine.errors import StoreError
-from engine.project import Layout
+from engine.projection.layouts import Layout
 
 
 @pytest.fixture

@@ -10,7 +10,9 @@ import torch
 from engine.errors import HookError
 from engine.jobs import JobContext
 from engine.sae.base import SAEConfig, build_sae
-from engine.steering import (
+from engine.steering.recipe import OCEAN_TEXTS as OCEAN
+from engine.steering.recipe import OTHER_TEXTS as OTHER
+from engine.steering.steer import (
     AblateLatents,
     AddDirection,
     ClampLatents,
@@ -23,8 +25,6 @@ from engine.steering import (
     splice_codes,
     steered,
 )
-from engine.steering_recipe import OCEAN_TEXTS as OCEAN
-from engine.steering_recipe import OTHER_TEXTS as OTHER
 
 HOOK = "blocks.1.hook_resid_post"
 PROMPT = "The river flows into the sea and the"

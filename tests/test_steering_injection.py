@@ -13,7 +13,7 @@ import torch
 from engine.errors import HookError, LatentLabError
 from engine.jobs import Cancelled, JobContext
 from engine.models.hf import HFCausalLM
-from engine.steering_injection import (
+from engine.steering.injection import (
     DEFAULT_PREAMBLE,
     InjectionResult,
     concept_matches,
@@ -22,9 +22,9 @@ from engine.steering_injection import (
     naming_rates,
     word_forms,
 )
-from engine.steering_recipe import OCEAN_TEXTS as OCEAN
-from engine.steering_recipe import OTHER_TEXTS as OTHER
-from engine.steering_sweep import SweepResult
+from engine.steering.recipe import OCEAN_TEXTS as OCEAN
+from engine.steering.recipe import OTHER_TEXTS as OTHER
+from engine.steering.sweep import SweepResult
 
 LAST = "blocks.2.hook_resid_post"  # the tiny llama's last block: straight to the head
 PREAMBLE = "An experiment on your thoughts."
@@ -170,7 +170,7 @@ def test_smollm2_names_an_injected_ocean():
     block 6 (of 30) and never in the control (observed with 20 new tokens: 0/3 at 0, 1.5 and
     2; 3/3 at 2.5 and 3); far stronger injections break the answers instead."""
     from engine.models.registry import cached_model
-    from engine.steering import concept_vector
+    from engine.steering.steer import concept_vector
     model = cached_model("smollm2")
     hook = "blocks.6.hook_resid_post"
     vector = concept_vector(model, hook, OCEAN, OTHER)

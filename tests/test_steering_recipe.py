@@ -11,21 +11,21 @@ import torch
 from engine.errors import LatentLabError
 from engine.jobs import Cancelled, JobContext
 from engine.sae.io import load_sae
-from engine.steering import (
-    AddDirection,
-    ClampLatents,
-    _generate,
-    _prompt_inputs,
-    compare_generation,
-    latent_direction,
-    steered,
-)
-from engine.steering_recipe import (
+from engine.steering.recipe import (
     check_item,
     generate_stream,
     latent_item,
     recipe_interventions,
     steerable_hooks,
+)
+from engine.steering.steer import (
+    AddDirection,
+    ClampLatents,
+    compare_generation,
+    generate,
+    latent_direction,
+    prompt_inputs,
+    steered,
 )
 
 PROMPT = "the ocean and the sea"
@@ -42,7 +42,7 @@ def test_baseline_stream_equals_plain_generate(small_workspace, llama):
     assert small_workspace.hook in model
     from engine.models.registry import cached_model
     adapter = cached_model(small_workspace.model)
-    plain = _generate(adapter, _prompt_inputs(adapter, PROMPT), 12, 0, False, 1.0)
+    plain = generate(adapter, prompt_inputs(adapter, PROMPT), 12, 0, False, 1.0)
     assert gen.done and gen.tokens == plain
     assert [len(p.tokens) for p in partials] == list(range(1, len(plain) + 1))
     assert not any(p.done for p in partials)
@@ -53,14 +53,14 @@ def test_recipe_means_its_interventions(small_workspace):
     from engine.models.registry import cached_model
     adapter = cached_model(small_workspace.model)
     hook, sae = small_workspace.hook, load_sae(small_workspace.sae)
-    inputs = _prompt_inputs(adapter, PROMPT)
+    inputs = prompt_inputs(adapter, PROMPT)
     recipe = [{"kind": "latent", "hook": hook, "sae": str(small_workspace.sae), "latent": 3, "mode": "clamp",
                "strength": 25.0},
               {"kind": "latent", "hook": hook, "sae": str(small_workspace.sae), "latent": 5, "mode": "add",
                "strength": -4.0}]
     with steered(adapter, [ClampLatents(hook, sae, (3,), (25.0,)),
                            AddDirection(hook, latent_direction(sae, 5), -4.0)]):
-        expected = _generate(adapter, inputs, 10, 0, False, 1.0)
+        expected = generate(adapter, inputs, 10, 0, False, 1.0)
     gen = generate_stream(_ctx(), small_workspace.model, PROMPT, recipe=recipe, max_new_tokens=10)
     assert gen.tokens == expected
     base = generate_stream(_ctx(), small_workspace.model, PROMPT, which="baseline", max_new_tokens=10)
@@ -115,8 +115,8 @@ def test_unknown_hook_and_latent_are_named(small_workspace):
 
 
 def test_latent_item_starts_at_the_latents_max(small_workspace):
-    from engine.features import load_feature_stats
-    from engine.store import ActivationStore
+    from engine.features.stats import load_feature_stats
+    from engine.store.activations import ActivationStore
     with ActivationStore.open(small_workspace.store) as store:
         stats = load_feature_stats(store, small_workspace.sae_id)
     j = int(stats.max.argmax())

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from engine.jobs import Cancelled, JobContext
-from engine.steering import concept_vector
-from engine.steering_sweep import sweep
+from engine.steering.steer import concept_vector
+from engine.steering.sweep import sweep
 
 HOOKS = ["blocks.1.hook_resid_post", "blocks.2.hook_resid_post"]
 PROMPTS = ["The value of", "A list is"]

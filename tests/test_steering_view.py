@@ -15,14 +15,14 @@ from PySide6.QtGui import QColor, QImage, QPainter
 from desktop_app.bridge import EngineBridge
 from desktop_app.state import AppState
 from engine.errors import LatentLabError
-from engine.features import load_feature_stats
+from engine.features.stats import load_feature_stats
 from engine.jobs import JobContext
-from engine.steering_injection import InjectionResult
-from engine.steering_recipe import generate_stream
-from engine.steering_sweep import SweepResult
-from engine.store import ActivationStore
-from views._steering_common import printable
+from engine.steering.injection import InjectionResult
+from engine.steering.recipe import generate_stream
+from engine.steering.sweep import SweepResult
+from engine.store.activations import ActivationStore
 from views.steering import SteeringView
+from views.steering.common import printable
 
 
 @pytest.fixture(scope="module")

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from engine.errors import HookError, LatentLabError
+from engine.geometry.stitching import stitch
 from engine.jobs import Cancelled, JobContext
 from engine.models.digits_zoo import DigitsZooModel, ZooConfig, train
 from engine.sources.digits import digits_arrays
-from engine.stitching import stitch
 
 HOOKS = ("blocks.0.hook_post", "blocks.1.hook_post")
 LM_HOOK = "blocks.1.hook_resid_post"

@@ -1,4 +1,4 @@
-"""HDF5 activation stores (engine/store.py) through their public behaviour: real files in
+"""HDF5 activation stores (engine/store/activations.py) through their public behaviour: real files in
 tmp_path, no mocks. Round trips, SWMR readers, append errors, streaming batches, token
 contexts, validation messages, crash recovery of a killed writer and joined shards."""
 
@@ -20,14 +20,14 @@ import numpy as np
 import pytest
 
 from engine.errors import StoreError
-from engine.shards import join_shards
-from engine.store import (
+from engine.store.activations import (
     FORMAT_VERSION,
     ActivationStore,
     StoreMeta,
     recover,
     validate,
 )
+from engine.store.shards import join_shards
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -236,7 +236,7 @@ def test_swmr_reader_follows_a_live_writer(tmp_path):
 STEPPER = """
 import sys
 import numpy as np
-from engine.store import ActivationStore, StoreMeta
+from engine.store.activations import ActivationStore, StoreMeta
 path, d = sys.argv[1], 4
 s = ActivationStore.create(path, StoreMeta("m", "h", "s", ("h",), {"h": d}, "float32", {}))
 def rows(lo, hi):
@@ -677,7 +677,7 @@ def test_validate_missing_root_attribute(tmp_path):
 WRITER = """
 import sys
 import numpy as np
-from engine.store import ActivationStore, StoreMeta
+from engine.store.activations import ActivationStore, StoreMeta
 path, d = sys.argv[1], 16
 meta = StoreMeta("m", "h", "s", ("h",), {"h": d}, "float32", {})
 s = ActivationStore.create(path, meta, labels=["cls"])

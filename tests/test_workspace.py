@@ -12,7 +12,7 @@ import torch
 
 from engine.errors import LatentLabError
 from engine.jobs import JobContext
-from engine.store import ActivationStore
+from engine.store.activations import ActivationStore
 from engine.workspace import ZOO_HOOKS, Workspace, build_zoo
 
 
@@ -57,7 +57,15 @@ def test_zoo_stage_builds_models_pruned_family_and_captures_once(tmp_path):
     pruned = sorted(p.name for p in (ws.root / "models" / "pruned").iterdir())
     assert len(pruned) == 6 and any("magnitude" in p for p in pruned)
     stamps = {p: p.stat().st_mtime_ns for p in (ws.root / "models").rglob("*") if p.is_file()}
+    assert build_zoo(ctx, ws) == stores  # a second run only reads (the perf test times it)
+    assert stamps == {p: p.stat().st_mtime_ns for p in (ws.root / "models").rglob("*") if p.is_file()}
+
+
+@pytest.mark.perf
+def test_a_second_zoo_stage_only_reads_within_5s(tmp_path):
+    ws = Workspace.create(tmp_path / "ws")
+    ctx = JobContext(device=torch.device("cpu"))
+    stores = build_zoo(ctx, ws)
     t0 = time.perf_counter()
     assert build_zoo(ctx, ws) == stores
     assert time.perf_counter() - t0 < 5.0
-    assert stamps == {p: p.stat().st_mtime_ns for p in (ws.root / "models").rglob("*") if p.is_file()}

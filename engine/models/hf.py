@@ -84,7 +84,7 @@ def resolve_hf_path(name: str) -> str:
                          "cache (nothing can be downloaded here)") from None
 
 
-def _load_tokenizer(path: str, model_id: str):
+def load_tokenizer(path: str, model_id: str):
     from transformers import AutoTokenizer
     try:
         return AutoTokenizer.from_pretrained(path)
@@ -156,7 +156,7 @@ class HFCausalLM(_HFText):
             except Exception as exc:
                 raise ModelError(f"{self.model_id}: cannot load a causal LM from {path} ({exc})") from None
         self.module = module.eval()
-        self.tokenizer = tokenizer or _load_tokenizer(path, self.model_id)
+        self.tokenizer = tokenizer or load_tokenizer(path, self.model_id)
         self._sites = _block_sites(self.module, _DECODER_LAYOUTS, self.model_id)
         self._init_text()
 
@@ -193,7 +193,7 @@ class HFEncoder(_HFText):
             except Exception as exc:
                 raise ModelError(f"{self.model_id}: cannot load an encoder from {path} ({exc})") from None
         self.module = module.eval()
-        self.tokenizer = tokenizer or _load_tokenizer(path, self.model_id)
+        self.tokenizer = tokenizer or load_tokenizer(path, self.model_id)
         self._sites = _block_sites(self.module, _ENCODER_LAYOUTS, self.model_id)
         self._init_text()
 

@@ -17,10 +17,10 @@ from urllib.parse import parse_qsl
 from engine.errors import ModelError
 from engine.models.base import MODEL_DTYPES, ModelAdapter
 
-_PREFIXES = ("hf:", "hf-causal:", "hf-encoder:")
+HF_PREFIXES = ("hf:", "hf-causal:", "hf-encoder:")
 
 
-def _split_options(spec: str) -> tuple[str, dict[str, str]]:
+def split_options(spec: str) -> tuple[str, dict[str, str]]:
     if "?" not in spec:
         return spec, {}
     body, query = spec.split("?", 1)
@@ -38,11 +38,11 @@ def load_model(spec: str, dtype: str = "float32") -> ModelAdapter:
 
 
 def _load(spec: str) -> ModelAdapter:
-    body, opts = _split_options(spec.strip())
+    body, opts = split_options(spec.strip())
     if body == "smollm2":
         from engine.models.smollm2 import load_smollm2
         return load_smollm2()
-    if body.startswith(_PREFIXES):
+    if body.startswith(HF_PREFIXES):
         kind, name = body.split(":", 1)
         return _load_hf(name, kind, opts, spec)
     if os.path.isdir(body):

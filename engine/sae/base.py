@@ -206,13 +206,13 @@ def mse(x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 def build_sae(cfg: SAEConfig) -> SparseAutoencoder:
     """A freshly initialised SAE of ``cfg.arch``."""
-    _load_architectures()
+    load_architectures()
     if cfg.arch not in ARCHITECTURES:
         raise LatentLabError(f"unknown SAE architecture {cfg.arch!r}; known: {', '.join(sorted(ARCHITECTURES))}")
     return ARCHITECTURES[cfg.arch](cfg)
 
 
-def _load_architectures() -> None:
+def load_architectures() -> None:
     """Import every architecture module so each registers itself."""
     import importlib
     for name in ("relu", "topk", "batchtopk", "jumprelu", "mp", "gtopk"):

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from engine.errors import LatentLabError
 from engine.hooks import replacing
 from engine.models.base import ModelAdapter, next_token_pairs
-from engine.store import ActivationStore
+from engine.store.activations import ActivationStore
 
 WINDOWS_PER_PASS = 8
 

@@ -25,7 +25,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from engine.errors import LatentLabError
-from engine.sae.base import ARCHITECTURES, SAEConfig, SparseAutoencoder, _load_architectures
+from engine.sae.base import ARCHITECTURES, SAEConfig, SparseAutoencoder, load_architectures
 
 CFG_FILENAME = "cfg.json"
 WEIGHTS_FILENAME = "sae_weights.safetensors"
@@ -162,7 +162,7 @@ def _latentlab_config(raw: dict[str, Any], folder: Path) -> SAEConfig:
 
 
 def _build(cfg: SAEConfig, folder: Path, field: str) -> SparseAutoencoder:
-    _load_architectures()
+    load_architectures()
     if cfg.arch not in ARCHITECTURES:
         raise SAEFileError(f"{folder / CFG_FILENAME}: field {field!r} is {cfg.arch!r}, an architecture unknown "
                            f"to this LatentLab; known: {', '.join(sorted(ARCHITECTURES))}")

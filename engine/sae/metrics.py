@@ -19,7 +19,7 @@ from engine.hooks import replacing
 from engine.jobs import JobContext
 from engine.models.base import ModelAdapter, ModelBatch, next_token_pairs
 from engine.sae.base import SparseAutoencoder
-from engine.store import ActivationStore
+from engine.store.activations import ActivationStore
 
 DENSE_DENSITY = 0.1  # a latent firing on more than this fraction of rows counts as dense
 HOLDOUT_FRACTION = 0.1  # evaluate's default held-out rows: the last tenth of the store

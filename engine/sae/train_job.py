@@ -19,7 +19,7 @@ from engine.errors import LatentLabError, StoreError
 from engine.jobs import JobContext
 from engine.sae.base import SAEConfig, SparseAutoencoder, TrainState, build_sae
 from engine.sae.trainer import TrainConfig, fit, init_b_dec, make_optimizer
-from engine.store import ActivationStore
+from engine.store.activations import ActivationStore
 
 CHECKPOINT = "checkpoint"
 

@@ -1,0 +1,217 @@
+"""The engine's front door: every job a client runs, and the result types it gets back.
+
+``main.py``, the dialogs, the views and the demo pipeline import the engine only through
+this module (an import-linter contract holds the views and the shell to it). A job is
+``f(ctx, **params)`` (see ``engine.jobs``); the rest are plain readers and data types.
+The capability packages behind it (``engine.store``, ``engine.features``, ...) are for
+engine code and notebooks that want one family in depth.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from engine.capture import CaptureResult, capture, capture_distributed
+from engine.errors import LatentLabError
+from engine.features.encode import (
+    Context,
+    RowLatents,
+    latent_values,
+    latents_on_rows,
+    shaded_contexts,
+)
+from engine.features.one_pass import feature_pass
+from engine.features.stats import (
+    FeatureStats,
+    FeatureStatsResult,
+    LatentTable,
+    feature_stats,
+    latent_table,
+    load_feature_stats,
+    sae_feature_stats,
+    suggest_latent,
+)
+from engine.geometry import (
+    MEASURES,
+    Comparison,
+    LayerMatrix,
+    NeuronMatch,
+    StitchResult,
+    compare,
+    layer_matrix,
+    match,
+    stitch,
+    store_kernel_analysis,
+)
+from engine.geometry.pruning import (
+    DEFAULT_CORRUPTIONS,
+    PruningComparison,
+    compare_pruned,
+    load_comparison,
+    save_comparison,
+)
+from engine.hooks import check_hooks
+from engine.jobs import Cancelled, JobContext, resolve_device, run_cli
+from engine.models.base import MODEL_DTYPES
+from engine.models.digits_zoo import prune_zoo, train_zoo
+from engine.models.registry import cached_model, load_model
+from engine.models.tokens import Vocab, load_vocab
+from engine.projection import UMAP_ROWS, Layout, project, warm_in_background
+from engine.sae.base import SAEConfig
+from engine.sae.io import load_sae
+from engine.sae.train_job import train_sae, train_sae_distributed
+from engine.sources.text import TEXT_SUFFIXES
+from engine.steering.injection import (
+    DEFAULT_QUESTIONS,
+    InjectionResult,
+    InjectionTrial,
+    naming_rates,
+)
+from engine.steering.recipe import (
+    LATENT_MODES,
+    OCEAN_TEXTS,
+    OCEAN_WORDS,
+    OTHER_TEXTS,
+    Generation,
+    generate_stream,
+    inject_item,
+    latent_item,
+    latent_means,
+    recipe_interventions,
+    steerable_hooks,
+    sweep_item,
+)
+from engine.steering.steer import compare_generation, first_divergence, shift_text
+from engine.steering.sweep import NEUTRAL_PROMPTS, SweepResult, load_concept_sets
+from engine.store import ActivationStore, validate
+from engine.workspace import DemoSpec, Stage, Workspace, build_demo, default_workspace
+
+
+# ---------------------------------------------------------------- stores
+class StoreSummary(NamedTuple):
+    """What a client needs to know of a store before asking for work on it."""
+
+    path: Path
+    n_rows: int
+    hooks: tuple[str, ...]
+    dims: dict[str, int]
+    label_names: tuple[str, ...]
+    label_classes: dict[str, list[str]]  # class names per label field, where the capture kept them
+    has_tokens: bool
+    has_images: bool
+    model_id: str
+
+
+def store_summary(path: str | os.PathLike) -> StoreSummary:
+    """Rows, hook points and widths, label fields, token or image rows, and the model of a
+    store, read from its metadata and first rows (StoreError names the file otherwise)."""
+    with ActivationStore.open(path) as store:
+        first = store.index("tokens", 0, 64)
+        return StoreSummary(Path(path), store.n_rows, tuple(store.hooks), {h: store.dim(h) for h in store.hooks},
+                            tuple(store.label_names), dict(store.meta.params.get("label_classes", {}) or {}),
+                            bool(len(first) and (first >= 0).any()), _has_images(store), store.meta.model_id)
+
+
+def _has_images(store: ActivationStore) -> bool:
+    try:
+        store.image(0)
+    except (KeyError, IndexError, ValueError):
+        return False
+    return True
+
+
+def index_values(ctx: JobContext, store_path: str | os.PathLike, field: str, ids: np.ndarray) -> np.ndarray:
+    """Job: values of one index column (tokens, position, a label) at the given store rows
+    (-1 for ids outside the store)."""
+    ctx.check_cancelled()
+    with ActivationStore.open(store_path) as store:
+        column = store.index(field)
+    ids = np.asarray(ids, np.int64)
+    out = np.full(len(ids), -1, np.int64)
+    ok = (ids >= 0) & (ids < len(column))
+    out[ok] = column[ids[ok]]
+    return out
+
+
+# ---------------------------------------------------------------- models
+def hook_points(ctx: JobContext, model: str) -> list[str]:
+    """Job: the hook points of ``model``, as ``main.py hooks`` lists them; it loads the model,
+    which stays in the engine thread's cache for the capture that follows."""
+    ctx.progress(0, 0, f"loading {model}")
+    return cached_model(model).hook_points()
+
+
+def vocab(ctx: JobContext, model_id: str) -> Vocab | None:
+    """Job: the vocabulary of a store's model (None for image models), off the GUI thread."""
+    return load_vocab(model_id)
+
+
+# ---------------------------------------------------------------- features
+class BrowserData(NamedTuple):
+    """What the feature browser shows of one SAE's statistics, prepared off the GUI thread."""
+
+    stats: FeatureStats
+    vocab: Vocab | None
+    table: LatentTable
+    search_text: np.ndarray  # (d_sae,) str: lower-case label columns, for the search box
+
+
+def make_browser_data(stats: FeatureStats, vocab: Vocab | None, ctx: JobContext | None = None) -> BrowserData:
+    """The latent table's label columns and search text for every latent of ``stats``."""
+    table = latent_table(stats, vocab, ctx)
+    text = np.char.lower(np.array([f"{a}\t{b}" for a, b in zip(table.association, table.labels, strict=True)],
+                                  dtype=str))
+    return BrowserData(stats, vocab, table, text)
+
+
+def load_browser(ctx: JobContext, store_path: str | os.PathLike, stats_id: str) -> BrowserData:
+    """Job: the statistics ``stats_id`` of the store, with its model's vocabulary, for the browser."""
+    with ActivationStore.open(store_path) as store:
+        stats = load_feature_stats(store, stats_id)
+        model_id = store.meta.model_id
+    ctx.progress(0, 0, "loading the vocabulary")
+    return make_browser_data(stats, load_vocab(model_id), ctx)
+
+
+def latent_stats(ctx: JobContext, store_path: str | os.PathLike, sae_id: str) -> dict[str, Any]:
+    """Job: density and most promoted tokens of every latent, from the store's statistics."""
+    ctx.check_cancelled()
+    with ActivationStore.open(store_path) as store:
+        stats = load_feature_stats(store, sae_id)
+    return {"density": np.asarray(stats.density, np.float64), "logit_top_ids": stats.logit_top_ids}
+
+
+def focused_values(ctx: JobContext, store_path: str | os.PathLike, hook: str, sae_path: str | os.PathLike,
+                   latent: int, rows: np.ndarray | None, stats_id: str | None = None) -> np.ndarray:
+    """Job: the activation of one latent on the given store rows (all rows when None), read
+    from the statistics' stored codes when they match the SAE, else encoded."""
+    values = latent_values(ctx, store_path=Path(store_path), hook=hook, sae_path=Path(sae_path),
+                           latents=[int(latent)], rows=rows, stats_id=stats_id)
+    return np.asarray(values)[:, 0]
+
+
+__all__ = [
+    # plain types and errors
+    "ActivationStore", "Cancelled", "CaptureResult", "Comparison", "Context", "DemoSpec", "FeatureStats",
+    "FeatureStatsResult", "Generation", "InjectionResult", "InjectionTrial", "JobContext", "LatentLabError",
+    "LatentTable", "LayerMatrix", "Layout", "NeuronMatch", "PruningComparison", "RowLatents", "SAEConfig",
+    "Stage", "StitchResult", "StoreSummary", "SweepResult", "Vocab", "Workspace", "BrowserData",
+    # constants and choices
+    "DEFAULT_CORRUPTIONS", "DEFAULT_QUESTIONS", "LATENT_MODES", "MEASURES", "MODEL_DTYPES",
+    "NEUTRAL_PROMPTS", "OCEAN_TEXTS", "OCEAN_WORDS", "OTHER_TEXTS", "TEXT_SUFFIXES", "UMAP_ROWS",
+    # stores and models
+    "store_summary", "index_values", "validate", "hook_points", "vocab", "load_vocab", "cached_model",
+    "load_model", "check_hooks", "resolve_device", "run_cli", "warm_in_background",
+    # jobs
+    "capture", "capture_distributed", "train_sae", "train_sae_distributed", "load_sae", "feature_stats",
+    "sae_feature_stats", "feature_pass", "make_browser_data", "load_browser", "latent_stats", "focused_values", "latent_values",
+    "latents_on_rows", "shaded_contexts", "latent_table", "load_feature_stats", "suggest_latent", "project",
+    "compare", "layer_matrix", "store_kernel_analysis", "match", "stitch", "compare_pruned",
+    "load_comparison", "save_comparison", "train_zoo", "prune_zoo", "generate_stream", "compare_generation",
+    "first_divergence", "shift_text", "inject_item", "latent_item", "latent_means", "recipe_interventions",
+    "steerable_hooks", "sweep_item", "load_concept_sets", "naming_rates", "build_demo", "default_workspace",
+]

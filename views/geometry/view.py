@@ -1,0 +1,129 @@
+"""The geometry comparison view: how similar are two representations? The Compare tab
+draws a layer x layer similarity matrix between two stores (CKA, CCA, Procrustes, RSA,
+mutual kNN) and, for a clicked cell, every measure, the matched neurons and a stitching
+test; the Pruning tab compares a dense digits-zoo model with its pruned variants under
+input corruptions and turns the samples pruning flipped into AppState's row selection."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCore import QRectF
+from PySide6.QtGui import QPainter
+from PySide6.QtWidgets import QTabWidget, QVBoxLayout, QWidget
+
+from desktop_app.state import AppState, Selection
+from views.geometry.compare import CompareTab
+from views.geometry.pruning import PruningTab
+
+TABS = ("compare", "pruning")
+
+
+class GeometryView(QWidget):
+    """Compare and Pruning tabs; follows the workspace, the active store and the selection."""
+
+    def __init__(self, state: AppState, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setWindowTitle("Geometry")
+        self.state = state
+        self.compare = CompareTab(state)
+        self.pruning = PruningTab(state)
+        self.tabs = QTabWidget()
+        self.tabs.addTab(self.compare, "Compare")
+        self.tabs.addTab(self.pruning, "Pruning")
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.tabs)
+        state.workspace_changed.connect(self._on_workspace_changed)
+        state.store_changed.connect(self._on_store_changed)
+        state.selection_changed.connect(self._on_selection_changed)
+        self._on_workspace_changed(state.workspace)
+
+    # ------------------------------------------------------------ AppState handlers
+    def _on_workspace_changed(self, workspace: Path | None) -> None:
+        """List the new workspace's stores and models (the active store first in A)."""
+        self.compare.set_workspace(workspace, self.state.store)
+        self.pruning.set_workspace(workspace)
+
+    def _on_store_changed(self, store: Path | None) -> None:
+        """Offer a newly active store in both pickers (their choices stay)."""
+        self.compare.set_workspace(self.state.workspace, store)
+
+    def _on_selection_changed(self, selection: Selection) -> None:
+        self.pruning.update_selection(selection)
+
+    def refresh(self) -> None:
+        """Re-read the workspace's stores and model folders (after new captures)."""
+        self._on_workspace_changed(self.state.workspace)
+
+    def showEvent(self, event) -> None:  # noqa: N802 - Qt's name
+        """Coming into view (e.g. its tab raised) re-reads the workspace: stores and models
+        made since (a demo stage, a CLI capture) appear without a restart."""
+        super().showEvent(event)
+        self.refresh()
+
+    # ------------------------------------------------------------ session
+    def session_state(self) -> dict[str, Any]:
+        """The chosen sources, hook points, measure, models and the open tab."""
+        return {"tab": TABS[self.tabs.currentIndex()], "compare": self.compare.session_state(),
+                "pruning": self.pruning.session_state()}
+
+    def restore_session(self, data: dict[str, Any]) -> None:
+        """Choose what ``session_state`` saved; missing files and unknown keys are skipped."""
+        if not isinstance(data, dict):
+            return
+        if isinstance(data.get("compare"), dict):
+            self.compare.restore_session(data["compare"])
+        if isinstance(data.get("pruning"), dict):
+            self.pruning.restore_session(data["pruning"])
+        if data.get("tab") in TABS:
+            self.tabs.setCurrentIndex(TABS.index(data["tab"]))
+
+    # ------------------------------------------------------------ export
+    def paint_figure(self, painter: QPainter, rect: QRectF) -> None:
+        """Paint the current tab's heatmap or plots into any painter (image, SVG, PDF)."""
+        tab = self.compare if self.tabs.currentIndex() == 0 else self.pruning
+        painter.save()
+        try:
+            tab.paint_figure(painter, rect)
+        finally:
+            painter.restore()
+
+
+def _demo(argv: list[str]) -> None:
+    """Open the view on a workspace folder (argv[1]); jobs run inline (views may not
+    import the shell's engine bridge)."""
+    import torch
+    from PySide6.QtWidgets import QApplication
+
+    from engine.api import JobContext
+
+    class InlineRunner:
+        def submit(self, title, fn, *, key=None, on_result=None, on_partial=None, on_error=None, **params):
+            try:
+                result = fn(JobContext(device=torch.device("cpu")), **params)
+            except Exception as exc:  # noqa: BLE001 - shown like the bridge shows it
+                if on_error is not None:
+                    on_error(str(exc), "")
+            else:
+                if on_result is not None:
+                    on_result(result)
+            return 0
+
+        def cancel(self, job_id: int) -> None:
+            pass
+
+    app = QApplication.instance() or QApplication(argv)
+    state = AppState(InlineRunner())
+    view = GeometryView(state)
+    if len(argv) > 1:
+        state.set_workspace(Path(argv[1]))
+    view.resize(1300, 800)
+    view.show()
+    app.exec()
+
+
+if __name__ == "__main__":
+    import sys
+    _demo(sys.argv)
