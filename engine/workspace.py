@@ -91,9 +91,13 @@ class Workspace:
             if key in _PATH_FIELDS and value is not None:
                 value = os.path.relpath(value, self.root)
             data[key] = value
+        text = json.dumps(data, indent=2) + "\n"
+        manifest = self.root / MANIFEST
+        if manifest.is_file() and manifest.read_text() == text:
+            return  # unchanged: reopening a workspace only reads it
         tmp = self.root / (MANIFEST + ".tmp")
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
-        tmp.replace(self.root / MANIFEST)
+        tmp.write_text(text)
+        tmp.replace(manifest)
 
     @property
     def projections_dir(self) -> Path:
