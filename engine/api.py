@@ -15,79 +15,28 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from engine import features, geometry, models, projection, sae, steering, store
 from engine.capture import CaptureResult, capture, capture_distributed
 from engine.errors import LatentLabError
-from engine.features.encode import (
-    Context,
-    RowLatents,
-    latent_values,
-    latents_on_rows,
-    shaded_contexts,
-)
-from engine.features.one_pass import feature_pass
-from engine.features.stats import (
+from engine.features import *  # noqa: F403 (the package's public face, its __all__)
+from engine.features import (
     FeatureStats,
-    FeatureStatsResult,
     LatentTable,
-    feature_stats,
     latent_table,
+    latent_values,
     load_feature_stats,
-    sae_feature_stats,
-    suggest_latent,
 )
-from engine.geometry import (
-    MEASURES,
-    Comparison,
-    LayerMatrix,
-    NeuronMatch,
-    StitchResult,
-    compare,
-    layer_matrix,
-    match,
-    stitch,
-    store_kernel_analysis,
-)
-from engine.geometry.pruning import (
-    DEFAULT_CORRUPTIONS,
-    PruningComparison,
-    compare_pruned,
-    load_comparison,
-    save_comparison,
-)
+from engine.geometry import *  # noqa: F403
 from engine.hooks import check_hooks
 from engine.jobs import Cancelled, JobContext, resolve_device, run_cli
-from engine.models.base import MODEL_DTYPES
-from engine.models.digits_zoo import prune_zoo, train_zoo
-from engine.models.registry import cached_model, load_model
-from engine.models.tokens import Vocab, load_vocab
-from engine.projection import UMAP_ROWS, Layout, project, warm_in_background
-from engine.sae.base import SAEConfig
-from engine.sae.io import load_sae
-from engine.sae.train_job import train_sae, train_sae_distributed
+from engine.models import *  # noqa: F403
+from engine.models import Vocab, cached_model, load_vocab
+from engine.projection import *  # noqa: F403
+from engine.sae import *  # noqa: F403
 from engine.sources.text import TEXT_SUFFIXES
-from engine.steering.injection import (
-    DEFAULT_QUESTIONS,
-    InjectionResult,
-    InjectionTrial,
-    naming_rates,
-)
-from engine.steering.recipe import (
-    LATENT_MODES,
-    OCEAN_TEXTS,
-    OCEAN_WORDS,
-    OTHER_TEXTS,
-    Generation,
-    generate_stream,
-    inject_item,
-    latent_item,
-    latent_means,
-    recipe_interventions,
-    steerable_hooks,
-    sweep_item,
-)
-from engine.steering.steer import compare_generation, first_divergence, shift_text
-from engine.steering.sweep import NEUTRAL_PROMPTS, SweepResult, load_concept_sets
-from engine.store import ActivationStore, validate
+from engine.steering import *  # noqa: F403
+from engine.store import *  # noqa: F403
+from engine.store import ActivationStore
 from engine.workspace import DemoSpec, Stage, Workspace, build_demo, default_workspace
 
 
@@ -195,23 +144,11 @@ def focused_values(ctx: JobContext, store_path: str | os.PathLike, hook: str, sa
 
 
 __all__ = [
-    # plain types and errors
-    "ActivationStore", "Cancelled", "CaptureResult", "Comparison", "Context", "DemoSpec", "FeatureStats",
-    "FeatureStatsResult", "Generation", "InjectionResult", "InjectionTrial", "JobContext", "LatentLabError",
-    "LatentTable", "LayerMatrix", "Layout", "NeuronMatch", "PruningComparison", "RowLatents", "SAEConfig",
-    "Stage", "StitchResult", "StoreSummary", "SweepResult", "Vocab", "Workspace", "BrowserData",
-    # constants and choices
-    "DEFAULT_CORRUPTIONS", "DEFAULT_QUESTIONS", "LATENT_MODES", "MEASURES", "MODEL_DTYPES",
-    "NEUTRAL_PROMPTS", "OCEAN_TEXTS", "OCEAN_WORDS", "OTHER_TEXTS", "TEXT_SUFFIXES", "UMAP_ROWS",
-    # stores and models
-    "store_summary", "index_values", "validate", "hook_points", "vocab", "load_vocab", "cached_model",
-    "load_model", "check_hooks", "resolve_device", "run_cli", "warm_in_background",
-    # jobs
-    "capture", "capture_distributed", "train_sae", "train_sae_distributed", "load_sae", "feature_stats",
-    "sae_feature_stats", "feature_pass", "make_browser_data", "load_browser", "latent_stats", "focused_values", "latent_values",
-    "latents_on_rows", "shaded_contexts", "latent_table", "load_feature_stats", "suggest_latent", "project",
-    "compare", "layer_matrix", "store_kernel_analysis", "match", "stitch", "compare_pruned",
-    "load_comparison", "save_comparison", "train_zoo", "prune_zoo", "generate_stream", "compare_generation",
-    "first_divergence", "shift_text", "inject_item", "latent_item", "latent_means", "recipe_interventions",
-    "steerable_hooks", "sweep_item", "load_concept_sets", "naming_rates", "build_demo", "default_workspace",
+    *features.__all__, *geometry.__all__, *models.__all__, *projection.__all__, *sae.__all__,
+    *steering.__all__, *store.__all__,
+    "BrowserData", "Cancelled", "CaptureResult", "DemoSpec", "JobContext", "LatentLabError", "Stage",
+    "StoreSummary", "TEXT_SUFFIXES", "Workspace",
+    "build_demo", "capture", "capture_distributed", "check_hooks", "default_workspace",
+    "focused_values", "hook_points", "index_values", "latent_stats", "load_browser", "make_browser_data",
+    "resolve_device", "run_cli", "store_summary", "vocab",
 ]

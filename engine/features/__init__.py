@@ -2,25 +2,26 @@
 effects, label associations) and the encodings the feature browser and scatter read."""
 
 from engine.features.encode import (
-    Context,
-    RowLatents,
-    cached_sae,
-    latent_values,
-    latents_on_rows,
-    shaded_contexts,
+           Context,
+           RowLatents,
+           cached_sae,
+           latent_values,
+           latents_on_rows,
+           shaded_contexts,
 )
 from engine.features.one_pass import feature_pass
 from engine.features.stats import (
-    FeatureStats,
-    FeatureStatsResult,
-    LatentTable,
-    feature_stats,
-    latent_table,
-    load_feature_stats,
-    logit_model,
-    suggest_latent,
+           FeatureStats,
+           FeatureStatsResult,
+           LatentTable,
+           feature_stats,
+           latent_table,
+           load_feature_stats,
+           logit_model,
+           sae_feature_stats,
+           suggest_latent,
 )
 
 __all__ = ["Context", "FeatureStats", "FeatureStatsResult", "LatentTable", "RowLatents", "cached_sae",
            "feature_pass", "feature_stats", "latent_table", "latent_values", "latents_on_rows",
-           "load_feature_stats", "logit_model", "shaded_contexts", "suggest_latent"]
+           "load_feature_stats", "logit_model", "sae_feature_stats", "shaded_contexts", "suggest_latent"]

@@ -5,6 +5,7 @@ from engine.geometry.matching import METHODS as MATCH_METHODS
 from engine.geometry.matching import NeuronMatch, SAEMatch, match
 from engine.geometry.measures import DISTANCES, MEASURES, GeometryNote, KernelCurve, check_measures
 from engine.geometry.pruning import (
+    DEFAULT_CORRUPTIONS,
     PruningComparison,
     compare_pruned,
     load_comparison,
@@ -20,7 +21,7 @@ from engine.geometry.streams import (
     store_kernel_analysis,
 )
 
-__all__ = ["DISTANCES", "MATCH_METHODS", "MEASURES", "Comparison", "GeometryNote", "KernelCurve",
+__all__ = ["DEFAULT_CORRUPTIONS", "DISTANCES", "MATCH_METHODS", "MEASURES", "Comparison", "GeometryNote", "KernelCurve",
            "LayerMatrix", "NeuronMatch", "PruningComparison", "SAEMatch", "StitchResult",
            "check_measures", "compare", "compare_pruned", "layer_matrix", "load_comparison", "match",
            "parse_spec", "save_comparison", "stitch", "store_kernel_analysis"]

@@ -1,5 +1,7 @@
 """Sparse autoencoders: architectures, trainer, metrics, SAELens-compatible files."""
 
 from engine.sae.base import SAEConfig, SparseAutoencoder, build_sae
+from engine.sae.io import load_sae
+from engine.sae.train_job import train_sae, train_sae_distributed
 
-__all__ = ["SAEConfig", "SparseAutoencoder", "build_sae"]
+__all__ = ["train_sae", "train_sae_distributed", "load_sae", "SAEConfig", "SparseAutoencoder", "build_sae"]

@@ -1,13 +1,25 @@
 """Steering a model: interventions at hook points (added directions, clamped or ablated SAE
 latents), steered generation beside the baseline, sweeps, concept injection, and recipes."""
 
-from engine.steering.injection import InjectionResult, inject_concept
+from engine.steering.injection import (
+    DEFAULT_QUESTIONS,
+    InjectionResult,
+    InjectionTrial,
+    inject_concept,
+    naming_rates,
+)
 from engine.steering.recipe import (
+    LATENT_MODES,
+    OCEAN_TEXTS,
+    OCEAN_WORDS,
+    OTHER_TEXTS,
     Generation,
     check_item,
     generate_stream,
     inject_item,
     latent_item,
+    latent_means,
+    recipe_interventions,
     steerable_hooks,
     sweep_item,
 )
@@ -17,11 +29,13 @@ from engine.steering.steer import (
     ClampLatents,
     GenerationComparison,
     compare_generation,
+    first_divergence,
+    shift_text,
     steered,
 )
-from engine.steering.sweep import SweepResult
+from engine.steering.sweep import NEUTRAL_PROMPTS, SweepResult, load_concept_sets
 
-__all__ = ["AblateLatents", "AddDirection", "ClampLatents", "Generation", "GenerationComparison",
+__all__ = ["NEUTRAL_PROMPTS", "load_concept_sets", "first_divergence", "shift_text", "LATENT_MODES", "OCEAN_TEXTS", "OCEAN_WORDS", "OTHER_TEXTS", "latent_means", "recipe_interventions", "DEFAULT_QUESTIONS", "InjectionTrial", "naming_rates", "AblateLatents", "AddDirection", "ClampLatents", "Generation", "GenerationComparison",
            "InjectionResult", "SweepResult", "check_item", "compare_generation", "generate_stream",
            "inject_concept", "inject_item", "latent_item", "steerable_hooks", "steered",
            "sweep_item"]
