@@ -1,25 +1,6 @@
-"""Euclidean k-nearest neighbours for UMAP's fuzzy graph, each point its own first neighbour.
-
-Below EXACT_KNN_BELOW rows an exact float64 search (as umap-learn's exact path); up to
-TORCH_KNN_UP_TO rows an exact float32 torch search; above, where umap-learn runs
-pynndescent (about a minute of compilation per process), an inverted-file search:
-- cells: CELLS x sqrt(n) k-means cells of the rows' leading principal coordinates (fitted
-  on a sample);
-- probing: each cell searches the cells that are among the CELL_PROBES nearest of any of its
-  rows (a per-row probe, shared by the cell so the work stays one GEMM a cell);
-- scoring: that GEMM scores every candidate by a lower bound of its squared distance: exact
-  in KNN_DIMS principal axes, plus (|r_q| - |r_c|)^2 for the residuals r outside them
-  (distances are unchanged by the rotation; activations' few huge directions carry most of
-  a distance, so the bound ranks well);
-- re-ranking: the RERANK best-scored candidates of each row get exact full-dimension
-  distances (``engine.projection.knn_kernel``, numba, GIL-free), and the k nearest of those are kept;
-- self-check (``_CellSearch.fit``): on CHECK_ROWS sampled rows against their exact kNN,
-  more probes until the cells hold CELL_RECALL of the neighbours, then more scoring axes
-  until the re-ranking keeps RANK_RECALL of those: isotropic data gets what it needs.
-The returned distances are exact; recall against exact kNN is >= 0.95 (tested on fast and
-flat spectra; 0.967 on 50k SmolLM2 rows, benchmarks/projections.py). Work is split over
-the ``engine.projection.parallel`` worker threads.
-"""
+"""Euclidean k-nearest neighbours for UMAP's fuzzy graph (each point its own first
+neighbour): exact up to TORCH_KNN_UP_TO rows, an inverted-file search with exact re-ranking
+above (recall >= 0.95); why and how: docs/architecture.md, "UMAP's nearest neighbours"."""
 
 from __future__ import annotations
 

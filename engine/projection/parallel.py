@@ -1,11 +1,5 @@
-"""Work split over a few threads, with torch and BLAS on one thread each.
-
-On a two-core machine where another process holds a core, the libraries' own thread pools
-wait on it: OpenBLAS's eigh of 576 x 576 took 2-4 s on two threads there, 0.13 s on one,
-and a torch op on two threads stalls the same way. Splitting the work into blocks that
-WORKERS threads take in turn (torch, BLAS and numba kernels release the GIL) uses a free
-core when there is one and loses nothing when there is not.
-"""
+"""Work split over a few threads, with torch and BLAS on one thread each: the libraries' own
+pools stall on a busy two-core machine (docs/architecture.md, "Threads on a busy two-core machine")."""
 
 from __future__ import annotations
 
