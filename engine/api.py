@@ -143,6 +143,13 @@ def focused_values(ctx: JobContext, store_path: str | os.PathLike, hook: str, sa
     return np.asarray(values)[:, 0]
 
 
+# ---------------------------------------------------------------- geometry
+def open_comparison(ctx: JobContext, path: str | os.PathLike) -> geometry.PruningComparison:
+    """Job: read a pruning comparison that ``compare-pruned --out`` saved."""
+    ctx.progress(0, 0, f"reading {Path(path).name}")
+    return geometry.load_comparison(path)
+
+
 __all__ = [
     *features.__all__, *geometry.__all__, *models.__all__, *projection.__all__, *sae.__all__,
     *steering.__all__, *store.__all__,
@@ -150,5 +157,6 @@ __all__ = [
     "StoreSummary", "TEXT_SUFFIXES", "Workspace",
     "build_demo", "capture", "capture_distributed", "check_hooks", "default_workspace",
     "focused_values", "hook_points", "index_values", "latent_stats", "load_browser", "make_browser_data",
+    "open_comparison",
     "resolve_device", "run_cli", "store_summary", "vocab",
 ]

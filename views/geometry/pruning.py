@@ -34,7 +34,8 @@ from PySide6.QtWidgets import (
 )
 
 from desktop_app.state import ROWS, AppState, Selection
-from engine.api import DEFAULT_CORRUPTIONS, PruningComparison, compare_pruned, load_comparison
+from engine import api
+from engine.api import DEFAULT_CORRUPTIONS, PruningComparison, compare_pruned
 from views.common.plots import (
     paint_hint,
     paint_plot,
@@ -289,7 +290,7 @@ class PruningTab(QWidget):
 
     def open_comparison(self, path: Path) -> None:
         """Load a comparison saved by ``save_comparison`` (in a job) and show it."""
-        self.jobs.submit("pruning", f"open {path.name}", _load_job, self.set_result,
+        self.jobs.submit("pruning", f"open {path.name}", api.open_comparison, self.set_result,
                          lambda _s: self.set_result(None), path=path)
 
     def set_result(self, result: PruningComparison | None) -> None:
@@ -412,9 +413,3 @@ class PruningTab(QWidget):
         rows = [[m, *(f"{r.accuracy.get((m, c), float('nan')):.1%}" for c in r.corruptions)] for m in r.models]
         paint_table(painter, QRectF(rect.x(), rect.bottom() - table_h, rect.width(), table_h),
                     ["model", *r.corruptions], rows)
-
-
-def _load_job(ctx: Any, path: Path) -> PruningComparison:
-    """Job: read a saved pruning comparison."""
-    ctx.progress(0, 0, f"reading {path.name}")
-    return load_comparison(path)
