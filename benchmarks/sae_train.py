@@ -220,7 +220,7 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=4e-4)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--dead-frac", type=float, default=0.25)
-    p.add_argument("--saelens-python", default=os.environ.get("LATENTLAB_SAELENS_PYTHON", "/work/saelens-venv/bin/python"))
+    p.add_argument("--saelens-python", default=os.environ.get("LATENTLAB_SAELENS_PYTHON", str(Path(__file__).resolve().parents[1] / ".venv-saelens" / "bin" / "python")))
     args = p.parse_args()
     with ActivationStore.open(args.store) as store:
         d_in = store.dim(args.hook)

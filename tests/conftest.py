@@ -166,3 +166,14 @@ def open_window(qtbot, tmp_path):
 def window(open_window):
     """The real main window with every view."""
     return open_window()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``perf`` tests (wall-clock rates and times) run only when a ``-m`` expression names
+    them (``./run.sh test -m perf``), whatever else ``-m`` selects or drops."""
+    if "perf" in (config.option.markexpr or ""):
+        return
+    perf = [item for item in items if item.get_closest_marker("perf")]
+    if perf:
+        config.hook.pytest_deselected(items=perf)
+        items[:] = [item for item in items if not item.get_closest_marker("perf")]
