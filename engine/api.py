@@ -31,10 +31,22 @@ from engine.hooks import check_hooks
 from engine.jobs import Cancelled, JobContext, resolve_device, run_cli
 from engine.models import *  # noqa: F403
 from engine.models import Vocab, cached_model, load_vocab
+from engine.models.registry import ModelSpec
 from engine.projection import *  # noqa: F403
 from engine.sae import *  # noqa: F403
 from engine.sources.text import TEXT_SUFFIXES
+from engine.specs import (
+    CaptureSpec,
+    ConceptSets,
+    RecipeItem,
+    Spec,
+    SpecError,
+    SpecFile,
+    SteeringRecipe,
+    TrainSpec,
+)
 from engine.steering import *  # noqa: F403
+from engine.steering.recipe import SHORT_FORMS, short_form_items
 from engine.store import *  # noqa: F403
 from engine.store import ActivationStore
 from engine.workspace import DemoSpec, Stage, Workspace, build_demo, default_workspace
@@ -159,4 +171,7 @@ __all__ = [
     "focused_values", "hook_points", "index_values", "latent_stats", "load_browser", "make_browser_data",
     "open_comparison",
     "resolve_device", "run_cli", "store_summary", "vocab",
+    # typed specs (engine.specs, engine.models.registry) and the recipe's short form
+    "CaptureSpec", "ConceptSets", "ModelSpec", "RecipeItem", "Spec", "SpecError", "SpecFile",
+    "SteeringRecipe", "TrainSpec", "SHORT_FORMS", "short_form_items",
 ]

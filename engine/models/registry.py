@@ -10,14 +10,65 @@ bfloat16 or float16 (``ModelAdapter.set_dtype``), for any kind of model."""
 from __future__ import annotations
 
 import os
+import re
 from functools import lru_cache
 from pathlib import Path
+from typing import NamedTuple
 from urllib.parse import parse_qsl
 
 from engine.errors import ModelError
 from engine.models.base import MODEL_DTYPES, ModelAdapter
 
 HF_PREFIXES = ("hf:", "hf-causal:", "hf-encoder:")
+
+
+class ModelSpec(NamedTuple):
+    """A model spec string, parsed: ``kind`` is ``smollm2``, ``hf``/``hf-causal``/``hf-encoder``
+    (a prefix given), ``factory`` (``file.py:factory``, ``package.module:factory``), ``path``
+    (a folder) or ``name`` (a bare name: a folder here, else a Hugging Face name); ``target``
+    is the part after any prefix, without the ``?options``."""
+
+    text: str
+    kind: str
+    target: str
+    options: dict[str, str]
+
+    @classmethod
+    def parse(cls, spec: str) -> ModelSpec:
+        text = spec.strip()
+        body, opts = split_options(text)
+        if body == "smollm2":
+            return cls(text, "smollm2", body, opts)
+        if body.startswith(HF_PREFIXES):
+            kind, target = body.split(":", 1)
+            return cls(text, kind, target, opts)
+        if ":" in body and not body.startswith(("/", ".")) or body.endswith(".py") or ".py:" in body:
+            return cls(text, "factory", body, opts)
+        if os.path.sep in body or "/" in body or body.startswith((".", "~")):
+            return cls(text, "path", body, opts)
+        return cls(text, "name", body, opts)
+
+    @property
+    def file(self) -> str | None:
+        """The file or folder the spec names on this machine (None: a name or a module)."""
+        if self.kind == "factory":
+            if ".py:" in self.target:
+                return self.target.split(".py:", 1)[0] + ".py"
+            return self.target if self.target.endswith(".py") else None
+        return self.target if self.kind in ("path", "name") else None
+
+    def missing(self) -> str | None:
+        """The file or folder the spec names when it does not exist (a name never counts)."""
+        path = self.file
+        if path is None or self.kind == "name" or Path(path).expanduser().exists():
+            return None
+        return path
+
+    @property
+    def short_name(self) -> str:
+        """A file-name-safe short name: smollm2, a folder's or file's name, an HF repo's name."""
+        body = self.target.split(".py:", 1)[0].rstrip("/")
+        return re.sub(r"[^A-Za-z0-9._-]+", "_", Path(body).name)[:40] or "model"
 
 
 def split_options(spec: str) -> tuple[str, dict[str, str]]:
@@ -38,28 +89,27 @@ def load_model(spec: str, dtype: str = "float32") -> ModelAdapter:
 
 
 def _load(spec: str) -> ModelAdapter:
-    body, opts = split_options(spec.strip())
-    if body == "smollm2":
+    s = ModelSpec.parse(spec)
+    if s.kind == "smollm2":
         from engine.models.smollm2 import load_smollm2
         return load_smollm2()
-    if body.startswith(HF_PREFIXES):
-        kind, name = body.split(":", 1)
-        return _load_hf(name, kind, opts, spec)
-    if os.path.isdir(body):
-        folder = Path(body)
+    if s.kind.startswith("hf"):
+        return _load_hf(s.target, s.kind, s.options, spec)
+    if os.path.isdir(s.target):
+        folder = Path(s.target)
         if (folder / "latentlab_model.json").is_file():
             from engine.models.digits_zoo import DigitsZooModel
             return DigitsZooModel.load(folder)
         if (folder / "config.json").is_file():
-            return _load_hf(body, "hf", opts, spec)
-        raise ModelError(f"model folder {body} has neither config.json (Hugging Face) "
+            return _load_hf(s.target, "hf", s.options, spec)
+        raise ModelError(f"model folder {s.target} has neither config.json (Hugging Face) "
                          "nor latentlab_model.json (digits zoo)")
-    if ":" in body and not body.startswith(("/", ".")) or body.endswith(".py") or ".py:" in body:
+    if s.kind == "factory":
         from engine.models.torch_module import load_factory
-        return load_factory(body)
-    if os.path.sep in body or body.startswith("."):
-        raise ModelError(f"model path {body} does not exist")
-    return _load_hf(body, "hf", opts, spec)
+        return load_factory(s.target)
+    if s.kind == "path":
+        raise ModelError(f"model path {s.target} does not exist")
+    return _load_hf(s.target, "hf", s.options, spec)
 
 
 def _load_hf(name: str, kind: str, opts: dict[str, str], spec: str) -> ModelAdapter:

@@ -1,9 +1,11 @@
-"""Steering recipes: the plain-dict interventions that AppState carries and sessions save,
-checked and turned into engine interventions, and the streamed generation the steering
-view's sliders drive (one token at a time, cancellable between tokens)."""
+"""Steering recipes: the plain-dict interventions that AppState carries and sessions save
+(typed as engine.specs.RecipeItem), their command-line short form, how they become engine
+interventions, and the streamed generation the steering view's sliders drive (one token at
+a time, cancellable between tokens)."""
 
 from __future__ import annotations
 
+import os
 import weakref
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -18,6 +20,8 @@ from engine.jobs import JobContext
 from engine.lru import LockedLRU
 from engine.models.base import ModelAdapter
 from engine.models.registry import cached_model
+from engine.specs import LATENT_MODES as LATENT_MODES  # the view's choices (engine.steering's face)
+from engine.specs import RecipeItem
 from engine.steering.injection import InjectionResult, inject_concept
 from engine.steering.steer import (
     AddDirection,
@@ -32,10 +36,8 @@ from engine.steering.steer import (
     prompt_inputs,
     steered,
 )
-from engine.steering.sweep import SweepResult, concept_token_ids, sweep
+from engine.steering.sweep import SweepResult, concept_token_ids, load_concept_sets, sweep
 
-KINDS = ("concept", "latent")
-LATENT_MODES = ("add", "clamp", "ablate", "mean-ablate")
 CONCEPT_CACHE_SIZE = 64
 
 # A starting concept for the view (ocean against other topics); editable in the view.
@@ -52,52 +54,57 @@ OCEAN_WORDS = ["ocean", "sea", "waves", "water"]
 
 # ---------------------------------------------------------------------- recipe items
 def check_item(item: Mapping[str, Any]) -> dict[str, Any]:
-    """A recipe item with its defaults filled in; LatentLabError naming the bad field.
+    """A recipe item (engine.specs.RecipeItem) as a dict with its defaults filled in;
+    SpecError naming the bad field."""
+    return RecipeItem.parse(item).as_dict()
 
-    concept: {kind, hook, strength, positive: [texts], negative: [texts], name}
-    latent:  {kind, hook, strength, sae: folder, latent: int, mode, name, mean}: mode ``add``
-             (strength x decoder row), ``clamp`` (code set to strength), ``ablate`` (code
-             zeroed) or ``mean-ablate`` (code set to ``mean``, its mean over a store's rows)
-    Both take ``enabled`` (default True)."""
-    if not isinstance(item, Mapping):
-        raise LatentLabError(f"a steering item must be a mapping, not {type(item).__name__}")
-    out = dict(item)
-    kind = out.get("kind")
-    if kind not in KINDS:
-        raise LatentLabError(f"steering item field 'kind' is {kind!r}; expected one of {', '.join(KINDS)}")
-    if not isinstance(out.get("hook"), str) or not out["hook"]:
-        raise LatentLabError(f"steering item field 'hook' is {out.get('hook')!r}; expected a hook point name")
-    try:
-        out["strength"] = float(out.get("strength", 0.0))
-    except (TypeError, ValueError):
-        raise LatentLabError(f"steering item field 'strength' is {out.get('strength')!r}; expected a number") from None
-    out["enabled"] = bool(out.get("enabled", True))
-    if kind == "concept":
-        for field in ("positive", "negative"):
-            texts = out.get(field)
-            if not isinstance(texts, (list, tuple)) or not any(isinstance(t, str) and t.strip() for t in texts):
-                raise LatentLabError(f"concept item field {field!r} needs at least one text")
-            out[field] = [t for t in texts if isinstance(t, str) and t.strip()]
-        out.setdefault("name", "concept")
-    else:
-        if not out.get("sae"):
-            raise LatentLabError("latent item field 'sae' is empty; expected an SAE folder")
-        try:
-            out["latent"] = int(out.get("latent"))
-        except (TypeError, ValueError):
-            raise LatentLabError(f"latent item field 'latent' is {out.get('latent')!r}; expected an integer") from None
-        out["mode"] = out.get("mode", "add")
-        if out["mode"] not in LATENT_MODES:
-            raise LatentLabError(f"latent item field 'mode' is {out['mode']!r}; expected one of "
-                                 f"{', '.join(LATENT_MODES)}")
-        if out["mode"] == "mean-ablate":
-            try:
-                out["mean"] = float(out.get("mean"))
-            except (TypeError, ValueError):
-                raise LatentLabError(f"latent item field 'mean' is {out.get('mean')!r}; mean-ablation needs "
-                                     "the latent's mean activation over a store") from None
-        out.setdefault("name", f"latent {out['latent']}")
-    return out
+
+SHORT_FORMS = ("add:HOOK:ALPHA:concept=FILE.json | add:HOOK:ALPHA:latent=SAE#J | clamp:HOOK:SAE:J=V[,J=V]"
+               " | ablate:HOOK:SAE:J[,J] | mean-ablate:HOOK:SAE:J[,J]")
+
+
+def short_form_items(text: str, store: str | os.PathLike | None = None) -> list[dict[str, Any]]:
+    """Recipe items of one intervention in the command line's short form (``SHORT_FORMS``);
+    a mean-ablation takes its latents' means over the rows of ``store``. ValueError or
+    LatentLabError saying what is wrong."""
+    kind, _, rest = text.partition(":")
+    parts = rest.split(":")
+    if kind not in _SHORT or len(parts) != 3:
+        raise ValueError(f"expected {SHORT_FORMS}")
+    return [check_item(item) for item in _SHORT[kind](*parts, store)]
+
+
+def _short_add(hook: str, alpha: str, source: str, store: Any) -> list[dict[str, Any]]:
+    what, _, value = source.partition("=")
+    if what == "concept":
+        sets = load_concept_sets(value)
+        return [{"kind": "concept", "hook": hook, "strength": alpha, "name": Path(value).stem,
+                 "positive": sets["positive"], "negative": sets["negative"]}]
+    if what == "latent":
+        folder, _, latent = value.rpartition("#")
+        return [{"kind": "latent", "hook": hook, "strength": alpha, "sae": folder, "latent": latent, "mode": "add"}]
+    raise ValueError(f"unknown direction source {what!r}")
+
+
+def _short_clamp(hook: str, sae: str, pairs: str, store: Any) -> list[dict[str, Any]]:
+    return [{"kind": "latent", "hook": hook, "sae": sae, "latent": j, "mode": "clamp", "strength": v}
+            for j, _, v in (pair.partition("=") for pair in pairs.split(","))]
+
+
+def _short_ablate(hook: str, sae: str, latents: str, store: Any) -> list[dict[str, Any]]:
+    return [{"kind": "latent", "hook": hook, "sae": sae, "latent": j, "mode": "ablate"} for j in latents.split(",")]
+
+
+def _short_mean_ablate(hook: str, sae: str, latents: str, store: str | None) -> list[dict[str, Any]]:
+    if store is None:
+        raise ValueError("mean-ablation needs --store STORE (the means are taken over its rows)")
+    ids = [int(j) for j in latents.split(",")]
+    means = latent_means(JobContext(), store, hook, sae, ids)
+    return [{"kind": "latent", "hook": hook, "sae": sae, "latent": j, "mode": "mean-ablate", "mean": m}
+            for j, m in zip(ids, means, strict=True)]
+
+
+_SHORT = {"add": _short_add, "clamp": _short_clamp, "ablate": _short_ablate, "mean-ablate": _short_mean_ablate}
 
 
 _concepts = LockedLRU(CONCEPT_CACHE_SIZE)

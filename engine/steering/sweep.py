@@ -17,6 +17,7 @@ import torch
 from engine.errors import LatentLabError
 from engine.jobs import JobContext
 from engine.models.base import ModelAdapter
+from engine.specs import ConceptSets
 from engine.steering.steer import (
     AddDirection,
     generate_first,
@@ -103,25 +104,9 @@ def format_grid(title: str, hooks: Sequence[str], strengths: Sequence[float], va
 
 
 def load_concept_sets(path: str | Path) -> dict[str, list[str]]:
-    """A concept file: {"positive": [texts], "negative": [texts], optional "words": [words]};
-    LatentLabError naming the file and the field at fault."""
-    try:
-        body = json.loads(Path(path).read_text())
-    except OSError as exc:
-        raise LatentLabError(f"concept file {path}: cannot read it ({exc.strerror or exc})") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise LatentLabError(f"concept file {path}: not valid JSON ({exc})") from None
-    if not isinstance(body, dict):
-        raise LatentLabError(f"concept file {path}: expected a JSON object with 'positive' and 'negative'")
-    out = {}
-    for key in ("positive", "negative", "words"):
-        items = body.get(key, [] if key == "words" else None)
-        if not isinstance(items, list) or not all(isinstance(t, str) for t in items) or \
-                (key != "words" and not any(t.strip() for t in items)):
-            what = "a list of words" if key == "words" else "a non-empty list of texts"
-            raise LatentLabError(f"concept file {path}: field {key!r} must be {what}, not {items!r:.60}")
-        out[key] = [t for t in items if t.strip()]
-    return out
+    """A concept file (engine.specs.ConceptSets: "positive" and "negative" texts, optional
+    "words") as a dict; LatentLabError naming the file and the field at fault."""
+    return ConceptSets.load(path, f"concept file {path}").model_dump()
 
 
 def concept_token_ids(adapter: ModelAdapter, words: Sequence[str]) -> list[int]:
