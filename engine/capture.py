@@ -7,6 +7,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -14,7 +15,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from engine.errors import LatentLabError, StoreError
+from engine.errors import LatentLabError, SourceError, StoreError
 from engine.hooks import check_hooks, checking
 from engine.jobs import JobContext
 from engine.models.base import ModelAdapter
@@ -106,6 +107,48 @@ def _rows_of(model: ModelAdapter, batch, units: Sequence[Unit], hooks: Sequence[
     return acts, tokens, sample, position, labels
 
 
+def check_capture_args(max_tokens: int | None, batch_size: int, ctx_len: int) -> None:
+    """Refuse counts no capture can run with, naming the option and its value (before any
+    model is loaded or file written)."""
+    if max_tokens is not None and max_tokens < 1:
+        raise LatentLabError(f"--max-tokens {max_tokens}: give a positive number of rows to capture "
+                             "(or leave it out for the whole source)")
+    if batch_size < 1:
+        raise LatentLabError(f"--batch-size {batch_size}: give a positive number of windows per batch")
+    if ctx_len < 1:
+        raise LatentLabError(f"--ctx-len {ctx_len}: give a positive number of tokens per window")
+
+
+def _discard_if_empty(out: Path) -> None:
+    """Remove the store ``out`` when it holds no committed row (it can be opened and is empty)."""
+    try:
+        with ActivationStore.open(out) as store:
+            empty = store.n_rows == 0
+    except StoreError:
+        return
+    if empty:
+        out.unlink(missing_ok=True)
+
+
+@contextmanager
+def no_empty_store(out: Path, source: Source) -> Iterator[None]:
+    """Around a run that writes the store ``out``: when the run created it and ends without
+    a committed row, normally or by an error or a cancel, remove it, so no empty store is
+    left behind; a normal end then raises SourceError (the source gave no rows)."""
+    created = not out.exists()
+    try:
+        yield
+    except BaseException:
+        if created:
+            _discard_if_empty(out)
+        raise
+    if created and out.exists():
+        _discard_if_empty(out)
+        if not out.exists():
+            raise SourceError(f"source {source.source_id}: gave no rows to capture (no tokens or "
+                              f"images), so {out} was not written")
+
+
 def open_capture_store(out: Path, meta: StoreMeta, source: Source, resume: bool,
                 attrs: Mapping[str, object] | None = None) -> ActivationStore:
     """Open ``out`` to append (``resume``, same identity only) or create it with ``attrs``
@@ -185,17 +228,22 @@ def capture(ctx: JobContext, model: str | ModelAdapter, source: str | Source, ho
     encoders); with ``resume`` an existing store continues from its committed rows.
     ``model_dtype`` (float32, bfloat16, float16) is the precision the model runs in (``dtype``
     is the stored rows'); below float32 the first batch is also run by the float32 model
-    and the per-row cosines are recorded in the store's ``float32_cosine`` attribute."""
+    and the per-row cosines are recorded in the store's ``float32_cosine`` attribute.
+    Bad counts are refused before the model loads (``check_capture_args``), and a run that
+    creates ``out`` but commits no row leaves no file behind (``no_empty_store``)."""
     t0 = time.perf_counter()
     out = Path(out)
+    check_capture_args(max_tokens, batch_size, ctx_len)
     plan = plan_capture(ctx, model, source, hooks, ctx_len, dtype, rank, world, model_dtype=model_dtype)
     reduced = plan.meta.model_dtype != "float32"
-    with open_capture_store(out, plan.meta, plan.source, resume, {COSINE_ATTR: "{}"} if reduced else None) as store:
+    extra = {COSINE_ATTR: "{}"} if reduced else None
+    with no_empty_store(out, plan.source), open_capture_store(out, plan.meta, plan.source, resume, extra) as store:
         start = store.n_rows
         reference = float32_reference(ctx, plan.adapter) if reduced and start == 0 else None
         run_capture(ctx, plan, store, list(plan.meta.hooks), batch_size, max_tokens, rank, world,
                     reference=reference)
-        return CaptureResult(str(out), store.n_rows, store.n_rows - start, time.perf_counter() - t0)
+        result = CaptureResult(str(out), store.n_rows, store.n_rows - start, time.perf_counter() - t0)
+    return result
 
 
 def float32_reference(ctx: JobContext, adapter: ModelAdapter) -> ModelAdapter:

@@ -306,8 +306,8 @@ def test_missing_stats_show_a_placeholder(qtbot, bridge, ws):
     assert browser.stack.currentIndex() == 0 and browser.data_ is None
     state.set_stats("no-such-stats")
     qtbot.waitUntil(lambda: browser.status.text() != "", timeout=30000)
-    assert "no group" in browser.status.text() and browser.stack.currentIndex() == 0
-    assert "no group" in browser.placeholder.text()
+    assert "no statistics named" in browser.status.text() and browser.stack.currentIndex() == 0
+    assert "no statistics named" in browser.placeholder.text()
     image = QImage(400, 300, QImage.Format.Format_RGB32)
     image.fill(QColor("white"))
     painter = QPainter(image)

@@ -27,7 +27,13 @@ from engine.features.running import (
     interval_examples,
     topk_codes,
 )
-from engine.features.stats import feature_stats, load_feature_stats, top_contexts
+from engine.features.stats import (
+    feature_stats,
+    find_stats,
+    load_feature_stats,
+    read_stats,
+    top_contexts,
+)
 from engine.features.weights import row_top, tables_cache_dir, weight_tables
 from engine.jobs import Cancelled, JobContext
 from engine.models import load_model
@@ -65,7 +71,7 @@ def topk_sae(d_in: int = 32, d_sae: int = 96, k: int = 6, seed: int = 1, arch: s
 
 def group(path: Path, sae_id: str) -> tuple[dict[str, np.ndarray], dict]:
     with ActivationStore.open(path) as store:
-        return store.read_group(f"features/{sae_id}")
+        return read_stats(store, sae_id)
 
 
 def centred(sae, store_path: Path):
@@ -144,9 +150,11 @@ def test_a_pass_without_rows_keeps_tokens_contexts_and_codes(llama, tmp_path):
         assert stats.logit_top_ids is None and stats.top_tokens is not None
         latent = int(np.argmax(stats.count))
         assert len(top_contexts(store, stats, latent, 2)) == 2
+        found = find_stats(store, "s")
     with h5py.File(out, "r") as f:
         assert "acts" not in f or not len(f["acts"])
-        assert f["features/s/code_ptr"][-1] == len(f["features/s/code_latent"]) > 0
+    with h5py.File(found.path, "r") as f:
+        assert f["code_ptr"][-1] == len(f["code_latent"]) > 0
 
 
 @pytest.fixture(scope="module")
@@ -228,8 +236,8 @@ def test_a_cancelled_pass_leaves_committed_rows_and_no_statistics(llama, tmp_pat
                      batch_size=2, ctx_len=64)
     with ActivationStore.open(out) as store:
         assert 200 <= store.n_rows < 1000
-        with pytest.raises(StoreError, match="no group"):
-            store.read_group("features/s")
+        with pytest.raises(StoreError, match="no statistics named 's'"):
+            read_stats(store, "s")
     with pytest.raises(StoreError, match="already exists"):
         feature_pass(JobContext(device=CPU), llama, "demo", topk_sae(), HOOK, "s", out)
 
@@ -418,7 +426,10 @@ def test_cli_runs_the_one_pass_and_names_bad_input(tiny_llama, tmp_path):
             "--max-tokens", "400", "--ctx-len", "64", "--out", str(out), "--device", "cpu"]
     proc = cli(*args)
     assert proc.returncode == 0, proc.stderr
-    assert "/features/sae: 96 latents over 400 rows" in proc.stdout
+    with ActivationStore.open(out) as store:
+        written = find_stats(store, "sae").path
+    assert f"{written}: sae: 96 latents over 400 rows" in proc.stdout
+    assert written.parent == out.with_name("one.features")
     arrays, attrs = group(out, "sae")
     assert attrs["hook"] == HOOK and "logit_top_ids" in arrays
     again = cli(*args)

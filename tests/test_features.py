@@ -20,6 +20,7 @@ from engine.features.stats import (
     feature_stats,
     label_association,
     load_feature_stats,
+    read_stats,
     row_labels,
     top_contexts,
 )
@@ -143,7 +144,7 @@ def test_neighbours_and_logit_effects_match_brute_force(computed, sae, llama):
 
 def test_group_reads_back_and_top_contexts(computed):
     _, stats, store = computed
-    arrays, attrs = store.read_group("features/relu-test")
+    arrays, attrs = read_stats(store, "relu-test")
     assert attrs["hook"] == HOOK and int(attrs["n_rows"]) == N_TOKENS
     assert stats.sae_cfg["d_sae"] == D_SAE and stats.sae_cfg["arch"] == "test-relu"
     for name in ("density", "mean", "max", "hist", "hist_edges", "quantiles", "top_values",
@@ -157,7 +158,7 @@ def test_group_reads_back_and_top_contexts(computed):
         assert ctx.row == row and ctx.value == value and ctx.tokens[ctx.at] == tokens[row]
     assert len(top_contexts(store, stats, 1)) == stats.count[1]
     assert top_contexts(store, stats, 0) == []
-    with pytest.raises(StoreError, match="no group"):
+    with pytest.raises(StoreError, match="no statistics named 'missing'"):
         load_feature_stats(store, "missing")
 
 

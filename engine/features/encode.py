@@ -11,11 +11,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NamedTuple
 
+import h5py
 import numpy as np
 import torch
 
-from engine.errors import LatentLabError, StoreError
-from engine.features.stats import load_feature_stats
+from engine.errors import LatentLabError
+from engine.features.stats import CODE_ARRAYS, load_feature_stats, open_stats
 from engine.jobs import JobContext
 from engine.lru import LockedLRU
 from engine.models.base import weight_fingerprint
@@ -182,26 +183,29 @@ _codes = LockedLRU(CODES_CACHE_SIZE)
 
 
 def stored_codes(store: ActivationStore, stats_id: str, sae: SparseAutoencoder, hook: str) -> StoredCodes | None:
-    """The codes ``feature_stats`` kept for ``stats_id``, read once per file version and
-    kept in memory; None when there are none, or they are for another hook, another row
-    count or other SAE weights (a stale group is never trusted)."""
-    group = f"features/{stats_id}"
+    """The codes ``feature_stats`` kept for ``stats_id`` of these SAE weights over the store
+    as it is now (located by ``find_stats``), read once per file version and kept in
+    memory; None when there are none, or they are for another hook or row count (stale
+    codes are never trusted)."""
+    fingerprint = weight_fingerprint(sae)
     try:
-        ptr_ds = store.dataset(f"{group}/code_ptr")
-    except StoreError:
+        with open_stats(store, stats_id, fingerprint) as g:
+            if not all(isinstance(g.get(name), h5py.Dataset) for name in CODE_ARRAYS):
+                return None
+            attrs = dict(g.attrs)
+            if attrs.get("hook") != hook or int(attrs.get("n_rows", -1)) != store.n_rows:
+                return None
+            path = Path(g.file.filename)
+            st = path.stat()
+            key = (str(path.resolve()), g.name, st.st_mtime_ns, st.st_size, fingerprint)
+            hit = _codes.get(key)
+            if hit is not None:
+                return hit
+            ptr, latent, value = (g[name][()] for name in CODE_ARRAYS)
+    except LatentLabError:
         return None
-    attrs = dict(ptr_ds.parent.attrs)
-    if (attrs.get("hook") != hook or int(attrs.get("n_rows", -1)) != store.n_rows
-            or attrs.get("sae_fingerprint") != weight_fingerprint(sae)):
-        return None
-    st = store.path.stat()
-    key = (str(store.path.resolve()), stats_id, st.st_mtime_ns, st.st_size, attrs.get("sae_fingerprint"))
-    hit = _codes.get(key)
-    if hit is not None:
-        return hit
-    latent, value = store.dataset(f"{group}/code_latent")[()], store.dataset(f"{group}/code_value")[()]
     mean = np.bincount(latent, value.astype(np.float64), sae.d_sae) / max(store.n_rows, 1)
-    codes = StoredCodes(ptr_ds[()].astype(np.int64), latent, value, mean)
+    codes = StoredCodes(ptr.astype(np.int64), latent, value, mean)
     _codes.put(key, codes)
     return codes
 

@@ -3,8 +3,9 @@ truncated after the SAE's hook point (the capture's forward, ``engine.capture``)
 batch's rows are encoded and folded into the same accumulators the store path uses
 (``engine.features.running``), so the statistics equal those of capture-then-feature_stats
 on the same tokens. The pass still writes a store: tokens, samples, positions, labels and
-documents (the browser's contexts), the activation rows unless told not to, and the
-statistics with the sparse codes of every row under ``/features/<sae id>/``."""
+documents (the browser's contexts) and the activation rows unless told not to; the
+statistics with the sparse codes of every row go to their own file beside it
+(``engine.features.stats.stats_path``)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engine.capture import CapturePlan, open_capture_store, plan_capture, run_capture
+from engine.capture import (
+    CapturePlan,
+    check_capture_args,
+    no_empty_store,
+    open_capture_store,
+    plan_capture,
+    run_capture,
+)
 from engine.errors import StoreError
 from engine.features.running import RunningStats
 from engine.features.stats import (
@@ -24,6 +32,7 @@ from engine.features.stats import (
     check_stats_id,
     new_running,
     row_labels,
+    stats_target,
     write_feature_stats,
 )
 from engine.jobs import JobContext
@@ -64,14 +73,16 @@ def feature_pass(ctx: JobContext, model: str | ModelAdapter, source: str | Sourc
                  write_acts: bool = True, logits: bool = True) -> FeatureStatsResult:
     """Job: run ``model`` over ``source`` (up to ``max_tokens`` rows, ``batch_size`` windows
     of ``ctx_len`` a batch) once, and write the new store ``out`` holding its rows
-    (activations of ``hook`` too when ``write_acts``) and the statistics of ``sae`` under
-    ``/features/<sae_id>/``, with logit effects when ``logits`` and the model has an
-    unembedding (decoder neighbours and logit effects come from the cache of weight-only
-    tables when it holds them for these weights). A cancelled or failed pass leaves the
-    store with its committed rows and no statistics. The SAE is moved to ``ctx.device``."""
+    (activations of ``hook`` too when ``write_acts``) and, beside it, the statistics of
+    ``sae`` (``stats_path``; ``find_stats(store, sae_id)`` finds them), with logit effects
+    when ``logits`` and the model has an unembedding (decoder neighbours and logit effects
+    come from the cache of weight-only tables when it holds them for these weights). A
+    cancelled or failed pass leaves the store with its committed rows and no statistics.
+    The SAE is moved to ``ctx.device``."""
     t0 = time.perf_counter()
     out = Path(out)
     check_stats_id(sae_id)
+    check_capture_args(max_tokens, batch_size, ctx_len)
     if out.exists():
         raise StoreError(f"{out}: already exists; choose another --out, or compute statistics "
                          f"of the rows it holds with feature-stats --store {out}")
@@ -81,15 +92,16 @@ def feature_pass(ctx: JobContext, model: str | ModelAdapter, source: str | Sourc
     check_sae(sae, width, hook, plan.adapter.model_id, top_n)
     label, n_declared = _first_label(plan)
     run = new_running(sae, top_n, n_declared, count_labels=label is not None)
-    with open_capture_store(out, plan.meta, plan.source, resume=False) as store:
+    with no_empty_store(out, plan.source), open_capture_store(out, plan.meta, plan.source, resume=False) as store:
         started = time.perf_counter()
         run_capture(ctx, plan, store, [hook], batch_size, max_tokens,
                     consume=_consumer(run, sae, hook, dtype, label))
         pass_seconds = time.perf_counter() - started
         labels = row_labels(store, sae.d_sae)
         tokens = store.index("tokens")
-    cached = write_feature_stats(ctx, out, run, sae, hook, sae_id, top_n, n_quantiles, tokens,
+        target = stats_target(store, sae_id, sae)
+    cached = write_feature_stats(ctx, target, run, sae, hook, sae_id, top_n, n_quantiles, tokens,
                                  labels, plan.adapter if logits else None)
-    return FeatureStatsResult(str(out), sae_id, f"features/{sae_id}", run.n, sae.d_sae,
+    return FeatureStatsResult(str(out), sae_id, str(target.path), run.n, sae.d_sae,
                               time.perf_counter() - t0, pass_seconds, cached)
 

@@ -5,25 +5,36 @@ rows, a few example rows from each quantile interval; then, from the weights alo
 (``engine.features.weights``), each latent's logit effects (causal LMs) and its nearest
 latents by decoder cosine. When the store has label fields, the pass also counts, per
 latent and class of the first field, the firing rows of that class (``label_association``
-reads them). Results go into the store file under ``/features/<sae id>/``.
-``engine.features.one_pass`` feeds the same accumulators straight from the model instead.
+reads them). ``engine.features.one_pass`` feeds the same accumulators straight from the
+model instead.
+
+Where they live: a file of their own beside the store, never inside it (the store is only
+read), keyed by the store's content hash and the SAE's weight fingerprint:
+``<store stem>.features/<sae id>-<SAE fingerprint[:8]>-<store key[:8]>.h5`` (``stats_path``),
+written to a temporary file and renamed (``engine.store.derived``). ``find_stats`` is the one
+way to locate them for (store, sae id[, SAE weights]); it falls back to the
+``/features/<sae id>/`` group that older versions wrote into the store.
 
 Shapes: codes (batch, d_sae); W_dec (d_sae, d_in); W_U (vocab, d_model)."""
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import time
 from collections import Counter
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import h5py
 import numpy as np
 import torch
 
-from engine.errors import LatentLabError
+from engine.errors import LatentLabError, StoreError
 from engine.features.running import (  # noqa: F401  (HIST_*, hist_quantiles: part of this API)
     HIST_BINS,
     HIST_RANGE,
@@ -37,14 +48,17 @@ from engine.jobs import JobContext
 from engine.models.base import ModelAdapter, weight_fingerprint
 from engine.sae.base import SparseAutoencoder
 from engine.store.activations import ActivationStore
+from engine.store.derived import derived_attrs, open_derived, store_key, write_derived
 
+STATS_FORMAT = 1  # root attribute ``stats_format`` of a statistics file
+STATS_FOLDER_SUFFIX = ".features"  # <store stem>.features/ beside the store
 CODE_ARRAYS = ("code_ptr", "code_latent", "code_value")  # read in slices, see engine.features.encode
 
 
 class FeatureStatsResult(NamedTuple):
-    path: str
+    path: str  # the store
     sae_id: str
-    group: str  # where the statistics live in the store file
+    stats_path: str  # the file the statistics were written to (see ``stats_path``)
     n_rows: int
     d_sae: int
     seconds: float  # the whole job
@@ -102,10 +116,112 @@ class TopContext(NamedTuple):
 
 # ---------------------------------------------------------------- the job
 def check_stats_id(sae_id: str) -> str:
-    """``sae_id`` when it can name a group under /features/ (raises otherwise)."""
+    """``sae_id`` when it can name a statistics file (raises otherwise)."""
     if not sae_id or "/" in sae_id or sae_id in (".", ".."):
         raise LatentLabError(f"SAE id {sae_id!r} must be a non-empty name without '/'")
     return sae_id
+
+
+# ---------------------------------------------------------------- where statistics live
+def stats_folder(store_path: str | os.PathLike) -> Path:
+    """The folder beside a store that holds the statistics computed over it:
+    ``<store stem>.features``."""
+    path = Path(store_path)
+    return path.with_name(path.stem + STATS_FOLDER_SUFFIX)
+
+
+def stats_path(store: ActivationStore, sae_id: str, sae_fingerprint: str) -> Path:
+    """The file the statistics ``sae_id`` of the SAE with weights ``sae_fingerprint``
+    (``weight_fingerprint(sae)``) over ``store`` as it is now are written to:
+    ``<store stem>.features/<sae id>-<fingerprint[:8]>-<store key[:8]>.h5``."""
+    return stats_folder(store.path) / f"{check_stats_id(sae_id)}-{sae_fingerprint[:8]}-{store_key(store)[:8]}.h5"
+
+
+class StatsLocation(NamedTuple):
+    """Where ``find_stats`` found statistics."""
+
+    path: Path  # a statistics file, or the store itself for statistics older versions wrote
+    group: str  # "/" in a statistics file; "features/<sae id>" inside an older store
+
+    @property
+    def legacy(self) -> bool:
+        return self.group != "/"
+
+
+def _stats_files(store: ActivationStore, sae_id: str) -> Iterator[tuple[Path, dict[str, Any]]]:
+    """Every readable statistics file named for ``sae_id`` beside the store, with its attributes."""
+    for path in stats_folder(store.path).glob(f"{glob.escape(sae_id)}-*.h5"):
+        attrs = derived_attrs(path)
+        if attrs is not None and attrs.get("sae_id") == sae_id and "stats_format" in attrs:
+            yield path, attrs
+
+
+def find_stats(store: ActivationStore, sae_id: str, sae_fingerprint: str | None = None,
+               prefer: str | os.PathLike | None = None) -> StatsLocation | None:
+    """The statistics ``sae_id`` over ``store`` as it is now (its content hash must match),
+    of the SAE with weights ``sae_fingerprint`` when given, else ``prefer`` (a file a
+    workspace recorded) when it is one of them, else the newest written for that id;
+    failing that, the ``/features/<sae_id>`` group an older version wrote into the store
+    (of those weights, when given). None when there are none."""
+    check_stats_id(sae_id)
+    key, best = store_key(store), None
+    preferred = None if prefer is None else Path(prefer).resolve()
+    for path, attrs in _stats_files(store, sae_id):
+        if attrs.get("store_key") != key:
+            continue
+        if sae_fingerprint is not None and attrs.get("sae_fingerprint") != sae_fingerprint:
+            continue
+        if preferred is not None and path.resolve() == preferred:
+            return StatsLocation(path, "/")
+        mtime = path.stat().st_mtime_ns
+        if best is None or mtime > best[0]:
+            best = (mtime, path)
+    if best is not None:
+        return StatsLocation(best[1], "/")
+    legacy = f"features/{sae_id}"
+    try:
+        attrs = store.group(legacy).attrs
+    except StoreError:
+        return None
+    if sae_fingerprint is not None and attrs.get("sae_fingerprint") != sae_fingerprint:
+        return None
+    return StatsLocation(store.path, legacy)
+
+
+def _missing(store: ActivationStore, sae_id: str) -> StoreError:
+    """The error for statistics ``find_stats`` did not find: stale ones, or none."""
+    stale = [attrs for _, attrs in _stats_files(store, sae_id)]
+    if stale:
+        rows = ", ".join(sorted({str(a.get("n_rows")) for a in stale}))
+        return StoreError(f"{store.path}: the feature statistics {sae_id!r} in {stats_folder(store.path)} "
+                          f"are of another state of this store ({rows} rows, now {store.n_rows}); "
+                          "run feature-stats again")
+    return StoreError(f"{store.path}: no statistics named {sae_id!r} (run feature-stats --store "
+                      f"{store.path} --sae <SAE folder>)")
+
+
+@contextmanager
+def open_stats(store: ActivationStore, sae_id: str, sae_fingerprint: str | None = None) -> Iterator[h5py.Group]:
+    """The HDF5 group holding the statistics ``find_stats`` locates (a statistics file's
+    root, or an older store's ``/features/<sae_id>``), open for reading in the block;
+    StoreError names the store when there are none."""
+    found = find_stats(store, sae_id, sae_fingerprint)
+    if found is None:
+        raise _missing(store, sae_id)
+    if found.legacy:
+        yield store.group(found.group)
+        return
+    with open_derived(found.path) as f:
+        yield f
+
+
+def read_stats(store: ActivationStore, sae_id: str, sae_fingerprint: str | None = None,
+               exclude: Sequence[str] = ()) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """The arrays (but those named in ``exclude``) and attributes of the statistics
+    ``find_stats`` locates; StoreError when there are none."""
+    with open_stats(store, sae_id, sae_fingerprint) as g:
+        arrays = {k: v[()] for k, v in g.items() if isinstance(v, h5py.Dataset) and k not in exclude}
+        return arrays, dict(g.attrs)
 
 
 def row_labels(store: ActivationStore, d_sae: int | None = None) -> RowLabels | None:
@@ -179,13 +295,38 @@ def _data_arrays(run: RunningStats, n_quantiles: int, tokens: np.ndarray,
     return arrays | label_totals, label_attrs
 
 
-def write_feature_stats(ctx: JobContext, path: Path, run: RunningStats, sae: SparseAutoencoder,
+class StatsTarget(NamedTuple):
+    """Where statistics over a store go, fixed while the store was open: its path, content
+    hash (``store_key``) and the file ``stats_path`` names."""
+
+    store: Path
+    key: str
+    path: Path
+
+
+def stats_target(store: ActivationStore, sae_id: str, sae: SparseAutoencoder) -> StatsTarget:
+    return StatsTarget(Path(store.path), store_key(store), stats_path(store, sae_id, weight_fingerprint(sae)))
+
+
+def _drop_superseded(target: StatsTarget, sae_id: str, fingerprint: str) -> None:
+    """Remove the files of the same SAE id and weights over earlier states of the store
+    (fewer rows, an earlier capture into its path): no reader can use them again."""
+    folder = target.path.parent
+    for path in folder.glob(f"{glob.escape(sae_id)}-{fingerprint[:8]}-*.h5"):
+        attrs = derived_attrs(path)
+        if (path != target.path and attrs is not None and attrs.get("sae_id") == sae_id
+                and attrs.get("sae_fingerprint") == fingerprint and attrs.get("store_key") != target.key):
+            path.unlink(missing_ok=True)
+
+
+def write_feature_stats(ctx: JobContext, target: StatsTarget, run: RunningStats, sae: SparseAutoencoder,
                         hook: str, sae_id: str, top_n: int, n_quantiles: int, tokens: np.ndarray,
                         labels: RowLabels | None, adapter: ModelAdapter | None) -> tuple[str, ...]:
     """The end of either pass: add the weight-only statistics (from the cache when it holds
     them, ``weight_tables``) to what ``run`` measured (``tokens`` (n_rows,) are the store's
-    /tokens, ``labels`` the counted field) and write them into the closed store ``path``
-    under ``/features/<sae_id>/``. Returns the names of the tables read from the cache."""
+    /tokens, ``labels`` the counted field) and write them atomically to ``target.path``, a
+    file of their own beside the store (which is not written). Returns the names of the
+    tables read from the cache."""
     arrays, label_attrs = _data_arrays(run, n_quantiles, tokens, labels)
     fingerprint = weight_fingerprint(sae)
     if hook.endswith("hook_z"):  # not in the residual basis: no logit effects
@@ -194,11 +335,12 @@ def write_feature_stats(ctx: JobContext, path: Path, run: RunningStats, sae: Spa
     arrays.update(tables.arrays)
     ctx.check_cancelled()
     cfg = {"architecture": type(sae).architecture, **sae.cfg.to_dict()}
-    attrs = {"hook": hook, "n_rows": run.n, "top_n": top_n, "sae_id": sae_id,
-             "sae_fingerprint": fingerprint,
-             "sae_cfg": json.dumps(cfg, default=str),
+    attrs = {"stats_format": STATS_FORMAT, "hook": hook, "n_rows": run.n, "top_n": top_n,
+             "sae_id": sae_id, "sae_fingerprint": fingerprint, "store_key": target.key,
+             "store": target.store.name, "sae_cfg": json.dumps(cfg, default=str),
              "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **label_attrs}
-    ActivationStore.write_group(path, f"features/{sae_id}", arrays, attrs)
+    write_derived(target.path, arrays, attrs)
+    _drop_superseded(target, sae_id, fingerprint)
     return tables.cached
 
 
@@ -206,7 +348,8 @@ def feature_stats(ctx: JobContext, store_path: str | os.PathLike, sae: SparseAut
                   hook: str, sae_id: str, batch_size: int = 4096, top_n: int = 32,
                   n_quantiles: int = 11, adapter: ModelAdapter | None = None) -> FeatureStatsResult:
     """Job: per-latent statistics of ``sae`` over every row of ``hook`` in the store, written
-    into the store under ``/features/<sae_id>/`` (replacing an earlier group of that id).
+    to their own file beside it (``stats_path``; the store is only read), replacing the
+    earlier statistics of the same id and weights; ``find_stats(store, sae_id)`` finds them.
     Logit effects are computed when ``adapter`` is a causal LM (see ``logit_effects``);
     decoder neighbours and logit effects are read from the cache of weight-only tables when
     it holds them (``feature_weights.weight_tables``). Nothing is written if the job is cancelled. The SAE is moved to ``ctx.device``."""
@@ -219,10 +362,11 @@ def feature_stats(ctx: JobContext, store_path: str | os.PathLike, sae: SparseAut
         labels = row_labels(store, sae.d_sae)
         run = _stream(ctx, store, sae, hook, batch_size, top_n, labels)
         tokens = store.index("tokens")
+        target = stats_target(store, sae_id, sae)
     pass_seconds = time.perf_counter() - t0
-    cached = write_feature_stats(ctx, path, run, sae, hook, sae_id, top_n, n_quantiles, tokens,
+    cached = write_feature_stats(ctx, target, run, sae, hook, sae_id, top_n, n_quantiles, tokens,
                                  labels, adapter)
-    return FeatureStatsResult(str(path), sae_id, f"features/{sae_id}", run.n, sae.d_sae,
+    return FeatureStatsResult(str(path), sae_id, str(target.path), run.n, sae.d_sae,
                               time.perf_counter() - t0, pass_seconds, cached)
 
 
@@ -258,9 +402,11 @@ def sae_feature_stats(ctx: JobContext, store: str | os.PathLike, sae: str | os.P
                          adapter=adapter)
 
 # ---------------------------------------------------------------- reading
-def load_feature_stats(store: ActivationStore, sae_id: str) -> FeatureStats:
-    """The statistics ``feature_stats`` wrote for ``sae_id`` (open the store after writing)."""
-    arrays, attrs = store.read_group(f"features/{check_stats_id(sae_id)}", exclude=CODE_ARRAYS)
+def load_feature_stats(store: ActivationStore, sae_id: str, sae_fingerprint: str | None = None) -> FeatureStats:
+    """The statistics ``feature_stats`` wrote for ``sae_id`` over the store as it is now (of
+    the SAE weights ``sae_fingerprint`` when given; see ``find_stats``), without the codes;
+    StoreError when there are none."""
+    arrays, attrs = read_stats(store, sae_id, sae_fingerprint, exclude=CODE_ARRAYS)
     known = set(FeatureStats.__dataclass_fields__)
     label_name = attrs.get("label_name")
     return FeatureStats(sae_id=sae_id, hook=str(attrs["hook"]), n_rows=int(attrs["n_rows"]),
@@ -366,10 +512,10 @@ def suggest_latent(store: ActivationStore, sae_id: str, max_density: float = 0.0
     """A latent worth showing first: the most often firing one among the specific ones
     (density below ``max_density``); None when every latent is dead or there are no stats."""
     try:
-        arrays, _ = store.read_group(f"features/{sae_id}")
-    except LatentLabError:
+        with open_stats(store, sae_id) as g:
+            density = np.asarray(g["density"][()], np.float64)
+    except (LatentLabError, KeyError):
         return None
-    density = np.asarray(arrays["density"], np.float64)
     live = (density > 0) & (density < max_density)
     if not live.any():
         live = density > 0

@@ -64,6 +64,10 @@ class TextSource(Source):
         self._labels = tuple(labels)
         self.label_classes: dict[str, list[str]] = {name: [] for name in labels}
         self._docs = self._read()
+        if not self._docs:
+            what = "its .txt and .jsonl files hold" if self.path.is_dir() else "it holds"
+            raise SourceError(f"source {self.path}: no documents to read ({what} no text, only "
+                              "blank lines or nothing)")
         self.source_id = content_id(f"text:{self.path.name}", *(d.text for d in self._docs))
 
     def _read(self) -> list[Example]:

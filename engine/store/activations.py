@@ -15,6 +15,10 @@ Layout (format version 1):
   /n_committed               (1,) int64   the committed count again, as a dataset: a SWMR
                                           reader can refresh a dataset but not a root attribute
   /images                    (n_samples, h, w) float32, indexed by /sample (image sources)
+
+Nothing but capture writes a store. What is computed from one (feature statistics) is a
+file of its own beside it (``engine.store.derived``); stores from before that may hold
+``/features/<sae id>/`` groups, which readers still take as a fallback (``read_group``).
 """
 
 from __future__ import annotations
@@ -74,6 +78,23 @@ def chunk_rows_for(row_bytes: int) -> int:
     """Rows per HDF5 chunk so a chunk holds about 1 MiB (a power of two in 256..8192)."""
     target = max(1, (1 << 20) // max(row_bytes, 1))
     return int(min(8192, max(256, 1 << int(np.round(np.log2(target))))))
+
+
+def _reason(exc: OSError) -> str:
+    """An OSError's reason without h5py's wrapping (e.g. "Permission denied")."""
+    text = str(exc)
+    found = text.find("error message = '")
+    if found >= 0:
+        return text[found + 17:].split("'")[0]
+    return exc.strerror or text
+
+
+def _not_a_folder(folder: Path) -> Path | None:
+    """The first ancestor-or-self of ``folder`` that exists but is not a folder, if any."""
+    for part in (*reversed(folder.parents), folder):
+        if part.exists() and not part.is_dir():
+            return part
+    return None
 
 
 def _open_h5(path: Path, mode: str) -> h5py.File:
@@ -194,9 +215,15 @@ class ActivationStore:
         path = Path(path)
         if meta.dtype not in ("float16", "float32"):
             raise StoreError(f"{path}: dtype must be float16 or float32, not {meta.dtype!r}")
-        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".creating")
-        with h5py.File(tmp, "w", libver="latest") as f:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            f = h5py.File(tmp, "w", libver="latest")
+        except OSError as exc:
+            blocker = _not_a_folder(path.parent)
+            why = f"{blocker} is a file, not a folder" if blocker else _reason(exc)
+            raise StoreError(f"{path}: cannot create the store in {path.parent} ({why})") from None
+        with f:
             f.attrs.update({
                 "format_version": FORMAT_VERSION, "model_id": meta.model_id,
                 "model_hash": meta.model_hash, "source_id": meta.source_id,
@@ -486,36 +513,24 @@ class ActivationStore:
         self._n = hi
         return hi
 
-    @classmethod
-    def write_group(cls, path: str | os.PathLike, group: str, arrays: Mapping[str, np.ndarray],
-                    attrs: Mapping[str, Any]) -> None:
-        """Replace the group ``group`` (e.g. ``features/<sae id>``) of a closed store with
-        ``arrays`` and ``attrs``. Opens the file as a plain (non-SWMR) writer, so no capture
-        may be writing it; readers opened before this do not see the new group."""
-        path = Path(path)
-        f = _open_h5(path, "r+")
-        try:
-            if group in f:
-                del f[group]
-            g = f.require_group(group)
-            for name, value in arrays.items():
-                g.create_dataset(name, data=np.asarray(value))
-            g.attrs.update(dict(attrs))
-        finally:
-            f.close()
-
     def read_group(self, group: str, exclude: Sequence[str] = ()) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """The datasets (as arrays, but not those named in ``exclude``) and attributes of a
-        group ``write_group`` wrote."""
-        if group not in self._f or not isinstance(self._f[group], h5py.Group):
-            raise StoreError(f"{self.path}: no group /{group}")
-        g = self._f[group]
+        group of the file (e.g. ``features/<sae id>``, where older LatentLab versions wrote
+        feature statistics)."""
+        g = self.group(group)
         arrays = {k: v[()] for k, v in g.items() if isinstance(v, h5py.Dataset) and k not in exclude}
         return arrays, dict(g.attrs)
 
+    def group(self, path: str) -> h5py.Group:
+        """A group of the file, open while the store is; raises StoreError when it is missing."""
+        obj = self._f.get(path)
+        if not isinstance(obj, h5py.Group):
+            raise StoreError(f"{self.path}: no group /{path}")
+        return obj
+
     def dataset(self, path: str) -> h5py.Dataset:
-        """A dataset of the file (e.g. a large array of a ``/features`` group), to read in
-        slices instead of whole; raises StoreError when it is missing."""
+        """A dataset of the file, to read in slices instead of whole; raises StoreError when
+        it is missing."""
         obj = self._f.get(path)
         if not isinstance(obj, h5py.Dataset):
             raise StoreError(f"{self.path}: no dataset /{path}")
