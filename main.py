@@ -31,15 +31,20 @@ def _floats(text: str) -> list[float]:
     return [float(x) for x in _csv(text)]
 
 
+def _spec(spec, args: argparse.Namespace, **given):
+    """``spec`` (an engine.api spec class) from the flags named after its fields (and
+    ``given``); a bad value is named by its flag: '--k should be a number above 0, not 0'."""
+    values = {f: getattr(args, f) for f in spec.model_fields if hasattr(args, f)}
+    return spec.parse({**values, **given}, name=lambda field: "--" + field.replace("_", "-"))
+
+
 def cmd_capture(args: argparse.Namespace) -> int:
-    from engine.api import capture, capture_distributed, run_cli
-    params = dict(model=args.model, source=args.source, hooks=_csv(args.hooks), out=args.out,
-                  max_tokens=args.max_tokens, resume=args.resume, batch_size=args.batch_size,
-                  ctx_len=args.ctx_len, dtype=args.dtype, model_dtype=args.model_dtype)
+    from engine.api import CaptureSpec, capture, capture_distributed, run_cli
+    spec = _spec(CaptureSpec, args, hooks=_csv(args.hooks))
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     job = capture_distributed if world > 1 else capture
-    result = run_cli(job, device=args.device, quiet=args.quiet or rank != 0, **params)
+    result = run_cli(job, device=args.device, quiet=args.quiet or rank != 0, **spec.job_params())
     if rank == 0:
         print(f"{result.path}: {result.rows} rows committed ({result.added} added in {result.seconds:.1f} s)")
         _print_cosines(result.path)
@@ -97,16 +102,12 @@ def cmd_zoo_prune(args: argparse.Namespace) -> int:
 
 
 def cmd_train_sae(args: argparse.Namespace) -> int:
-    from engine.api import run_cli, train_sae, train_sae_distributed
+    from engine.api import TrainSpec, run_cli, train_sae, train_sae_distributed
+    spec = _spec(TrainSpec, args)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
-    options = {k: v for k, v in (("l1_coeff", args.l1_coeff), ("l0_coeff", args.l0_coeff)) if v is not None}
     job = train_sae_distributed if world > 1 else train_sae
-    result = run_cli(job, device=args.device, quiet=args.quiet or rank != 0, store=args.store, hook=args.hook,
-                     out=args.out, arch=args.arch, expansion=args.expansion, k=args.k,
-                     batch_size=args.batch_size, steps=args.steps, epochs=args.epochs, lr=args.lr,
-                     holdout=args.holdout, resume=args.resume, seed=args.seed,
-                     checkpoint_every=args.checkpoint_every, eval_model=args.eval_model, **options)
+    result = run_cli(job, device=args.device, quiet=args.quiet or rank != 0, **spec.job_params())
     if rank == 0:
         shown = ", ".join(f"{k} {v:.4g}" for k, v in result.metrics.items())
         print(f"{result.out}: {result.steps} steps; held-out {shown}")
@@ -126,7 +127,7 @@ def cmd_feature_stats(args: argparse.Namespace) -> int:
     sae_id = args.sae_id or Path(args.sae).resolve().name
     result = (_feature_pass(args, sae, hook, sae_id) if args.source is not None
               else _feature_stats_of_store(args, hook, sae_id))
-    print(f"{result.stats_path}: {result.sae_id}: {result.d_sae} latents over {result.n_rows} rows "
+    print(f"{result.path}: /features/{result.sae_id}: {result.d_sae} latents over {result.n_rows} rows "
           f"in {result.seconds:.1f} s (pass {result.pass_seconds:.1f} s)"
           + (f"; read from the cache: {', '.join(result.cached_tables)}" if result.cached_tables else ""))
     return 0
@@ -155,10 +156,10 @@ def _feature_stats_of_store(args: argparse.Namespace, hook: str, sae_id: str):
 def cmd_demo(args: argparse.Namespace) -> int:
     """Build (or finish) the demo workspace headless: capture, SAE, statistics, projections."""
     from engine.api import DemoSpec, build_demo, default_workspace, run_cli
+    spec = _spec(DemoSpec, args, umap=not args.no_umap)
     root = Path(args.workspace) if args.workspace else default_workspace()
     print(f"workspace {root}", file=sys.stderr)
-    ws = run_cli(build_demo, device=args.device, root=root,
-                 spec=DemoSpec(max_tokens=args.max_tokens, umap=not args.no_umap))
+    ws = run_cli(build_demo, device=args.device, root=root, spec=spec)
     print(f"demo workspace {ws.root}: store {ws.store.name} ({ws.hook}), SAE {ws.sae.name}, "
           f"projections in {ws.projections_dir}")
     return 0
@@ -299,59 +300,34 @@ def cmd_stitch(args: argparse.Namespace) -> int:
     return 0
 
 
-def _recipe(specs: list[str], store: str | None = None) -> list[dict]:
-    """Parse --intervention specs (see the steer help) into steering recipe items, the same
-    items the steering view keeps in AppState; mean-ablations read their means from ``store``."""
-    from engine.api import JobContext, latent_means, load_concept_sets
+def _steering_recipe(args: argparse.Namespace) -> list[dict]:
+    """--recipe's items, then each --intervention's (the short form): the recipe items the
+    steering view keeps in AppState; mean-ablations read their means from --store."""
+    from engine.api import SteeringRecipe, short_form_items
     from engine.errors import LatentLabError
-    out: list[dict] = []
-    for spec in specs:
-        kind, _, rest = spec.partition(":")
-        parts = rest.split(":")
+    items = SteeringRecipe.load(args.recipe, f"--recipe {args.recipe}").dicts() if args.recipe else []
+    for text in args.intervention:
         try:
-            if kind == "add" and len(parts) == 3:
-                hook, alpha, source = parts[0], float(parts[1]), parts[2]
-                name, _, value = source.partition("=")
-                if name == "concept":
-                    sets = load_concept_sets(value)
-                    out.append({"kind": "concept", "hook": hook, "strength": alpha, "name": Path(value).stem,
-                                "positive": sets["positive"], "negative": sets["negative"]})
-                elif name == "latent":
-                    folder, _, latent = value.rpartition("#")
-                    out.append({"kind": "latent", "hook": hook, "strength": alpha, "sae": folder,
-                                "latent": int(latent), "mode": "add"})
-                else:
-                    raise ValueError(f"unknown direction source {name!r}")
-            elif kind == "clamp" and len(parts) == 3:
-                for pair in parts[2].split(","):
-                    j, v = pair.split("=")
-                    out.append({"kind": "latent", "hook": parts[0], "sae": parts[1], "latent": int(j),
-                                "mode": "clamp", "strength": float(v)})
-            elif kind == "ablate" and len(parts) == 3:
-                out += [{"kind": "latent", "hook": parts[0], "sae": parts[1], "latent": int(j), "mode": "ablate"}
-                        for j in parts[2].split(",")]
-            elif kind == "mean-ablate" and len(parts) == 3:
-                if store is None:
-                    raise ValueError("mean-ablation needs --store STORE (the means are taken over its rows)")
-                latents = [int(j) for j in parts[2].split(",")]
-                means = latent_means(JobContext(), store, parts[0], parts[1], latents)
-                out += [{"kind": "latent", "hook": parts[0], "sae": parts[1], "latent": j, "mode": "mean-ablate",
-                         "mean": m} for j, m in zip(latents, means, strict=True)]
-            else:
-                raise ValueError("expected add:HOOK:ALPHA:concept=FILE.json | add:HOOK:ALPHA:latent=SAE#J"
-                                 " | clamp:HOOK:SAE:J=V[,J=V] | ablate:HOOK:SAE:J[,J] | mean-ablate:HOOK:SAE:J[,J]")
+            items += short_form_items(text, args.store)
         except (ValueError, LatentLabError) as exc:
-            raise LatentLabError(f"--intervention {spec!r}: {exc}") from None
-    return out
+            raise LatentLabError(f"--intervention {text!r}: {exc}") from None
+    return items
 
 
 def cmd_steer(args: argparse.Namespace) -> int:
     """Baseline and steered continuations of one prompt, side by side."""
-    from engine.api import cached_model, compare_generation, resolve_device, run_cli, shift_text
+    from engine.api import (
+        cached_model,
+        compare_generation,
+        recipe_interventions,
+        resolve_device,
+        run_cli,
+        shift_text,
+    )
+    recipe = _steering_recipe(args)
     adapter = cached_model(args.model)
     adapter.to(resolve_device(args.device))
-    from engine.api import recipe_interventions
-    interventions = recipe_interventions(adapter, _recipe(args.intervention, args.store))
+    interventions = recipe_interventions(adapter, recipe)
     r = run_cli(compare_generation, device=args.device, quiet=True, adapter=adapter, prompt=args.prompt,
                 interventions=interventions, max_new_tokens=args.max_new_tokens, seed=args.seed,
                 sample=args.sample, temperature=args.temperature)
@@ -469,86 +445,121 @@ def cmd_gui(args: argparse.Namespace) -> int:
                    quit_after=getattr(args, "quit_after", None), launched=LAUNCHED)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="latentlab", description=__doc__)
-    p.add_argument("--workspace", help="workspace folder (default: the demo workspace)")
-    p.add_argument("--device", default="auto", help="torch device: auto (GPU if present), cpu, cuda, cuda:1")
-    sub = p.add_subparsers(dest="command")
+# ---------------------------------------------------------------------- the parser
+NUMBER_LISTS = ("--strengths",)  # sweep's and inject's: a list that may start with a minus
 
-    c = sub.add_parser("capture", help="capture activations into an HDF5 store")
+
+def _glue_number_lists(argv: list[str]) -> list[str]:
+    """``--strengths -8,-4,0`` as ``--strengths=-8,-4,0``: argparse reads an argument that
+    starts with '-' as an option unless it is one plain negative number."""
+    out: list[str] = []
+    for arg in argv:
+        if out and out[-1] in NUMBER_LISTS and re.match(r"-\.?\d", arg):
+            out[-1] = f"{out[-1]}={arg}"
+        else:
+            out.append(arg)
+    return out
+
+
+def _command(sub, name: str, func, help: str, common: bool = True) -> argparse.ArgumentParser:
+    """A sub-command running ``func``; ``common``: --workspace and --device may follow its name."""
+    p = sub.add_parser(name, help=help)
+    p.set_defaults(func=func)
+    if common:
+        p.add_argument("--workspace", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        p.add_argument("--device", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    return p
+
+
+def _spec_option(p: argparse.ArgumentParser, spec, field: str, help: str | None = None) -> None:
+    """--FIELD with the spec's default and choices; the spec checks the value (no type=), so a
+    bad one is named as '--FIELD should be ..., not VALUE'."""
+    p.add_argument("--" + field.replace("_", "-"), default=spec.default(field),
+                   choices=spec.choices(field) or None, help=help)
+
+
+def _capture_parser(sub) -> None:
+    from engine.api import CaptureSpec as S
+    c = _command(sub, "capture", cmd_capture, "capture activations into an HDF5 store")
     c.add_argument("--model", required=True, help="smollm2, hf:PATH, hf-encoder:PATH?pooling=mean, "
                    "a digits-zoo folder, file.py:factory")
     c.add_argument("--source", required=True, help="demo, digits[:train|test], FILE.txt, FILE.jsonl?field=text, FOLDER")
     c.add_argument("--hooks", required=True, help="comma-separated hook points, e.g. blocks.15.hook_resid_post")
     c.add_argument("--out", required=True, help="store file to write (.h5)")
-    c.add_argument("--max-tokens", type=int, default=None, help="rows to capture (default: the whole source)")
+    _spec_option(c, S, "max_tokens", "rows to capture (default: the whole source)")
     c.add_argument("--resume", action="store_true", help="continue an existing store from its committed rows")
-    c.add_argument("--batch-size", type=int, default=8, help="windows (or images) per forward pass")
-    c.add_argument("--ctx-len", type=int, default=128, help="tokens per window, special tokens included")
-    c.add_argument("--dtype", choices=("float16", "float32"), default="float16",
-                   help="precision of the stored rows")
-    c.add_argument("--model-dtype", choices=("float32", "bfloat16", "float16"), default="float32",
-                   help="precision the model runs in; below float32 the store records the cosine "
-                   "of the first batch's rows to the float32 model's")
+    _spec_option(c, S, "batch_size", "windows (or images) per forward pass")
+    _spec_option(c, S, "ctx_len", "tokens per window, special tokens included")
+    _spec_option(c, S, "dtype", "precision of the stored rows")
+    _spec_option(c, S, "model_dtype", "precision the model runs in; below float32 the store records the "
+                 "cosine of the first batch's rows to the float32 model's")
     c.add_argument("--quiet", action="store_true", help="no progress bar")
-    c.set_defaults(func=cmd_capture)
 
-    s = sub.add_parser("store-info", help="validate a store and print its summary as JSON")
+
+def _store_info_parser(sub) -> None:
+    s = _command(sub, "store-info", cmd_store_info, "validate a store and print its summary as JSON", common=False)
     s.add_argument("store")
     s.add_argument("--context", type=int, default=None, help="also print the tokens around this row")
     s.add_argument("--decode", action="store_true", help="decode the context with the store's model")
-    s.set_defaults(func=cmd_store_info)
 
-    h = sub.add_parser("hooks", help="list a model's hook points")
+
+def _hooks_parser(sub) -> None:
+    h = _command(sub, "hooks", cmd_hooks, "list a model's hook points", common=False)
     h.add_argument("--model", required=True)
-    h.set_defaults(func=cmd_hooks)
 
-    z = sub.add_parser("zoo-train", help="train digits-zoo models (MLP/CNN on scikit-learn digits)")
+
+def _zoo_train_parser(sub) -> None:
+    z = _command(sub, "zoo-train", cmd_zoo_train, "train digits-zoo models (MLP/CNN on scikit-learn digits)")
     z.add_argument("--out", required=True)
     z.add_argument("--arch", choices=("mlp", "cnn"), default="mlp")
     z.add_argument("--widths", default="64")
     z.add_argument("--depths", default="2")
     z.add_argument("--seeds", default="0")
     z.add_argument("--epochs", type=int, default=None)
-    z.set_defaults(func=cmd_zoo_train)
 
-    zp = sub.add_parser("zoo-prune", help="magnitude-, random- and structured-pruned variants of a zoo model")
+
+def _zoo_prune_parser(sub) -> None:
+    zp = _command(sub, "zoo-prune", cmd_zoo_prune, "magnitude-, random- and structured-pruned variants of a zoo model")
     zp.add_argument("--model", required=True, help="a digits-zoo model folder")
     zp.add_argument("--out", required=True)
     zp.add_argument("--methods", default="magnitude,random,structured")
     zp.add_argument("--sparsities", default="0.5,0.8,0.9")
     zp.add_argument("--seed", type=int, default=0)
-    zp.set_defaults(func=cmd_zoo_prune)
 
-    t = sub.add_parser("train-sae", help="train a sparse autoencoder on one hook point of a store")
+
+def _train_sae_parser(sub) -> None:
+    from engine.api import TrainSpec as S
+    t = _command(sub, "train-sae", cmd_train_sae, "train a sparse autoencoder on one hook point of a store")
     t.add_argument("--store", required=True)
     t.add_argument("--hook", required=True)
     t.add_argument("--out", required=True, help="folder for the SAE (SAELens layout), its curves and metrics")
-    t.add_argument("--arch", default="topk", help="relu, topk, batchtopk, jumprelu, mp, gtopk")
-    t.add_argument("--expansion", type=int, default=8, help="d_sae = expansion x d_in")
-    t.add_argument("--k", type=int, default=32, help="latents per row (topk, batchtopk, gtopk) or steps (mp)")
-    t.add_argument("--batch-size", type=int, default=4096)
-    t.add_argument("--steps", type=int, default=None, help="optimiser steps (default: --epochs over the rows)")
-    t.add_argument("--epochs", type=float, default=1.0)
-    t.add_argument("--lr", type=float, default=4e-4)
-    t.add_argument("--l1-coeff", type=float, default=None, help="relu: L1 weight")
-    t.add_argument("--l0-coeff", type=float, default=None, help="jumprelu: L0 weight")
-    t.add_argument("--holdout", type=float, default=0.05, help="held-out share (or row count) for metrics")
-    t.add_argument("--checkpoint-every", type=int, default=200)
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--arch", default=S.default("arch"), help="relu, topk, batchtopk, jumprelu, mp, gtopk")
+    _spec_option(t, S, "expansion", "d_sae = expansion x d_in")
+    _spec_option(t, S, "k", "latents per row (topk, batchtopk, gtopk) or steps (mp)")
+    _spec_option(t, S, "batch_size")
+    _spec_option(t, S, "steps", "optimiser steps (default: --epochs over the rows)")
+    _spec_option(t, S, "epochs")
+    _spec_option(t, S, "lr")
+    _spec_option(t, S, "l1_coeff", "relu: L1 weight")
+    _spec_option(t, S, "l0_coeff", "jumprelu: L0 weight")
+    _spec_option(t, S, "holdout", "held-out share (or row count) for metrics")
+    _spec_option(t, S, "checkpoint_every")
+    _spec_option(t, S, "seed")
     t.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
-    t.add_argument("--eval-model", default=None, help="model spec for spliced-in loss (e.g. smollm2)")
+    _spec_option(t, S, "eval_model", "model spec for spliced-in loss (e.g. smollm2)")
     t.add_argument("--quiet", action="store_true")
-    t.set_defaults(func=cmd_train_sae)
 
-    f = sub.add_parser("feature-stats", help="per-latent statistics of an SAE: over a store's rows, "
-                       "or in one pass of the model over a source into a new store")
+
+def _feature_stats_parser(sub) -> None:
+    from engine.api import CaptureSpec
+    f = _command(sub, "feature-stats", cmd_feature_stats, "per-latent statistics of an SAE: over a store's "
+                 "rows, or in one pass of the model over a source into a new store")
     f.add_argument("--store", default=None, help="a store holding the SAE's hook point")
     f.add_argument("--source", default=None, help="one pass over this source instead (with --model, --out)")
     f.add_argument("--out", default=None, help="the store the one pass writes (must not exist)")
     f.add_argument("--sae", required=True, help="an SAE folder (cfg.json + sae_weights.safetensors)")
     f.add_argument("--hook", default=None, help="default: the SAE's hook_name")
-    f.add_argument("--sae-id", default=None, help="name the statistics are found by (default: the SAE folder's name)")
+    f.add_argument("--sae-id", default=None, help="name under /features/ (default: the SAE folder's name)")
     f.add_argument("--model", default=None, help="the model to run (one pass), or for logit effects "
                    "(default: the store's model)")
     f.add_argument("--no-logits", action="store_true", help="skip logit effects (no model load with --store)")
@@ -556,19 +567,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rows per SAE batch with --store (default 4096); windows per batch in one pass (default 8)")
     f.add_argument("--top-n", type=int, default=32)
     f.add_argument("--max-tokens", type=int, default=None, help="one pass: rows to run (default: the whole source)")
-    f.add_argument("--ctx-len", type=int, default=128, help="one pass: tokens per window")
-    f.add_argument("--dtype", choices=("float16", "float32"), default="float16",
+    f.add_argument("--ctx-len", type=int, default=CaptureSpec.default("ctx_len"), help="one pass: tokens per window")
+    f.add_argument("--dtype", choices=CaptureSpec.choices("dtype"), default=CaptureSpec.default("dtype"),
                    help="one pass: how rows are stored (and rounded before encoding)")
     f.add_argument("--no-acts", action="store_true",
                    help="one pass: keep tokens, contexts and the SAE codes but not the activation rows")
-    f.set_defaults(func=cmd_feature_stats)
 
-    d = sub.add_parser("demo", help="build the demo workspace headless (smollm2 over the demo corpus)")
-    d.add_argument("--max-tokens", type=int, default=50_000)
+
+def _demo_parser(sub) -> None:
+    from engine.api import DemoSpec
+    d = _command(sub, "demo", cmd_demo, "build the demo workspace headless (smollm2 over the demo corpus)")
+    _spec_option(d, DemoSpec, "max_tokens")
     d.add_argument("--no-umap", action="store_true", help="PCA layouts only")
-    d.set_defaults(func=cmd_demo)
 
-    pr = sub.add_parser("project", help="PCA or UMAP layout of a store's rows or an SAE's latents")
+
+def _project_parser(sub) -> None:
+    pr = _command(sub, "project", cmd_project, "PCA or UMAP layout of a store's rows or an SAE's latents")
     pr.add_argument("--store", required=True)
     pr.add_argument("--hook", required=True)
     pr.add_argument("--method", choices=("pca", "umap"), default="pca")
@@ -578,10 +592,11 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--cache-dir", default=None, help="reuse layouts cached here")
     pr.add_argument("--seed", type=int, default=0)
     pr.add_argument("--out", required=True, help=".npz with xy, ids, name")
-    pr.set_defaults(func=cmd_project)
 
-    cp = sub.add_parser("compare-pruned", help="loss geometry of a dense zoo model against its "
-                        "pruned variants under corruptions; flips and KS tests")
+
+def _compare_pruned_parser(sub) -> None:
+    cp = _command(sub, "compare-pruned", cmd_compare_pruned, "loss geometry of a dense zoo model against its "
+                  "pruned variants under corruptions; flips and KS tests")
     cp.add_argument("dense", help="the dense digits-zoo model folder")
     cp.add_argument("pruned", nargs="+", help="pruned variant folders (from zoo-prune)")
     cp.add_argument("--corruption", action="append", type=_corruption, default=None,
@@ -591,10 +606,11 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--centroids", choices=("own", "dense"), default="own",
                     help="class centroids of each model's own features, or the dense model's")
     cp.add_argument("--out", required=True, help=".npz to write (load_comparison reads it)")
-    cp.set_defaults(func=cmd_compare_pruned)
 
-    cm = sub.add_parser("compare", help="similarity of two representations (CKA, CCA, Procrustes, "
-                        "RSA, mutual kNN), or a layer x layer matrix")
+
+def _compare_parser(sub) -> None:
+    cm = _command(sub, "compare", cmd_compare, "similarity of two representations (CKA, CCA, Procrustes, "
+                  "RSA, mutual kNN), or a layer x layer matrix")
     cm.add_argument("a", nargs="?", help="STORE.h5[:HOOK] (with --layers: STORE.h5[:H1,H2,...], "
                     "default all); or give --a")
     cm.add_argument("b", nargs="?", help="the other side, row-aligned with a (the same store is "
@@ -609,19 +625,21 @@ def build_parser() -> argparse.ArgumentParser:
                     "default to 10,000)")
     cm.add_argument("--seed", type=int, default=0)
     cm.add_argument("--out", default=None, help="write the result as JSON")
-    cm.set_defaults(func=cmd_compare)
 
-    ka = sub.add_parser("kernel-analysis", help="error of a label against the number of leading "
-                        "kernel eigen-components (Montavon et al.)")
+
+def _kernel_analysis_parser(sub) -> None:
+    ka = _command(sub, "kernel-analysis", cmd_kernel_analysis, "error of a label against the number of "
+                  "leading kernel eigen-components (Montavon et al.)")
     ka.add_argument("--store", required=True)
     ka.add_argument("--hook", required=True)
     ka.add_argument("--label", required=True, help="a label field of the store, e.g. digit or topic")
     ka.add_argument("--components", default=None, help="e.g. 1,2,4,8,16 (default 1..100)")
     ka.add_argument("--max-rows", type=int, default=2000)
     ka.add_argument("--seed", type=int, default=0)
-    ka.set_defaults(func=cmd_kernel_analysis)
 
-    m = sub.add_parser("match", help="match units of two representations, or latents of two SAEs")
+
+def _match_parser(sub) -> None:
+    m = _command(sub, "match", cmd_match, "match units of two representations, or latents of two SAEs")
     m.add_argument("a", help="STORE.h5[:HOOK], or an SAE folder with --method sae")
     m.add_argument("b")
     m.add_argument("--method", choices=("hungarian", "sparse", "clusters", "sae"), default="hungarian")
@@ -631,9 +649,10 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--max-units", type=int, default=None, help="sparse: units of A per unit of B")
     m.add_argument("--n-clusters", type=int, default=8, help="clusters: spectral clusters")
     m.add_argument("--threshold", type=float, default=0.7, help="sae: decoder cosine for a match")
-    m.set_defaults(func=cmd_match)
 
-    st = sub.add_parser("stitch", help="fit an affine map from A's layer to B's and run B on it")
+
+def _stitch_parser(sub) -> None:
+    st = _command(sub, "stitch", cmd_stitch, "fit an affine map from A's layer to B's and run B on it")
     st.add_argument("--model-a", required=True)
     st.add_argument("--hook-a", required=True)
     st.add_argument("--model-b", required=True)
@@ -644,11 +663,14 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--max-tokens", type=int, default=None, help="language models: tokens to fit on")
     st.add_argument("--per-position", action="store_true", help="CNNs: a 1x1-conv map (Bansal et al.)")
     st.add_argument("--finetune-steps", type=int, default=0, help="then train the map on B's task loss")
-    st.set_defaults(func=cmd_stitch)
 
-    sr = sub.add_parser("steer", help="generate with and without interventions and compare")
+
+def _steer_parser(sub) -> None:
+    sr = _command(sub, "steer", cmd_steer, "generate with and without interventions and compare")
     sr.add_argument("--model", required=True)
     sr.add_argument("--prompt", required=True)
+    sr.add_argument("--recipe", default=None, help="a steering recipe JSON file: what a session file saves "
+                    "under 'steering' (or the session file itself); --intervention items follow its items")
     sr.add_argument("--intervention", action="append", default=[], help="repeatable: "
                     "add:HOOK:ALPHA:concept=SETS.json (a JSON object with 'positive' and 'negative' "
                     "text lists), add:HOOK:ALPHA:latent=SAE_DIR#J, clamp:HOOK:SAE_DIR:J=V[,J=V], "
@@ -658,14 +680,17 @@ def build_parser() -> argparse.ArgumentParser:
     sr.add_argument("--seed", type=int, default=0)
     sr.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
     sr.add_argument("--temperature", type=float, default=1.0)
-    sr.set_defaults(func=cmd_steer)
 
-    concept_help = ("SETS.json: {\"positive\": [texts], \"negative\": [texts], optional \"words\": [concept "
-                    "words]}; the direction is mean(positive) - mean(negative) at each hook")
-    sw = sub.add_parser("sweep", help="steer along a concept at several hooks x strengths: concept score, "
-                        "coherence, KL")
+
+CONCEPT_HELP = ("SETS.json: {\"positive\": [texts], \"negative\": [texts], optional \"words\": [concept "
+                "words]}; the direction is mean(positive) - mean(negative) at each hook")
+
+
+def _sweep_parser(sub) -> None:
+    sw = _command(sub, "sweep", cmd_sweep, "steer along a concept at several hooks x strengths: concept "
+                  "score, coherence, KL")
     sw.add_argument("--model", required=True)
-    sw.add_argument("--concept", required=True, help=concept_help)
+    sw.add_argument("--concept", required=True, help=CONCEPT_HELP)
     sw.add_argument("--hooks", default=None, help="comma-separated hook points")
     sw.add_argument("--layers", default=None, help="e.g. 3,6,9: blocks.L.hook_resid_post")
     sw.add_argument("--strengths", default="-8,-4,0,4,8", help="comma-separated, e.g. -8,-4,0,4,8")
@@ -675,12 +700,13 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--max-new-tokens", type=int, default=10)
     sw.add_argument("--seed", type=int, default=0)
     sw.add_argument("--out", default=None, help="write the result as JSON")
-    sw.set_defaults(func=cmd_sweep)
 
-    ij = sub.add_parser("inject", help="concept injection: ask the model about its own state while a "
-                        "concept is added, at several strengths (0 = control)")
+
+def _inject_parser(sub) -> None:
+    ij = _command(sub, "inject", cmd_inject, "concept injection: ask the model about its own state while a "
+                  "concept is added, at several strengths (0 = control)")
     ij.add_argument("--model", required=True)
-    ij.add_argument("--concept", required=True, help=concept_help)
+    ij.add_argument("--concept", required=True, help=CONCEPT_HELP)
     ij.add_argument("--hook", required=True)
     ij.add_argument("--strengths", default="0,4,8,16", help="comma-separated; include 0 as the control")
     ij.add_argument("--question", action="append", default=[], help="repeatable (default: three "
@@ -695,21 +721,31 @@ def build_parser() -> argparse.ArgumentParser:
     ij.add_argument("--temperature", type=float, default=1.0)
     ij.add_argument("--samples", type=int, default=1, help="answers per question and strength (seed, seed+1, ...)")
     ij.add_argument("--out", default=None, help="write the result as JSON")
-    ij.set_defaults(func=cmd_inject)
-    for parser in (sw, ij):  # let --strengths -8,-4,0 through (argparse takes "-8,..." for an option)
-        parser._negative_number_matcher = re.compile(r"^-\.?\d")
 
-    g = sub.add_parser("gui", help="open the app (the default with no sub-command)")
+
+def _gui_parser(sub) -> None:
+    g = _command(sub, "gui", cmd_gui, "open the app (the default with no sub-command)")
     g.add_argument("--quit-after", type=float, default=None, help=argparse.SUPPRESS)
-    g.set_defaults(func=cmd_gui)
-    for parser in (d, c, z, zp, t, f, pr, cp, cm, ka, m, st, sr, sw, ij, g):  # accept --workspace/--device after the sub-command too
-        parser.add_argument("--workspace", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
-        parser.add_argument("--device", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+
+SUBCOMMANDS = (_capture_parser, _store_info_parser, _hooks_parser, _zoo_train_parser, _zoo_prune_parser,
+               _train_sae_parser, _feature_stats_parser, _demo_parser, _project_parser, _compare_pruned_parser,
+               _compare_parser, _kernel_analysis_parser, _match_parser, _stitch_parser, _steer_parser,
+               _sweep_parser, _inject_parser, _gui_parser)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="latentlab", description=__doc__)
+    p.add_argument("--workspace", help="workspace folder (default: the demo workspace)")
+    p.add_argument("--device", default="auto", help="torch device: auto (GPU if present), cpu, cuda, cuda:1")
+    sub = p.add_subparsers(dest="command")
+    for add in SUBCOMMANDS:
+        add(sub)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_glue_number_lists(sys.argv[1:] if argv is None else argv))
     from engine.api import Cancelled
     from engine.errors import LatentLabError
     try:

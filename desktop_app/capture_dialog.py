@@ -5,7 +5,6 @@ OK, and the window submits ``engine.capture.capture`` with ``CaptureDialog.param
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
@@ -33,16 +32,16 @@ from desktop_app.form import ERROR_STYLE, field_row, spin
 from desktop_app.state import AppState
 from engine import api
 from engine.api import (
-    MODEL_DTYPES,
     TEXT_SUFFIXES,
     CaptureResult,
+    CaptureSpec,
+    ModelSpec,
     default_workspace,
 )
 from engine.errors import LatentLabError
 
 PRESET_SOURCES = ("demo", "digits:train", "digits:test")
 DIGIT_SPLITS = ("train", "test", "all")
-STORED_DTYPES = ("float16", "float32")
 STORE_SUFFIXES = (".h5", ".hdf5")
 LOADING = "loading hook points\u2026"
 
@@ -56,30 +55,18 @@ def workspace_models(root: Path | None) -> list[str]:
     return sorted(str(p) for p in set(found))
 
 
-def model_name(spec: str) -> str:
-    """A file-name-safe short name of a model spec: smollm2, a folder's name, an HF repo's name."""
-    body = spec.strip().split("?", 1)[0].rstrip("/")
-    body = body.split(":", 1)[1] if body.startswith(("hf:", "hf-causal:", "hf-encoder:")) else body
-    body = body.split(".py:", 1)[0] if ".py:" in body else body
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", Path(body).name) or "model"
-
-
 def default_out(root: Path, spec: str, hook: str | None) -> Path:
     """``<root>/stores/<model>-<hook>.h5``, the store the dialog proposes."""
-    return Path(root) / "stores" / (f"{model_name(spec)}-{hook}.h5" if hook else f"{model_name(spec)}.h5")
+    name = ModelSpec.parse(spec).short_name
+    return Path(root) / "stores" / (f"{name}-{hook}.h5" if hook else f"{name}.h5")
 
 
 def model_problem(spec: str) -> str | None:
     """Why the model field cannot be loaded as it stands (a missing path), else None."""
-    body = spec.split("?", 1)[0]
-    if not body:
+    if not spec.split("?", 1)[0]:
         return "Model: empty; enter smollm2, a model folder or hf:NAME."
-    if body.startswith(("hf:", "hf-causal:", "hf-encoder:")):
-        return None
-    path = body.split(".py:", 1)[0] + ".py" if ".py:" in body else body
-    if ("/" in path or path.startswith((".", "~")) or path.endswith(".py")) and not Path(path).expanduser().exists():
-        return f"Model: {path} does not exist."
-    return None
+    missing = ModelSpec.parse(spec).missing()
+    return None if missing is None else f"Model: {missing} does not exist."
 
 
 def source_problem(spec: str) -> str | None:
@@ -148,7 +135,7 @@ class CaptureDialog(QDialog):
         self.model.lineEdit().editingFinished.connect(self.load_hooks)
         self.model.activated.connect(lambda _: self.load_hooks())  # also sent on editing finished
         self.model.setToolTip("smollm2, hf:PATH, hf-encoder:PATH?pooling=mean, a digits-zoo folder, file.py:factory")
-        self.model_dtype = _combo(tuple(MODEL_DTYPES))
+        self.model_dtype = _combo(CaptureSpec.choices("model_dtype"))
         self.model_dtype.setToolTip("precision the model runs in; below float32 the store records "
                                     "the cosine of the first batch's rows to the float32 model's")
         self.source = _combo(PRESET_SOURCES, editable=True)
@@ -162,9 +149,9 @@ class CaptureDialog(QDialog):
         self.hooks_status = QLabel()
         self.max_tokens = spin(0, 2**31 - 1, 0, 1000)
         self.max_tokens.setSpecialValueText("all (the whole source)")
-        self.ctx_len = spin(2, 32768, 128, 16)
-        self.batch_size = spin(1, 4096, 8)
-        self.dtype = _combo(STORED_DTYPES)
+        self.ctx_len = spin(2, 32768, CaptureSpec.default("ctx_len"), 16)
+        self.batch_size = spin(1, 4096, CaptureSpec.default("batch_size"))
+        self.dtype = _combo(CaptureSpec.choices("dtype"))
         self.out = QLineEdit()
         self.out.textEdited.connect(lambda text: setattr(self, "_out_auto", not text))
         self.resume = QCheckBox("Resume if the file exists (continue from its committed rows)")
@@ -272,7 +259,7 @@ class CaptureDialog(QDialog):
                 self._fill_hooks([], loading=False)
                 self._set_hooks_state("failed", f"Model: {sentence}")
         self._set_hooks_state("loading", LOADING)
-        self._hooks_job = self.bridge.submit(f"Hook points of {model_name(spec)}", api.hook_points,
+        self._hooks_job = self.bridge.submit(f"Hook points of {ModelSpec.parse(spec).short_name}", api.hook_points,
                                              key="capture-hooks", on_result=done, on_error=failed,
                                              model=self._expand(spec))
 
@@ -385,12 +372,14 @@ class CaptureDialog(QDialog):
         return None
 
     def params(self) -> dict[str, Any]:
-        """The keyword arguments of ``engine.capture.capture``, as ``main.py capture`` builds them."""
-        return dict(model=self._expand(self.model_spec()), source=self._expand(self.source.currentText().strip()),
-                    hooks=self.checked_hooks(), out=str(Path(self.out.text().strip()).expanduser()),
-                    max_tokens=self.max_tokens.value() or None, resume=self.resume.isChecked(),
-                    batch_size=self.batch_size.value(), ctx_len=self.ctx_len.value(),
-                    dtype=self.dtype.currentText(), model_dtype=self.model_dtype.currentText())
+        """The keyword arguments of ``engine.capture.capture``, as ``main.py capture`` builds them
+        (a CaptureSpec's)."""
+        return CaptureSpec.parse(dict(
+            model=self._expand(self.model_spec()), source=self._expand(self.source.currentText().strip()),
+            hooks=self.checked_hooks(), out=Path(self.out.text().strip()).expanduser(),
+            max_tokens=self.max_tokens.value() or None, resume=self.resume.isChecked(),
+            batch_size=self.batch_size.value(), ctx_len=self.ctx_len.value(), dtype=self.dtype.currentText(),
+            model_dtype=self.model_dtype.currentText())).job_params()
 
     def accept(self) -> None:
         """OK: with a problem, show it and stay open (nothing is submitted)."""

@@ -6,11 +6,9 @@ runs as engine jobs on its engine thread (progress and cancel in the jobs panel)
 
 from __future__ import annotations
 
-import inspect
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from PySide6.QtCore import QSignalBlocker, Qt
 from PySide6.QtGui import QPalette
@@ -29,7 +27,7 @@ from PySide6.QtWidgets import (
 
 from desktop_app.form import ERROR_STYLE, field_row, spin
 from engine import api
-from engine.api import SAEConfig, train_sae
+from engine.api import SpecError, TrainSpec
 from engine.errors import LatentLabError
 
 if TYPE_CHECKING:
@@ -42,8 +40,7 @@ ARCH_NOTES = {"relu": "ReLU with an L1 penalty", "topk": "k largest latents per 
               "jumprelu": "learnt thresholds, L0 penalty", "mp": "matching pursuit, k greedy steps",
               "gtopk": "TopK weighted by loss gradients (runs the model)"}
 RESUME_TEXT = "Resume from the last checkpoint"
-_TRAIN = {name: p.default for name, p in inspect.signature(train_sae).parameters.items()}
-_SAE = {f: SAEConfig.__dataclass_fields__[f].default for f in ("l1_coeff", "l0_coeff")}
+DEFAULT = TrainSpec.default  # the dialog starts from train-sae's defaults
 
 
 class FieldError(LatentLabError):
@@ -54,53 +51,27 @@ class FieldError(LatentLabError):
         self.widget = widget
 
 
-def training_rows(n_rows: int, holdout: float = _TRAIN["holdout"]) -> int:
+def training_rows(n_rows: int, holdout: float = DEFAULT("holdout")) -> int:
     """Rows train_sae trains on: the last ``holdout`` share is held out for its metrics."""
     return n_rows - (max(1, int(holdout * n_rows)) if holdout < 1 else int(holdout))
 
 
-@dataclass(frozen=True)
-class TrainRequest:
-    """One training run as the dialog accepted it (``train_sae``'s parameters and whether to
-    compute the feature statistics afterwards)."""
+class TrainRequest(TrainSpec):
+    """One training run as the dialog accepted it: ``train_sae``'s parameters (TrainSpec),
+    the store's model, and whether to compute the feature statistics afterwards."""
 
-    store: Path
-    hook: str
-    out: Path
+    what: ClassVar[str] = "Train SAE"
     model: str
-    arch: str = "topk"
-    expansion: int = _TRAIN["expansion"]
-    k: int = _TRAIN["k"]
-    batch_size: int = _TRAIN["batch_size"]
-    epochs: float = _TRAIN["epochs"]
-    lr: float = _TRAIN["lr"]
-    seed: int = _TRAIN["seed"]
-    resume: bool = False
     stats: bool = True
-    options: dict[str, float] = field(default_factory=dict)  # l1_coeff (relu), l0_coeff (jumprelu)
 
     @property
     def sae_id(self) -> str:
-        """The statistics' name under /features/: the SAE folder's name, as feature-stats uses."""
+        """The statistics' name: the SAE folder's name, as feature-stats uses."""
         return self.out.name
 
     def train_params(self) -> dict[str, Any]:
         """Keyword arguments of ``train_sae``."""
-        return dict(store=self.store, hook=self.hook, out=self.out, arch=self.arch, expansion=self.expansion,
-                    k=self.k, batch_size=self.batch_size, epochs=self.epochs, lr=self.lr, seed=self.seed,
-                    resume=self.resume, **self.options)
-
-
-def _number(widget: QLineEdit, name: str) -> float:
-    """A positive number typed into ``widget``; FieldError naming the field otherwise."""
-    text = widget.text().strip()
-    try:
-        value = float(text)
-    except ValueError:
-        raise FieldError(f"{name}: {text!r} is not a number", widget) from None
-    if not (value > 0 and math.isfinite(value)):
-        raise FieldError(f"{name}: {text} must be a number above 0", widget)
-    return value
+        return self.job_params()
 
 
 def _note() -> QLabel:
@@ -150,19 +121,19 @@ class TrainSAEDialog(QDialog):
         self.arch_box = QComboBox()
         for arch in ARCHS:
             self.arch_box.addItem(f"{arch}  ({ARCH_NOTES[arch]})", arch)
-        self.arch_box.setCurrentIndex(ARCHS.index("topk"))
+        self.arch_box.setCurrentIndex(ARCHS.index(DEFAULT("arch")))
         self.arch_box.currentIndexChanged.connect(self._on_arch_changed)
-        self.k_box = spin(1, 1_000_000, _TRAIN["k"])
-        self.l1_edit, self.l0_edit = QLineEdit(f"{_SAE['l1_coeff']:g}"), QLineEdit(f"{_SAE['l0_coeff']:g}")
-        self.expansion_box = spin(1, 1024, _TRAIN["expansion"])
+        self.k_box = spin(1, 1_000_000, DEFAULT("k"))
+        self.l1_edit, self.l0_edit = QLineEdit(f"{DEFAULT('l1_coeff'):g}"), QLineEdit(f"{DEFAULT('l0_coeff'):g}")
+        self.expansion_box = spin(1, 1024, DEFAULT("expansion"))
         self.expansion_box.valueChanged.connect(self._update_width)
         self.width_note = _note()
-        self.batch_box = spin(1, 1 << 22, _TRAIN["batch_size"])
-        self.epochs_edit, self.lr_edit = QLineEdit(f"{_TRAIN['epochs']:g}"), QLineEdit(f"{_TRAIN['lr']:g}")
+        self.batch_box = spin(1, 1 << 22, DEFAULT("batch_size"))
+        self.epochs_edit, self.lr_edit = QLineEdit(f"{DEFAULT('epochs'):g}"), QLineEdit(f"{DEFAULT('lr'):g}")
         self.steps_note = _note()
         self.batch_box.valueChanged.connect(self._update_steps)
         self.epochs_edit.textChanged.connect(self._update_steps)
-        self.seed_box = spin(0, 2**31 - 1, _TRAIN["seed"])
+        self.seed_box = spin(0, 2**31 - 1, DEFAULT("seed"))
         self.out_edit = QLineEdit()
         self.out_edit.textEdited.connect(self._mark_out_edited)
         self.out_button = QPushButton("Browse...")
@@ -307,17 +278,22 @@ class TrainSAEDialog(QDialog):
         if arch in K_ARCHS and k > d_sae:
             raise FieldError(f"k: {k:,} is more than the SAE's {d_sae:,} latents (expansion "
                              f"{self.expansion_box.value()} x d_in {info.dims[hook]:,})", self.k_box)
-        options = ({"l1_coeff": _number(self.l1_edit, "L1 coefficient")} if arch == "relu" else
-                   {"l0_coeff": _number(self.l0_edit, "L0 coefficient")} if arch == "jumprelu" else {})
         n_train, batch = training_rows(info.n_rows), self.batch_box.value()
         if batch > n_train:
             raise FieldError(f"Batch size: {batch:,} is more than the {n_train:,} training rows of "
-                             f"{hook} (the last {_TRAIN['holdout']:.0%} are held out)", self.batch_box)
-        epochs, lr = _number(self.epochs_edit, "Epochs"), _number(self.lr_edit, "Learning rate")
-        return TrainRequest(store=info.path, hook=hook, out=self._checked_out(), model=info.model_id, arch=arch,
-                            expansion=self.expansion_box.value(), k=k, batch_size=batch, epochs=epochs, lr=lr,
-                            seed=self.seed_box.value(), resume=self.resume_check.isChecked(),
-                            stats=self.stats_check.isChecked(), options=options)
+                             f"{hook} (the last {DEFAULT('holdout'):.0%} are held out)", self.batch_box)
+        typed = {"epochs": self.epochs_edit, "lr": self.lr_edit, "l1_coeff": self.l1_edit, "l0_coeff": self.l0_edit}
+        uses = {"epochs", "lr"} | {"relu": {"l1_coeff"}, "jumprelu": {"l0_coeff"}}.get(arch, set())
+        fields = dict(store=info.path, hook=hook, out=self._checked_out(), model=info.model_id, arch=arch,
+                      expansion=self.expansion_box.value(), k=k, batch_size=batch, seed=self.seed_box.value(),
+                      resume=self.resume_check.isChecked(), stats=self.stats_check.isChecked(),
+                      **{name: typed[name].text().strip() for name in uses})
+        try:
+            return TrainRequest.parse(fields)
+        except SpecError as exc:  # a typed number the spec refuses, said with the field's label
+            widget = typed.get(exc.field)
+            label = self.form.labelForField(widget).text() if widget else exc.field
+            raise FieldError(exc.sentence or f"{label}: {exc.shown} is not {exc.expected}", widget) from None
 
     def _checked_store(self) -> tuple[api.StoreSummary, str]:
         text = self.store_edit.text().strip()

@@ -5,21 +5,22 @@ launch only reads what the first one built."""
 
 from __future__ import annotations
 
-import json
 import os
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
+
+from pydantic import ConfigDict, Field, field_serializer, model_validator
 
 from engine.errors import LatentLabError, StoreError
 from engine.jobs import JobContext
+from engine.models.registry import ModelSpec
 from engine.projection.layouts import UMAP_ROWS
+from engine.specs import CaptureSpec, Name, PositiveInt, Spec, SpecFile, TrainSpec, read_json
 from engine.store.activations import ActivationStore
 
 MANIFEST = "workspace.json"
-FORMAT = 1
 DEMO_HOOK = "blocks.15.hook_resid_post"
-_PATH_FIELDS = ("store", "sae", "stats")
+PATH_FIELDS = ("store", "sae")  # relative to the folder in workspace.json
 
 
 def default_workspace() -> Path:
@@ -28,18 +29,30 @@ def default_workspace() -> Path:
     return Path(os.environ.get("LATENTLAB_WORKSPACE") or Path(user_data_dir("latentlab")) / "demo")
 
 
-@dataclass
-class Workspace:
+class Workspace(SpecFile):
     """A workspace folder and its active model, store, hook point and SAE."""
 
-    root: Path
+    model_config = ConfigDict(extra="ignore", frozen=False)
+    what: ClassVar[str] = "workspace"
+    FORMAT: ClassVar[int] = 1
+    root: Path = Field(exclude=True)
     name: str = ""
     model: str | None = None
     store: Path | None = None  # absolute here; relative to root in workspace.json
     hook: str | None = None
     sae: Path | None = None
-    sae_id: str | None = None  # the SAE's feature statistics are found by this id (see stats_file)
-    stats: Path | None = None  # the file of those statistics, as the demo's stats stage wrote it
+    sae_id: str | None = None  # feature statistics live under /features/<sae_id> of the store
+
+    @model_validator(mode="after")
+    def _under_root(self) -> Workspace:
+        for key in PATH_FIELDS:
+            if getattr(self, key) is not None:
+                setattr(self, key, self.root / getattr(self, key))
+        return self
+
+    @field_serializer(*PATH_FIELDS)
+    def _relative(self, value: Path | None) -> str | None:
+        return None if value is None else os.path.relpath(value, self.root)
 
     @classmethod
     def open(cls, root: str | os.PathLike) -> Workspace:
@@ -50,24 +63,10 @@ class Workspace:
         path = root / MANIFEST
         if not path.is_file():
             raise LatentLabError(f"{root} is not a LatentLab workspace (it has no {MANIFEST})")
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise LatentLabError(f"{path}: not readable JSON ({exc})") from None
-        if not isinstance(data, dict):
-            raise LatentLabError(f"{path}: expected a JSON object, found {type(data).__name__}")
-        if int(data.get("format", FORMAT)) > FORMAT:
-            raise LatentLabError(f"{path}: format {data['format']} is newer than this "
-                                 f"LatentLab reads ({FORMAT}); update LatentLab")
-        known = {f for f in cls.__dataclass_fields__ if f != "root"}
-        fields: dict[str, Any] = {}
-        for key, value in data.items():
-            if key not in known or value is None:
-                continue
-            if not isinstance(value, str):
-                raise LatentLabError(f"{path}: field {key!r} should be a string, found {value!r}")
-            fields[key] = root / value if key in _PATH_FIELDS else value
-        return cls(root=root, **fields)
+        data = read_json(path)
+        if isinstance(data, dict):  # null: not set
+            data = {**{k: v for k, v in data.items() if v is not None}, "root": root}
+        return cls.parse(data, str(path))
 
     @classmethod
     def create(cls, root: str | os.PathLike, **fields: Any) -> Workspace:
@@ -85,20 +84,7 @@ class Workspace:
         return cls.open(root) if (root / MANIFEST).is_file() else cls.create(root)
 
     def save(self) -> None:
-        data: dict[str, Any] = {"format": FORMAT}
-        for key, value in asdict(self).items():
-            if key == "root":
-                continue
-            if key in _PATH_FIELDS and value is not None:
-                value = os.path.relpath(value, self.root)
-            data[key] = value
-        text = json.dumps(data, indent=2) + "\n"
-        manifest = self.root / MANIFEST
-        if manifest.is_file() and manifest.read_text() == text:
-            return  # unchanged: reopening a workspace only reads it
-        tmp = self.root / (MANIFEST + ".tmp")
-        tmp.write_text(text)
-        tmp.replace(manifest)
+        self.write(self.root / MANIFEST)
 
     @property
     def projections_dir(self) -> Path:
@@ -114,47 +100,52 @@ class Workspace:
     def saes(self) -> list[Path]:
         return sorted(p.parent for p in (self.root / "saes").glob("*/cfg.json"))
 
-    def stats_file(self) -> Path | None:
-        """The file holding the feature statistics ``sae_id`` over the active store as it is
-        now: the recorded ``stats`` while it still is such a file, else the newest one
-        beside the store (``engine.features.stats.find_stats``; the store itself when an
-        older version wrote them into it); None when there are none."""
+    def has_stats(self) -> bool:
+        """True once the active SAE's feature statistics are in the active store."""
         if self.store is None or self.sae_id is None or not self.store.is_file():
-            return None
-        from engine.features.stats import find_stats
+            return False
         try:
             with ActivationStore.open(self.store) as store:
-                found = find_stats(store, self.sae_id, prefer=self.stats)
-        except LatentLabError:
-            return None
-        return None if found is None else found.path
-
-    def has_stats(self) -> bool:
-        """True once the active SAE's feature statistics over the active store exist."""
-        return self.stats_file() is not None
+                store.read_group(f"features/{self.sae_id}")
+        except StoreError:
+            return False
+        return True
 
 
 # ------------------------------------------------------------------ the demo pipeline
-@dataclass(frozen=True)
-class DemoSpec:
-    """What the demo workspace holds; tests shrink it (a tiny model, a few thousand rows)."""
+class DemoSpec(Spec):
+    """What the demo workspace holds; tests shrink it (a tiny model, a few thousand rows).
+    The capture and training defaults are CaptureSpec's and TrainSpec's."""
 
-    model: str = "smollm2"
-    source: str = "demo"
-    hook: str = DEMO_HOOK
-    max_tokens: int = 50_000
-    ctx_len: int = 128
-    capture_batch: int = 8
-    arch: str = "topk"
-    expansion: int = 8
-    k: int = 32
-    sae_batch: int = 1024
+    what: ClassVar[str] = "demo"
+    model: Name = "smollm2"
+    source: Name = "demo"
+    hook: Name = DEMO_HOOK
+    max_tokens: PositiveInt = 50_000
+    ctx_len: int = CaptureSpec.default("ctx_len")
+    capture_batch: int = CaptureSpec.default("batch_size")
+    arch: str = TrainSpec.default("arch")
+    expansion: int = TrainSpec.default("expansion")
+    k: int = TrainSpec.default("k")
+    sae_batch: PositiveInt = 1024
     sae_epochs: float = 8.0
-    sae_name: str = "topk"
+    sae_name: Name = "topk"
     umap: bool = True
-    umap_rows: int = UMAP_ROWS
+    umap_rows: PositiveInt = UMAP_ROWS
     zoo: bool = True  # digits-zoo CNNs (two seeds, a pruned family) for the geometry view
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = {}  # more train_sae parameters
+
+    def capture_spec(self, out: Path) -> CaptureSpec:
+        """The demo's capture into ``out`` (continued when it exists)."""
+        return CaptureSpec.parse(dict(model=self.model, source=self.source, hooks=[self.hook], out=out,
+                                      max_tokens=self.max_tokens, resume=out.exists(),
+                                      batch_size=self.capture_batch, ctx_len=self.ctx_len), "demo capture")
+
+    def train_spec(self, store: Path, out: Path) -> TrainSpec:
+        """The demo's SAE on ``store``, into ``out`` (continued when it exists)."""
+        return TrainSpec.parse(dict(store=store, hook=self.hook, out=out, arch=self.arch, expansion=self.expansion,
+                                    k=self.k, batch_size=self.sae_batch, epochs=self.sae_epochs,
+                                    resume=out.exists()), "demo SAE")
 
 
 class Stage(NamedTuple):
@@ -186,17 +177,17 @@ def _store_complete(path: Path, hook: str, rows: int) -> bool:
         return False
 
 
-def build_demo(ctx: JobContext, root: str | os.PathLike, spec: DemoSpec = DemoSpec()) -> Workspace:
-    """Job: build (or finish, or just reopen) a demo workspace, announcing each stage with
-    ``ctx.partial(Stage(...))`` and each projection frame with ``ctx.partial(Layout)``."""
+def build_demo(ctx: JobContext, root: str | os.PathLike, spec: DemoSpec | None = None) -> Workspace:
+    """Job: build (or finish, or just reopen) a demo workspace (``spec`` default: DemoSpec()),
+    announcing each stage with ``ctx.partial(Stage(...))`` and each projection frame with
+    ``ctx.partial(Layout)``."""
+    spec = spec or DemoSpec()
     ws = Workspace.open_or_create(root)
     n = len(STAGES) - (0 if spec.umap else 1) - (0 if spec.zoo else 1)
-    store = ws.root / "stores" / f"demo_{_slug(spec.model)}.h5"
+    store = ws.root / "stores" / f"demo_{ModelSpec.parse(spec.model).short_name}.h5"
     if not _store_complete(store, spec.hook, spec.max_tokens):
         from engine.capture import capture
-        capture(_stage_ctx(ctx, 1, n, "capture"), model=spec.model, source=spec.source,
-                hooks=[spec.hook], out=store, max_tokens=spec.max_tokens, resume=store.exists(),
-                batch_size=spec.capture_batch, ctx_len=spec.ctx_len)
+        capture(_stage_ctx(ctx, 1, n, "capture"), **spec.capture_spec(store).job_params())
     ws.model, ws.store, ws.hook = spec.model, store, spec.hook
     ws.save()
     ctx.partial(Stage("store", ws))
@@ -204,9 +195,7 @@ def build_demo(ctx: JobContext, root: str | os.PathLike, spec: DemoSpec = DemoSp
     sae_dir = ws.root / "saes" / spec.sae_name
     if not ((sae_dir / "metrics.json").is_file() and (sae_dir / "cfg.json").is_file()):
         from engine.sae.train_job import train_sae
-        train_sae(_stage_ctx(ctx, 2, n, "SAE"), store=store, hook=spec.hook, out=sae_dir,
-                  arch=spec.arch, expansion=spec.expansion, k=spec.k, batch_size=spec.sae_batch,
-                  epochs=spec.sae_epochs, resume=sae_dir.exists(), **spec.extra)
+        train_sae(_stage_ctx(ctx, 2, n, "SAE"), **{**spec.train_spec(store, sae_dir).job_params(), **spec.extra})
     ws.sae, ws.sae_id = sae_dir, spec.sae_name
     ws.save()
     ctx.partial(Stage("sae", ws))
@@ -258,12 +247,4 @@ def build_zoo(ctx: JobContext, ws: Workspace, seeds: tuple[int, ...] = (0, 1)) -
 
 def _demo_stats(ctx: JobContext, ws: Workspace) -> None:
     from engine.features.stats import sae_feature_stats
-    result = sae_feature_stats(ctx, ws.store, ws.sae, ws.hook, ws.sae_id, model=ws.model,
-                               logits=bool(ws.model))
-    ws.stats = Path(result.stats_path)
-    ws.save()
-
-
-def _slug(spec: str) -> str:
-    name = Path(spec.split("?")[0].rstrip("/")).name or spec
-    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)[:40]
+    sae_feature_stats(ctx, ws.store, ws.sae, ws.hook, ws.sae_id, model=ws.model, logits=bool(ws.model))
