@@ -127,7 +127,7 @@ def cmd_feature_stats(args: argparse.Namespace) -> int:
     sae_id = args.sae_id or Path(args.sae).resolve().name
     result = (_feature_pass(args, sae, hook, sae_id) if args.source is not None
               else _feature_stats_of_store(args, hook, sae_id))
-    print(f"{result.path}: /features/{result.sae_id}: {result.d_sae} latents over {result.n_rows} rows "
+    print(f"{result.stats_path}: {result.sae_id}: {result.d_sae} latents over {result.n_rows} rows "
           f"in {result.seconds:.1f} s (pass {result.pass_seconds:.1f} s)"
           + (f"; read from the cache: {', '.join(result.cached_tables)}" if result.cached_tables else ""))
     return 0
@@ -559,7 +559,7 @@ def _feature_stats_parser(sub) -> None:
     f.add_argument("--out", default=None, help="the store the one pass writes (must not exist)")
     f.add_argument("--sae", required=True, help="an SAE folder (cfg.json + sae_weights.safetensors)")
     f.add_argument("--hook", default=None, help="default: the SAE's hook_name")
-    f.add_argument("--sae-id", default=None, help="name under /features/ (default: the SAE folder's name)")
+    f.add_argument("--sae-id", default=None, help="name the statistics are found by (default: the SAE folder's name)")
     f.add_argument("--model", default=None, help="the model to run (one pass), or for logit effects "
                    "(default: the store's model)")
     f.add_argument("--no-logits", action="store_true", help="skip logit effects (no model load with --store)")

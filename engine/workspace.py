@@ -20,7 +20,7 @@ from engine.store.activations import ActivationStore
 
 MANIFEST = "workspace.json"
 DEMO_HOOK = "blocks.15.hook_resid_post"
-PATH_FIELDS = ("store", "sae")  # relative to the folder in workspace.json
+PATH_FIELDS = ("store", "sae", "stats")  # relative to the folder in workspace.json
 
 
 def default_workspace() -> Path:
@@ -41,7 +41,8 @@ class Workspace(SpecFile):
     store: Path | None = None  # absolute here; relative to root in workspace.json
     hook: str | None = None
     sae: Path | None = None
-    sae_id: str | None = None  # feature statistics live under /features/<sae_id> of the store
+    sae_id: str | None = None  # the SAE's feature statistics are found by this id (see stats_file)
+    stats: Path | None = None  # the file of those statistics, as the demo's stats stage wrote it
 
     @model_validator(mode="after")
     def _under_root(self) -> Workspace:
@@ -100,16 +101,24 @@ class Workspace(SpecFile):
     def saes(self) -> list[Path]:
         return sorted(p.parent for p in (self.root / "saes").glob("*/cfg.json"))
 
-    def has_stats(self) -> bool:
-        """True once the active SAE's feature statistics are in the active store."""
+    def stats_file(self) -> Path | None:
+        """The file holding the feature statistics ``sae_id`` over the active store as it is
+        now: the recorded ``stats`` while it still is such a file, else the newest one
+        beside the store (``engine.features.stats.find_stats``; the store itself when an
+        older version wrote them into it); None when there are none."""
         if self.store is None or self.sae_id is None or not self.store.is_file():
-            return False
+            return None
+        from engine.features.stats import find_stats
         try:
             with ActivationStore.open(self.store) as store:
-                store.read_group(f"features/{self.sae_id}")
-        except StoreError:
-            return False
-        return True
+                found = find_stats(store, self.sae_id, prefer=self.stats)
+        except LatentLabError:
+            return None
+        return None if found is None else found.path
+
+    def has_stats(self) -> bool:
+        """True once the active SAE's feature statistics over the active store exist."""
+        return self.stats_file() is not None
 
 
 # ------------------------------------------------------------------ the demo pipeline
@@ -247,4 +256,7 @@ def build_zoo(ctx: JobContext, ws: Workspace, seeds: tuple[int, ...] = (0, 1)) -
 
 def _demo_stats(ctx: JobContext, ws: Workspace) -> None:
     from engine.features.stats import sae_feature_stats
-    sae_feature_stats(ctx, ws.store, ws.sae, ws.hook, ws.sae_id, model=ws.model, logits=bool(ws.model))
+    result = sae_feature_stats(ctx, ws.store, ws.sae, ws.hook, ws.sae_id, model=ws.model,
+                               logits=bool(ws.model))
+    ws.stats = Path(result.stats_path)
+    ws.save()
