@@ -97,7 +97,7 @@ def spec_error(exc: ValidationError, where: str) -> SpecError:
     if kind == "missing":
         return SpecError(where, field, None, None)
     if kind == "extra_forbidden":
-        return SpecError(where, field, value, None, f"field {field!r} is not one it knows")
+        return SpecError(where, field, value, None, f"field {field!r} is unknown")
     if kind == "value_error":
         expected = str(err["ctx"]["error"])
     elif kind in _EXPECTED:

@@ -90,7 +90,7 @@ def test_a_newer_format_is_refused_in_one_sentence(tmp_path, load):
     (TrainSpec, {"epochs": "inf"}, ["field 'epochs' should be a finite number, not inf"]),
     (TrainSpec, {"arch": "dense"}, ["field 'arch' should be one of ", "topk", "not 'dense'"]),
     (TrainSpec, {"hook": None}, ["field 'hook' should be a string, not None"]),
-    (TrainSpec, {"surprise": 1}, ["field 'surprise' is not one it knows"]),
+    (TrainSpec, {"surprise": 1}, ["train-sae: field 'surprise' is unknown"]),
     (CaptureSpec, {"dtype": "float64"}, ["capture: field 'dtype' should be 'float16' or 'float32', not 'float64'"]),
     (CaptureSpec, {"hooks": []}, ["field 'hooks' should be a list of at least 1"]),
     (CaptureSpec, {"ctx_len": 1}, ["field 'ctx_len' should be a number of at least 2, not 1"]),
