@@ -103,7 +103,7 @@ class AppState(QObject):
     store_changed = Signal(object)  # Path | None
     hook_changed = Signal(object)  # str | None
     sae_changed = Signal(object)  # Path (SAE folder) | None
-    stats_changed = Signal(object)  # sae id whose /features/<id> statistics are ready | None
+    stats_changed = Signal(object)  # sae id whose feature statistics are ready | None
     projection_changed = Signal(str)  # name of the projection that was added or moved
     selection_changed = Signal(object)  # Selection
     focus_changed = Signal(object)  # tuple[int, ...] focused latents
