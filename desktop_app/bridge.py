@@ -16,8 +16,9 @@ at this timer tick or the last one: a lasso keeps its rate, and the view answeri
 release is not held up), up to MAX_GC_DEFER seconds.
 
 Jobs follow the engine's protocol (``fn(ctx, **params)``). A job submitted with a ``key``
-replaces any queued or running job of the same key (a stale request is cancelled and its
-answers dropped), which is how a view keeps only its latest request alive."""
+replaces any queued or running job of the same key by the one "latest request wins" rule
+(``desktop_app.view.LatestWins``): the stale request is cancelled, its result and partials
+go to no callback, and a failure of it ends as a cancellation (no one waits for it)."""
 
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ from typing import Any
 from PySide6.QtCore import QObject, QSocketNotifier, Qt, QThread, QTimer, Signal, Slot
 from PySide6.QtGui import QGuiApplication
 
+from desktop_app.view import LatestWins
 from engine.api import Cancelled, JobContext, resolve_device
 from engine.errors import LatentLabError
 
@@ -51,6 +53,7 @@ class Job:
     fn: Callable[..., Any]
     params: dict[str, Any]
     key: str | None = None
+    serial: int = 0  # its number among the requests of its key (LatestWins)
     on_result: Callable[[Any], None] | None = None
     on_partial: Callable[[Any], None] | None = None
     on_error: Callable[[str, str], None] | None = None
@@ -139,6 +142,7 @@ class EngineBridge(QObject):
         super().__init__(parent)
         self._ids = itertools.count(1)
         self.jobs: dict[int, Job] = {}
+        self._latest = LatestWins(cancel=self.cancel)  # keyed jobs: the latest of each key wins
         self._inbox: queue.SimpleQueue[tuple[str, int, Any]] = queue.SimpleQueue()
         self._worker = _Worker(self, device)
         self.partial.connect(self._on_partial)
@@ -169,12 +173,11 @@ class EngineBridge(QObject):
                on_error: Callable[[str, str], None] | None = None,
                **params: Any) -> int:
         """Queue ``fn(ctx, **params)`` on the engine thread; returns the job id."""
-        if key is not None:
-            for other in self.jobs.values():
-                if other.key == key and other.state in (QUEUED, RUNNING):
-                    self.cancel(other.id)
-        job = Job(next(self._ids), title, fn, params, key, on_result, on_partial, on_error)
+        serial = self._latest.begin(key) if key is not None else 0  # cancels the stale one
+        job = Job(next(self._ids), title, fn, params, key, serial, on_result, on_partial, on_error)
         self.jobs[job.id] = job
+        if key is not None:
+            self._latest.started(key, serial, job.id)
         self.submitted.emit(job.id)
         self._worker.jobs.put(job)
         return job.id
@@ -287,14 +290,20 @@ class EngineBridge(QObject):
     @Slot(int, object)
     def _on_partial(self, job_id: int, obj: Any) -> None:
         job = self.jobs.get(job_id)
-        if job is not None and job.on_partial is not None and not job.cancel_event.is_set():
+        if (job is not None and job.on_partial is not None and not job.cancel_event.is_set()
+                and (job.key is None or self._latest.is_latest(job.key, job.serial))):
             job.on_partial(obj)
 
     def _on_done(self, job_id: int, state: str, payload: Any) -> None:
         job = self.jobs[job_id]
+        stale = job.key is not None and not self._latest.end(job.key, job.serial)
+        if stale and state == FAILED:
+            state = CANCELLED  # no one waits for a superseded request's failure
         job.state = state
         try:
-            if state == DONE and job.on_result is not None:
+            if stale:
+                pass  # a superseded request's answer goes to no callback
+            elif state == DONE and job.on_result is not None:
                 job.on_result(payload)
             elif state == FAILED and job.on_error is not None:
                 job.on_error(*payload)

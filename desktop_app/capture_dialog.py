@@ -30,6 +30,7 @@ from shiboken6 import isValid
 from desktop_app.bridge import CANCELLED, EngineBridge
 from desktop_app.form import ERROR_STYLE, field_row, spin
 from desktop_app.state import AppState
+from desktop_app.view import LatestWins
 from engine import api
 from engine.api import (
     TEXT_SUFFIXES,
@@ -118,7 +119,7 @@ class CaptureDialog(QDialog):
         self.setWindowTitle("Capture activations")
         self.bridge, self.state = bridge, state
         self.root = Path(state.workspace) if state.workspace else default_workspace()
-        self._serial, self._hooks_job = 0, None
+        self._requests = LatestWins(alive=lambda: isValid(self))  # the latest hook-point list wins
         self._hooks_model: str | None = None  # the model the hook list is (being) filled from
         self._hooks_state = "none"  # loading, ready or failed
         self._wanted: set[str] = {state.hook} if state.hook else set()  # ticked, kept across models
@@ -242,30 +243,26 @@ class CaptureDialog(QDialog):
         spec = self.model_spec()
         if spec == self._hooks_model and not (retry and self._hooks_state == "failed"):
             return
-        self._serial += 1
-        n, self._hooks_model = self._serial, spec
+        self._requests.forget("hooks")  # the previous model's list is not wanted any more
+        self._hooks_model = spec
         problem = model_problem(spec)
         self._fill_hooks([], loading=not problem)
         if problem:
             self._set_hooks_state("failed", problem)
             return
 
-        def done(names: list[str]) -> None:
-            if isValid(self) and self._serial == n:
-                self._fill_hooks(names)
-
         def failed(sentence: str, details: str) -> None:
-            if isValid(self) and self._serial == n:
-                self._fill_hooks([], loading=False)
-                self._set_hooks_state("failed", f"Model: {sentence}")
+            self._fill_hooks([], loading=False)
+            self._set_hooks_state("failed", f"Model: {sentence}")
         self._set_hooks_state("loading", LOADING)
-        self._hooks_job = self.bridge.submit(f"Hook points of {ModelSpec.parse(spec).short_name}", api.hook_points,
-                                             key="capture-hooks", on_result=done, on_error=failed,
-                                             model=self._expand(spec))
+        self._requests.submit(self.bridge, "hooks", f"Hook points of {ModelSpec.parse(spec).short_name}", api.hook_points,
+                              engine_key="capture-hooks", on_result=self._fill_hooks, on_error=failed,
+                              model=self._expand(spec))
 
     def _on_job_finished(self, job_id: int, how: str) -> None:
         """The hook points' job was cancelled (from the jobs panel): say so, allow a retry."""
-        if isValid(self) and job_id == self._hooks_job and how == CANCELLED and self._hooks_state == "loading":
+        if isValid(self) and how == CANCELLED and self._requests.key_of(job_id) == "hooks":
+            self._requests.forget("hooks")
             self._fill_hooks([])
             self._set_hooks_state("failed", "Model: loading its hook points was cancelled; choose the model again.")
 
@@ -390,6 +387,5 @@ class CaptureDialog(QDialog):
             super().accept()
 
     def reject(self) -> None:
-        if self._hooks_job is not None:
-            self.bridge.cancel(self._hooks_job)
+        self._requests.forget_all()  # cancels a hook-point job still running
         super().reject()

@@ -31,6 +31,7 @@ from desktop_app.export import FORMATS, export_figure
 from desktop_app.jobs_panel import JobsPanel
 from desktop_app.session import Session
 from desktop_app.state import AppState
+from desktop_app.view import View
 from engine import api
 from engine.api import DemoSpec, Layout, Stage, Workspace, build_demo
 from engine.errors import LatentLabError
@@ -38,7 +39,7 @@ from engine.errors import LatentLabError
 if TYPE_CHECKING:
     from desktop_app.sae_dialog import TrainRequest
 
-ViewFactory = Callable[[AppState], QWidget]
+ViewFactory = Callable[[AppState], QWidget]  # the widget implements desktop_app.view.View
 MAX_RECENT = 8
 APP_NAME = "LatentLab"
 
@@ -55,12 +56,13 @@ class MainWindow(QMainWindow):
         self.setDockNestingEnabled(True)
         self.errors: list[tuple[str, str]] = []  # (sentence, details) shown to the user
         self.launched: float | None = None  # perf_counter() at process start, when known
-        self.views: dict[str, QWidget] = {}
-        self.docks: dict[str, QDockWidget] = {}
+        self.views: dict[str, View] = {}  # each a QWidget in its dock
+        self.docks: dict[str, QDockWidget] = {}  # the views' and the jobs panel's
         # no central widget: every panel is a dock, so any can move anywhere. The first view
         # sits left, the second right, and later ones are tabs behind the second.
         for i, (name, factory) in enumerate(views):
-            self._add_dock(name, factory(state), Qt.DockWidgetArea.LeftDockWidgetArea
+            self.views[name] = factory(state)
+            self._add_dock(name, self.views[name], Qt.DockWidgetArea.LeftDockWidgetArea
                            if i == 0 else Qt.DockWidgetArea.RightDockWidgetArea)
             if i >= 2:
                 self.tabifyDockWidget(self.docks[views[1][0]], self.docks[name])
@@ -85,7 +87,6 @@ class MainWindow(QMainWindow):
         # its view there lets a view put off work until it is on screen (its showEvent).
         dock.visibilityChanged.connect(widget.setVisible)
         self.addDockWidget(area, dock)
-        self.views[name] = widget
         self.docks[name] = dock
 
     # ------------------------------------------------------------------ menus
@@ -350,7 +351,7 @@ class MainWindow(QMainWindow):
 
     # ------------------------------------------------------------------ sessions
     def session(self) -> Session:
-        views = {name: w.session_state() for name, w in self.views.items() if hasattr(w, "session_state")}
+        views = {name: view.session_state() for name, view in self.views.items()}
         return Session.capture(self.state, bytes(self.saveState().data()),
                                bytes(self.saveGeometry().data()), views)
 
@@ -406,7 +407,7 @@ class MainWindow(QMainWindow):
             self.restoreState(QByteArray(s.layout_bytes()))
         for name, view_state in s.views.items():
             view = self.views.get(name)
-            if view is not None and hasattr(view, "restore_session"):
+            if view is not None:
                 view.restore_session(view_state)
         return True
 
@@ -445,6 +446,8 @@ class MainWindow(QMainWindow):
 
     # ------------------------------------------------------------------ closing
     def closeEvent(self, event: QCloseEvent) -> None:
+        for view in self.views.values():
+            view.cancel_requests()
         self.bridge.cancel_all()
         super().closeEvent(event)
 

@@ -1,5 +1,6 @@
 """A view's job helper: submits each kind of request to the engine, keeps only the latest
-answer of each kind, and shows progress and failures in the view's status line."""
+answer of each kind (``desktop_app.view.LatestWins``), and shows progress and failures in
+the view's status line."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from PySide6.QtWidgets import QLabel, QProgressBar
 from shiboken6 import isValid
 
 from desktop_app.state import AppState
+from desktop_app.view import LatestWins
 
 ERROR_STYLE = "color: #b00020;"
 
@@ -23,8 +25,7 @@ class Requests(QObject):
                  parent: QObject | None = None, prefix: str = "geometry") -> None:
         super().__init__(parent)
         self.state, self.bar, self.status, self.prefix = state, bar, status, prefix
-        self._serial: dict[str, int] = {}
-        self._jobs: dict[str, int] = {}  # kind -> engine job id while it runs
+        self.latest = LatestWins(alive=lambda: isValid(self))
         for name, slot in (("progress", self._on_progress), ("finished", self._on_finished)):
             signal = getattr(state.engine, name, None)  # the bridge's signals, when it has them
             if signal is not None:
@@ -39,50 +40,57 @@ class Requests(QObject):
         if self.state.engine is None:
             self.show_error("No engine to run jobs on.")
             return False
-        n = self._serial[kind] = self._serial.get(kind, 0) + 1
 
         def done(result: Any) -> None:
-            if isValid(self) and self._serial.get(kind) == n:
-                self._end(kind)
-                on_result(result)
+            self._end()
+            on_result(result)
 
         def failed(sentence: str, details: str) -> None:
-            if isValid(self) and self._serial.get(kind) == n:
-                self._end(kind)
-                self.show_error(sentence, details)
-                if on_error is not None:
-                    on_error(sentence)
-
-        def partial(obj: Any) -> None:
-            if on_partial is not None and isValid(self) and self._serial.get(kind) == n:
-                on_partial(obj)
+            self._end()
+            self.show_error(sentence, details)
+            if on_error is not None:
+                on_error(sentence)
 
         self.status.setText(f"{title}\u2026")
         self.status.setStyleSheet("")
         self.status.setToolTip("")
-        self._jobs[kind] = self.state.engine.submit(title, fn, key=f"{self.prefix}-{kind}",
-                                                    on_result=done, on_error=failed,
-                                                    on_partial=partial, **params)
         self.bar.setRange(0, 0)
         self.bar.show()
+        self.latest.submit(self.state.engine, kind, title, fn, engine_key=f"{self.prefix}-{kind}",
+                           on_result=done, on_error=failed, on_partial=on_partial, **params)
         return True
 
     def forget(self, kind: str) -> None:
-        """Ignore the answer of ``kind``'s running job (its input was cleared)."""
-        self._serial[kind] = self._serial.get(kind, 0) + 1
-        self._end(kind)
+        """Drop the answer of ``kind``'s running job and cancel it (its input was cleared)."""
+        self.latest.forget(kind)
+        self._end()
+
+    def forget_all(self) -> None:
+        self.latest.forget_all()
+        self._end()
+
+    def cancel(self, kind: str) -> None:
+        """Cancel ``kind``'s running job (its answer, if any, is dropped)."""
+        if self.latest.running(kind):
+            self.forget(kind)
+            self.status.setText("Cancelled.")
 
     def running(self, kind: str) -> bool:
-        return kind in self._jobs
+        return self.latest.running(kind)
+
+    @property
+    def _jobs(self) -> dict[str, Any]:
+        """Kind -> engine job id of each running request (what tests cancel from outside)."""
+        return self.latest.jobs()
 
     def show_error(self, sentence: str, details: str = "") -> None:
         self.status.setText(sentence)
         self.status.setStyleSheet(ERROR_STYLE)
         self.status.setToolTip(details)
 
-    def _end(self, kind: str) -> None:
-        self._jobs.pop(kind, None)
-        if not self._jobs:
+    def _end(self) -> None:
+        """A job ended: with none left running, hide the bar and clear a progress message."""
+        if not self.latest.running():
             self.bar.hide()
             if not self.status.styleSheet():
                 self.status.setText("")
@@ -91,28 +99,16 @@ class Requests(QObject):
         """A job cancelled from outside (the jobs panel) ends without an answer."""
         if not isValid(self) or how != "cancelled":
             return
-        for kind, running in list(self._jobs.items()):
-            if running == job_id:
-                self._serial[kind] = self._serial.get(kind, 0) + 1
-                self._end(kind)
-                self.status.setText("Cancelled.")
+        kind = self.latest.key_of(job_id)
+        if kind is not None:
+            self.forget(kind)
+            self.status.setText("Cancelled.")
 
     def _on_progress(self, job_id: int, done: int, total: int, message: str) -> None:
-        if not isValid(self) or job_id not in self._jobs.values():
+        if not isValid(self) or self.latest.key_of(job_id) is None:
             return
         self.bar.setRange(0, max(total, 0))
         if total > 0:
             self.bar.setValue(min(done, total))
         if message:
             self.status.setText(message)
-
-
-# ---------------------------------------------------------------- store picker
-
-    def cancel(self, kind: str) -> None:
-        """Cancel ``kind``'s running job (its answer, if any, is dropped)."""
-        job = self._jobs.get(kind)
-        if job is not None and self.state.engine is not None:
-            self.state.engine.cancel(job)
-            self.forget(kind)
-            self.status.setText("Cancelled.")

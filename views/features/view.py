@@ -37,6 +37,7 @@ from PySide6.QtWidgets import (
 from shiboken6 import isValid
 
 from desktop_app.state import LATENTS, ROWS, AppState, Selection
+from desktop_app.view import LatestWins
 from engine import api
 from engine.api import (
     Context,
@@ -72,7 +73,7 @@ class FeatureBrowser(QWidget):
         self.data_: api.BrowserData | None = None
         self.contexts: list[Context] = []
         self.intervals: list[Interval] = []  # the focused latent's, highest first
-        self._requests: dict[str, int] = {}
+        self.requests = LatestWins(alive=lambda: isValid(self))  # the latest answer of each kind wins
         self._latent_filter = False  # the table is filtered by a latent selection
         self._loaded: tuple[Path | None, str | None] = (None, None)
         self._quiet = False  # True while filtering: the view moving its current row is no choice
@@ -187,6 +188,7 @@ class FeatureBrowser(QWidget):
         self._loaded = key
         self._set_data(None)
         if None in key or self.state.engine is None:
+            self.requests.forget("load")  # the old store's statistics are not wanted any more
             self.placeholder.setText("No feature statistics yet")
             return
         self.placeholder.setText(f"Loading feature statistics {self.state.stats}\u2026")
@@ -206,7 +208,7 @@ class FeatureBrowser(QWidget):
         hook = self.data_.stats.hook if self.data_ is not None else self.state.hook
         if (selection.kind != ROWS or not len(selection) or self.state.engine is None
                 or None in (self.state.store, self.state.sae, hook)):
-            self._requests["selection"] = self._requests.get("selection", 0) + 1  # drop late answers
+            self.requests.forget("selection")  # a late answer would show a stale list
             self._show_active(None)
             return
         self.active_title.setText(f"Most active on selection ({len(selection)} rows): computing\u2026")
@@ -269,21 +271,14 @@ class FeatureBrowser(QWidget):
     # ------------------------------------------------------------ jobs
     def _submit(self, kind: str, title: str, fn: Any, handler: Any, **params: Any) -> None:
         """Submit a job keyed by ``kind``; only the answer to the latest request is used."""
-        n = self._requests[kind] = self._requests.get(kind, 0) + 1
-
-        def done(result: Any) -> None:
-            if isValid(self) and self._requests.get(kind) == n:
-                handler(result)
-
         def failed(sentence: str, details: str) -> None:
-            if isValid(self) and self._requests.get(kind) == n:
-                self.status.setText(sentence)
-                self.status.setToolTip(details)
-                if kind == "load":
-                    self.placeholder.setText(f"No feature statistics: {sentence}")
+            self.status.setText(sentence)
+            self.status.setToolTip(details)
+            if kind == "load":
+                self.placeholder.setText(f"No feature statistics: {sentence}")
         self.status.setText("")
-        self.state.engine.submit(title, fn, key=f"browser-{kind}", on_result=done,
-                                 on_error=failed, **params)
+        self.requests.submit(self.state.engine, kind, title, fn, engine_key=f"browser-{kind}",
+                             on_result=handler, on_error=failed, **params)
 
     def _on_loaded(self, data: api.BrowserData) -> None:
         self._set_data(data)
@@ -395,6 +390,27 @@ class FeatureBrowser(QWidget):
             item = QListWidgetItem(f"{j}  cos {cos:.3f}  {labels[j]}")
             item.setData(Qt.ItemDataRole.UserRole, int(j))
             self.neighbours.addItem(item)
+
+    # ------------------------------------------------------------ session
+    def session_state(self) -> dict[str, Any]:
+        """The search text and the table's sort (the focused latent is AppState's)."""
+        header = self.table.horizontalHeader()
+        return {"search": self.search.text(), "sort": [header.sortIndicatorSection(),
+                                                       header.sortIndicatorOrder().value]}
+
+    def restore_session(self, data: dict[str, Any]) -> None:
+        """Restore what ``session_state`` saved; unknown or missing keys are skipped."""
+        if not isinstance(data, dict):
+            return
+        if isinstance(data.get("search"), str):
+            self.search.setText(data["search"])
+        sort = data.get("sort")
+        if (isinstance(sort, list) and len(sort) == 2 and all(isinstance(v, int) for v in sort)
+                and 0 <= sort[0] < len(COLUMNS) and sort[1] in (0, 1)):
+            self.table.sortByColumn(sort[0], Qt.SortOrder(sort[1]))
+
+    def cancel_requests(self) -> None:
+        self.requests.forget_all()
 
     # ------------------------------------------------------------ figure export
     def paint_figure(self, painter: QPainter, rect: QRectF) -> None:

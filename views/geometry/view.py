@@ -80,6 +80,10 @@ class GeometryView(QWidget):
         if data.get("tab") in TABS:
             self.tabs.setCurrentIndex(TABS.index(data["tab"]))
 
+    def cancel_requests(self) -> None:
+        for requests in (self.compare.jobs, self.compare.cell_jobs, self.pruning.jobs):
+            requests.forget_all()
+
     # ------------------------------------------------------------ export
     def paint_figure(self, painter: QPainter, rect: QRectF) -> None:
         """Paint the current tab's heatmap or plots into any painter (image, SVG, PDF)."""
@@ -97,25 +101,10 @@ def _demo(argv: list[str]) -> None:
     import torch
     from PySide6.QtWidgets import QApplication
 
-    from engine.api import JobContext
-
-    class InlineRunner:
-        def submit(self, title, fn, *, key=None, on_result=None, on_partial=None, on_error=None, **params):
-            try:
-                result = fn(JobContext(device=torch.device("cpu")), **params)
-            except Exception as exc:  # noqa: BLE001 - shown like the bridge shows it
-                if on_error is not None:
-                    on_error(str(exc), "")
-            else:
-                if on_result is not None:
-                    on_result(result)
-            return 0
-
-        def cancel(self, job_id: int) -> None:
-            pass
+    from desktop_app.view import InlineRunner
 
     app = QApplication.instance() or QApplication(argv)
-    state = AppState(InlineRunner())
+    state = AppState(InlineRunner(device=torch.device("cpu")))
     view = GeometryView(state)
     if len(argv) > 1:
         state.set_workspace(Path(argv[1]))

@@ -5,7 +5,6 @@ layout, store facts and state, and ends every change in ``update_colors``."""
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,11 +12,10 @@ from typing import Any
 import numpy as np
 
 from desktop_app.state import LATENTS, ROWS
+from desktop_app.view import InlineRunner
 from engine import api
-from engine.api import JobContext
 from views.scatter import colour
 
-_TOKENS = itertools.count(1)  # request numbers, unique across views and reopenings
 MODE_NAMES = {"token": "token", "position": "position", "focused": "focused feature",
               "density": "density"}
 
@@ -158,24 +156,12 @@ class ColourModes:
 
     def _submit(self, what: str, fn: Callable[..., Any], on_result: Callable[[Any], None],
                 **params: Any) -> None:
-        """Run a job on the engine (inline when the state has none); drop stale answers."""
-        token = self._serial[what] = next(_TOKENS)
-
-        def done(result: Any) -> None:
-            if self._serial.get(what) == token:
-                on_result(result)
-
+        """Run a job on the engine (inline when the state has none); only the latest
+        request of each kind (``self.requests``) is answered."""
         def failed(sentence: str, details: str = "") -> None:
-            if self._serial.get(what) == token:
-                self.status.setText(f"{what}: {sentence}")
+            self.status.setText(f"{what}: {sentence}")
 
-        if self.state.engine is None:
-            try:
-                result = fn(JobContext(), **params)
-            except Exception as exc:  # noqa: BLE001 - shown, as the bridge would
-                failed(str(exc))
-            else:
-                done(result)
-            return
-        self.state.engine.submit(f"scatter {what}", fn, key=f"scatter-{what}", on_result=done,
-                                 on_error=failed, **params)
+        runner = InlineRunner() if self.state.engine is None else self.state.engine
+        self.requests.submit(runner, what, f"scatter {what}", fn,
+                             engine_key=f"scatter-{what}", on_result=on_result, on_error=failed,
+                             **params)

@@ -32,6 +32,7 @@ from PySide6.QtWidgets import (
     QVBoxLayout,
     QWidget,
 )
+from shiboken6 import isValid
 
 from desktop_app.state import (
     LATENTS,
@@ -42,6 +43,7 @@ from desktop_app.state import (
     or_mode,
     replace_mode,
 )
+from desktop_app.view import LatestWins
 from engine import api
 from engine.api import JobContext, Layout
 from views.scatter import colour
@@ -124,7 +126,7 @@ class ScatterView(ColourModes, QWidget):
         self._values: dict[tuple, Any] = {}  # value key -> values (cached job results)
         self._ids_print = ""
         self._tree: Any = None
-        self._serial: dict[str, int] = {}
+        self.requests = LatestWins(alive=lambda: isValid(self))  # the latest answer of each kind wins
         self._hover = -1
         self._brush_base: Selection | None = None  # the selection when the current drag began
         self._live: tuple[np.ndarray, Mode, str] | None = None  # the latest brush not yet applied
@@ -519,8 +521,11 @@ class ScatterView(ColourModes, QWidget):
                          legend)
         painter.restore()
 
+    def cancel_requests(self) -> None:
+        self.requests.forget_all()
+
     def closeEvent(self, event) -> None:  # noqa: N802 - Qt's name
-        self._serial.clear()
+        self.cancel_requests()
         self.tip.hide()
         super().closeEvent(event)
 

@@ -56,6 +56,10 @@ class SteeringView(QWidget):
         if data.get("tab") in TABS:
             self.tabs.setCurrentIndex(TABS.index(data["tab"]))
 
+    def cancel_requests(self) -> None:
+        for tab in (self.generate, self.sweep, self.injection):
+            tab.jobs.forget_all()
+
     # ------------------------------------------------------------ export
     def paint_figure(self, painter: QPainter, rect: QRectF) -> None:
         """Paint the open tab: the two texts, the sweep heatmap or the injection table."""
