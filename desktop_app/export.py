@@ -1,41 +1,29 @@
-"""Figure export: any view to PNG, SVG or PDF at a chosen size (pixels) and resolution.
-A view may paint itself for print with ``paint_figure(painter, rect)`` (vector where it
-can); otherwise its widget is rendered and scaled into the page."""
+"""Figure export: any view to PNG, SVG or PDF at a chosen size (pixels) and resolution,
+painted by the view's own ``paint_figure(painter, rect)`` (vector where it can)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-from PySide6.QtCore import QMarginsF, QPoint, QRectF, QSize, QSizeF, Qt
+from PySide6.QtCore import QMarginsF, QRectF, QSize, QSizeF, Qt
 from PySide6.QtGui import QColor, QImage, QPageLayout, QPageSize, QPainter, QPdfWriter
 from PySide6.QtSvg import QSvgGenerator
-from PySide6.QtWidgets import QWidget
 
+from desktop_app.view import View
 from engine.errors import LatentLabError
 
 FORMATS = ("png", "svg", "pdf")
 
 
-def _paint(widget: QWidget, painter: QPainter, rect: QRectF) -> None:
+def _paint(view: View, painter: QPainter, rect: QRectF) -> None:
     painter.fillRect(rect, QColor("white"))
-    paint_figure = getattr(widget, "paint_figure", None)
-    if callable(paint_figure):
-        paint_figure(painter, rect)
-        return
-    size = widget.size()
-    if size.width() <= 0 or size.height() <= 0:
-        return
-    painter.save()
-    painter.translate(rect.topLeft())
-    painter.scale(rect.width() / size.width(), rect.height() / size.height())
-    widget.render(painter, QPoint())
-    painter.restore()
+    view.paint_figure(painter, rect)
 
 
-def export_figure(widget: QWidget, path: str | os.PathLike, width: int = 1200, height: int = 900,
+def export_figure(view: View, path: str | os.PathLike, width: int = 1200, height: int = 900,
                   dpi: int = 150) -> Path:
-    """Write ``widget`` to ``path``; the suffix picks the format (png, svg, pdf).
+    """Write ``view`` to ``path``; the suffix picks the format (png, svg, pdf).
     ``width`` x ``height`` are pixels at ``dpi`` (the printed size is their ratio)."""
     path = Path(path)
     fmt = path.suffix.lower().lstrip(".")
@@ -57,7 +45,7 @@ def export_figure(widget: QWidget, path: str | os.PathLike, width: int = 1200, h
         image.setDotsPerMeterY(dots_per_metre)
         painter.begin(image)
         painter.setRenderHint(QPainter.RenderHint.Antialiasing)
-        _paint(widget, painter, rect)
+        _paint(view, painter, rect)
         painter.end()
         if not image.save(str(path), "PNG"):
             raise LatentLabError(f"cannot write {path}")
@@ -67,9 +55,9 @@ def export_figure(widget: QWidget, path: str | os.PathLike, width: int = 1200, h
         gen.setSize(QSize(width, height))
         gen.setViewBox(rect)
         gen.setResolution(dpi)
-        gen.setTitle(widget.windowTitle() or type(widget).__name__)
+        gen.setTitle(type(view).__name__)
         painter.begin(gen)
-        _paint(widget, painter, rect)
+        _paint(view, painter, rect)
         painter.end()
     else:
         writer = QPdfWriter(str(path))
@@ -78,7 +66,7 @@ def export_figure(widget: QWidget, path: str | os.PathLike, width: int = 1200, h
         writer.setPageLayout(QPageLayout(QPageSize(points, QPageSize.Unit.Point),
                                          QPageLayout.Orientation.Portrait, QMarginsF(0, 0, 0, 0)))
         painter.begin(writer)
-        _paint(widget, painter, rect)
+        _paint(view, painter, rect)
         painter.end()
     if not path.is_file() or path.stat().st_size == 0:
         raise LatentLabError(f"cannot write {path}")
