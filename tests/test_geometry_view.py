@@ -237,7 +237,7 @@ def test_choices_survive_a_new_active_store_and_outside_cancelling(qtbot, bridge
     bridge.submit("hold the engine", lambda ctx: gate.wait(10))
     QTest.mouseClick(tab.compute, Qt.MouseButton.LeftButton)  # queued behind the holder
     assert tab.progress.isVisibleTo(view)
-    bridge.cancel(tab.jobs._jobs["matrix"])  # as the jobs panel's cancel button does
+    bridge.cancel(tab.jobs.latest.job("matrix"))  # as the jobs panel's cancel button does
     gate.set()
     assert bridge.wait_idle(30)
     assert not tab.progress.isVisibleTo(view) and tab.status.text() == "Cancelled."

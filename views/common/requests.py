@@ -78,11 +78,6 @@ class Requests(QObject):
     def running(self, kind: str) -> bool:
         return self.latest.running(kind)
 
-    @property
-    def _jobs(self) -> dict[str, Any]:
-        """Kind -> engine job id of each running request (what tests cancel from outside)."""
-        return self.latest.jobs()
-
     def show_error(self, sentence: str, details: str = "") -> None:
         self.status.setText(sentence)
         self.status.setStyleSheet(ERROR_STYLE)
