@@ -1,24 +1,7 @@
 """The engine bridge: one QThread that owns the torch device and runs engine jobs one at a
-time, turning their progress, partial results, results and errors into Qt signals.
-
-The engine thread never touches Qt: it puts its reports into a plain queue and, when the
-queue was empty, writes one byte to a socket pair; a QSocketNotifier on the GUI thread wakes
-on it and drains the queue into signals there (nothing polls while the engine is quiet). A queued Qt signal with
-Python arguments emitted from the worker can deadlock with PySide6: Qt holds a pooled
-signal-slot mutex while copying the arguments, which needs the GIL, while the GUI thread,
-holding the GIL, destroys a garbage-collected QObject that needs the same mutex. For the
-same reason Python's cyclic garbage collector must not run on the engine thread (it would
-destroy Qt wrappers there): while a bridge lives, automatic collection is off and a GUI-thread
-timer collects by the same thresholds (as pyqtgraph's GarbageCollector does). A full
-collection walks every object (hundreds of milliseconds once torch and a model are loaded)
-while holding the GIL, so it waits while a job runs or the user drags (a mouse button held
-at this timer tick or the last one: a lasso keeps its rate, and the view answering its
-release is not held up), up to MAX_GC_DEFER seconds.
-
-Jobs follow the engine's protocol (``fn(ctx, **params)``). A job submitted with a ``key``
-replaces any queued or running job of the same key by the one "latest request wins" rule
-(``desktop_app.view.LatestWins``): the stale request is cancelled, its result and partials
-go to no callback, and a failure of it ends as a cancellation (no one waits for it)."""
+time, turning their progress, partials, results and errors into Qt signals; a keyed job
+replaces the queued or running one of its key (``desktop_app.view.LatestWins``). Why it wakes
+the GUI through a socket pair and runs the garbage collector itself: docs/architecture.md."""
 
 from __future__ import annotations
 
