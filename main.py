@@ -533,7 +533,9 @@ def _train_sae_parser(sub) -> None:
     t.add_argument("--store", required=True)
     t.add_argument("--hook", required=True)
     t.add_argument("--out", required=True, help="folder for the SAE (SAELens layout), its curves and metrics")
-    t.add_argument("--arch", default=S.default("arch"), help="relu, topk, batchtopk, jumprelu, mp, gtopk")
+    from engine.api import architectures
+    t.add_argument("--arch", default=S.default("arch"), choices=architectures(),
+                   help="SAE architecture (the registry's; LATENTLAB_SAE_PLUGINS names more)")
     _spec_option(t, S, "expansion", "d_sae = expansion x d_in")
     _spec_option(t, S, "k", "latents per row (topk, batchtopk, gtopk) or steps (mp)")
     _spec_option(t, S, "batch_size")

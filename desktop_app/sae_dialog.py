@@ -33,12 +33,7 @@ from engine.errors import LatentLabError
 if TYPE_CHECKING:
     from desktop_app.state import AppState
 
-ARCHS = ("relu", "topk", "batchtopk", "jumprelu", "mp", "gtopk")  # the names train-sae takes
-K_ARCHS = ("topk", "batchtopk", "gtopk", "mp")
-ARCH_NOTES = {"relu": "ReLU with an L1 penalty", "topk": "k largest latents per row",
-              "batchtopk": "k per row on average over a batch",
-              "jumprelu": "learnt thresholds, L0 penalty", "mp": "matching pursuit, k greedy steps",
-              "gtopk": "TopK weighted by loss gradients (runs the model)"}
+ARCHS = tuple(api.architectures())  # the registered architectures at import; the dialog asks again
 RESUME_TEXT = "Resume from the last checkpoint"
 DEFAULT = TrainSpec.default  # the dialog starts from train-sae's defaults
 
@@ -119,9 +114,10 @@ class TrainSAEDialog(QDialog):
         self.store_note = _note()
         self.store_error = ""  # why the store cannot be read, if it cannot
         self.arch_box = QComboBox()
-        for arch in ARCHS:
-            self.arch_box.addItem(f"{arch}  ({ARCH_NOTES[arch]})", arch)
-        self.arch_box.setCurrentIndex(ARCHS.index(DEFAULT("arch")))
+        for arch in api.architectures():  # the registry's, plugins included
+            summary = api.architecture(arch).summary
+            self.arch_box.addItem(f"{arch}  ({summary})" if summary else arch, arch)
+        self.arch_box.setCurrentIndex(max(self.arch_box.findData(DEFAULT("arch")), 0))
         self.arch_box.currentIndexChanged.connect(self._on_arch_changed)
         self.k_box = spin(1, 1_000_000, DEFAULT("k"))
         self.l1_edit, self.l0_edit = QLineEdit(f"{DEFAULT('l1_coeff'):g}"), QLineEdit(f"{DEFAULT('l0_coeff'):g}")
@@ -225,7 +221,7 @@ class TrainSAEDialog(QDialog):
     def _on_arch_changed(self, *_: Any) -> None:
         """Show only the parameters the architecture uses."""
         arch = self.arch()
-        self.form.setRowVisible(self.k_box, arch in K_ARCHS)
+        self.form.setRowVisible(self.k_box, api.takes_k(arch))
         self.form.setRowVisible(self.l1_edit, arch == "relu")
         self.form.setRowVisible(self.l0_edit, arch == "jumprelu")
         label = self.form.labelForField(self.k_box)
@@ -275,7 +271,7 @@ class TrainSAEDialog(QDialog):
         arch = self.arch()
         k = self.k_box.value()
         d_sae = self.expansion_box.value() * info.dims[hook]
-        if arch in K_ARCHS and k > d_sae:
+        if api.takes_k(arch) and k > d_sae:
             raise FieldError(f"k: {k:,} is more than the SAE's {d_sae:,} latents (expansion "
                              f"{self.expansion_box.value()} x d_in {info.dims[hook]:,})", self.k_box)
         n_train, batch = training_rows(info.n_rows), self.batch_box.value()

@@ -84,29 +84,11 @@ def _dense_rows(sae: SparseAutoencoder, batch_size: int) -> int:
 
 def column_encoder(sae: SparseAutoencoder,
                    latents: np.ndarray) -> Callable[[torch.Tensor], torch.Tensor] | None:
-    """x (batch, d_in) -> (batch, len(latents)) codes of those latents. ReLU, JumpReLU and
-    BatchTopK (inference) codes depend only on their own pre-activation, so only those
-    columns of W_enc are multiplied; TopK, g-SAE and matching pursuit codes depend on the
-    whole row: for those it returns None (encode whole rows and pick the columns)."""
-    from engine.sae.batchtopk import BatchTopKSAE
-    from engine.sae.jumprelu import JumpReLUSAE
-    from engine.sae.relu import ReLUSAE
-    cols = torch.as_tensor(latents, dtype=torch.long, device=sae.W_enc.device)
-    kind = type(sae)
-    if kind not in (ReLUSAE, JumpReLUSAE, BatchTopKSAE):
-        return None
-    W, b = sae.W_enc[:, cols].contiguous(), sae.b_enc[cols]
-    thr = sae.threshold[cols] if kind is JumpReLUSAE else getattr(sae, "threshold", None)
-
-    def encode(x: torch.Tensor) -> torch.Tensor:
-        pre = torch.addmm(b, x - sae.b_dec, W)  # (batch, len(latents))
-        if kind is ReLUSAE:
-            return torch.relu(pre)
-        if kind is JumpReLUSAE:
-            pre = torch.relu(pre)
-            return pre * (pre > thr)
-        return torch.relu(pre) * (pre > thr)
-    return encode
+    """x (batch, d_in) -> (batch, len(latents)) codes of those latents from only their
+    columns of W_enc, where the architecture's codes depend only on their own pre-activation
+    (``SparseAutoencoder.column_encoder``); None where they depend on the whole row (TopK,
+    g-SAE, matching pursuit): encode whole rows and pick the columns."""
+    return sae.column_encoder(torch.as_tensor(latents, dtype=torch.long, device=sae.W_enc.device))
 
 
 def _read_sorted(store: ActivationStore, hook: str, idx: np.ndarray) -> np.ndarray:

@@ -5,19 +5,17 @@ A batch enters as its nonzero codes, row-major (row, latent, value) triplets, so
 is its L0, not d_sae, per row: counts, sums, maxima and log10 histogram bins by bincounts
 and scatters, label counts, the sparse codes themselves (CSR), and the top activating rows
 as a running top-n per latent that only looks at candidates beating a latent's current
-n-th best. TopK SAEs hand their k picks over without a dense (batch, d_sae) matrix.
+n-th best. SAEs that pick their latents (TopK) hand them over without a dense (batch, d_sae)
+matrix (``SparseAutoencoder.encode_codes``).
 
 Shapes: codes (batch, d_sae); triplets (nnz,); top tables (d_sae, top_n)."""
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import numpy as np
 import torch
 
-from engine.sae.base import SparseAutoencoder
-from engine.sae.topk import TopKSAE
+from engine.sae.base import Codes, SparseAutoencoder
 
 HIST_RANGE = (-5.0, 5.0)  # log10 |activation|; values outside land in the end bins
 HIST_BINS = 100  # 0.1 decade per bin
@@ -27,34 +25,14 @@ MAX_LABEL_CELLS = 1 << 24  # bound on d_sae * n_classes: a label field with more
 N_INTERVAL_EXAMPLES = 5  # example rows per quantile interval
 
 
-class SparseCodes(NamedTuple):
-    """The nonzero codes of a batch of ``n_rows`` rows, row-major (latents ascending in a row)."""
-
-    row: torch.Tensor  # (nnz,) int64 row within the batch
-    latent: torch.Tensor  # (nnz,) int64
-    value: torch.Tensor  # (nnz,) float32
-    n_rows: int
+# earlier names, from before engine.sae's Codes took in this module's sparse codes
+SparseCodes = Codes
+dense_to_sparse = Codes.nonzero
 
 
-def dense_to_sparse(codes: torch.Tensor) -> SparseCodes:
-    """The nonzero entries of dense codes (batch, d_sae)."""
-    row, latent = torch.nonzero(codes, as_tuple=True)  # row-major
-    return SparseCodes(row, latent, codes[row, latent].float(), len(codes))
-
-
-def topk_codes(sae: TopKSAE, x: torch.Tensor) -> SparseCodes:
-    """A TopK SAE's codes of x (batch, d_in) from its k picks per row, never dense."""
-    values, indices = sae.encode_sparse(x)  # (batch, k) each, unsorted
-    indices, order = indices.sort(dim=1)
-    values = values.gather(1, order).float()
-    on = values != 0  # ReLU'd picks are not firing latents
-    row = torch.arange(len(x), device=x.device)[:, None].expand_as(indices)
-    return SparseCodes(row[on], indices[on], values[on], len(x))
-
-
-def encodes_sparsely(sae: SparseAutoencoder) -> bool:
-    """Whether ``topk_codes`` gives this SAE's codes (TopK encoding, not overridden)."""
-    return isinstance(sae, TopKSAE) and type(sae).encode is TopKSAE.encode
+def topk_codes(sae: SparseAutoencoder, x: torch.Tensor) -> Codes:
+    """``sae.encode_codes(x)``: a TopK SAE's codes from its k picks per row, never dense."""
+    return sae.encode_codes(x)
 
 
 class RunningStats:
@@ -81,22 +59,24 @@ class RunningStats:
     # ------------------------------------------------------------ feeding
     def encode_and_add(self, sae: SparseAutoencoder, x: torch.Tensor,
                        labels: torch.Tensor | None = None) -> None:
-        """Encode x (batch, d_in) with ``sae`` and fold the codes in (TopK: sparsely)."""
-        if encodes_sparsely(sae):
-            self.add(topk_codes(sae, x), labels)
+        """Encode x (batch, d_in) with ``sae`` and fold the codes in (sparsely where it encodes so)."""
+        codes = sae.encode_codes(x)
+        if codes.is_dense:
+            self.add_dense(codes.values, labels)
         else:
-            self.add_dense(sae.encode(x), labels)
+            self.add(codes, labels)
 
     def add_dense(self, codes: torch.Tensor, labels: torch.Tensor | None = None) -> None:
         """Fold in dense codes (batch, d_sae), in row slices that bound the index lists."""
         step = max(1, SLICE_ELEMENTS // codes.shape[1])
         for s in range(0, len(codes), step):
-            self.add(dense_to_sparse(codes[s:s + step]), None if labels is None else labels[s:s + step])
+            self.add(Codes.nonzero(codes[s:s + step]), None if labels is None else labels[s:s + step])
 
-    def add(self, codes: SparseCodes, labels: torch.Tensor | None = None) -> None:
-        """Fold in a batch's nonzero codes; its rows are the next ``codes.n_rows`` rows.
-        ``labels`` (n_rows,) int64 is each row's class (-1 none) when classes are counted."""
-        latent, value = codes.latent, codes.value
+    def add(self, codes: Codes, labels: torch.Tensor | None = None) -> None:
+        """Fold in a batch's codes in the canonical sparse form (``Codes.nonzero``); its rows
+        are the next ``codes.n_rows`` rows. ``labels`` (n_rows,) int64 is each row's class
+        (-1 none) when classes are counted."""
+        latent, value = codes.cols, codes.values
         self._keep_codes(codes)
         self.count += torch.bincount(latent, minlength=self.d_sae)
         self.sum.index_add_(0, latent, value.double())
@@ -106,8 +86,8 @@ class RunningStats:
         bins = bins.clamp_(0, HIST_BINS - 1).long()
         self.hist.index_add_(0, latent * HIST_BINS + bins, torch.ones_like(bins))
         if labels is not None and self.label_counts is not None:
-            self._count_labels(latent, labels[codes.row])
-        self._merge_top(latent, value, codes.row + self.n)
+            self._count_labels(latent, labels[codes.rows])
+        self._merge_top(latent, value, codes.rows + self.n)
         self.n += codes.n_rows
 
     def _grow_classes(self, n_classes: int) -> None:
@@ -130,19 +110,19 @@ class RunningStats:
         cells = self.label_counts.view(-1)
         cells.index_add_(0, latent * self.label_counts.shape[1] + lab, torch.ones_like(lab))
 
-    def _keep_codes(self, codes: SparseCodes) -> None:
+    def _keep_codes(self, codes: Codes) -> None:
         """Keep the nonzero codes (CSR) so views can read any latent's activation on every
         row without encoding again; given up once they would exceed MAX_STORED_CODES."""
         if self.stored < 0:
             return
-        self.stored += len(codes.latent)
+        self.stored += len(codes.cols)
         if self.stored > MAX_STORED_CODES:
             self.stored = -1
             self.nnz_per_row, self.code_latent, self.code_value = [], [], []
             return
-        self.nnz_per_row.append(torch.bincount(codes.row, minlength=codes.n_rows).cpu().numpy())
-        self.code_latent.append(codes.latent.to(torch.int32).cpu().numpy())
-        self.code_value.append(codes.value.cpu().numpy())
+        self.nnz_per_row.append(torch.bincount(codes.rows, minlength=codes.n_rows).cpu().numpy())
+        self.code_latent.append(codes.cols.to(torch.int32).cpu().numpy())
+        self.code_value.append(codes.values.cpu().numpy())
 
     def _merge_top(self, latent: torch.Tensor, value: torch.Tensor, row: torch.Tensor) -> None:
         """Merge candidates (row-major, rows ascending) into the top tables, ordered by value

@@ -1,7 +1,15 @@
 """Sparse autoencoders: architectures, trainer, metrics, SAELens-compatible files."""
 
-from engine.sae.base import SAEConfig, SparseAutoencoder, build_sae
+from engine.sae.base import (
+           SAEConfig,
+           SparseAutoencoder,
+           architecture,
+           architectures,
+           build_sae,
+           takes_k,
+)
 from engine.sae.io import load_sae
 from engine.sae.train_job import train_sae, train_sae_distributed
 
-__all__ = ["train_sae", "train_sae_distributed", "load_sae", "SAEConfig", "SparseAutoencoder", "build_sae"]
+__all__ = ["train_sae", "train_sae_distributed", "load_sae", "SAEConfig", "SparseAutoencoder", "build_sae",
+           "architecture", "architectures", "takes_k"]

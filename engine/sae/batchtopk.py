@@ -4,11 +4,13 @@ global threshold (an EMA of the smallest kept activation) replaces the batch-wid
 
 from __future__ import annotations
 
-from typing import ClassVar
+from pathlib import Path
+from typing import Any, ClassVar
 
 import torch
 
 from engine.sae.base import Codes, SAEConfig, SparseAutoencoder, TrainState, TrainStep, register
+from engine.sae.saelens import SAEFileError, SAELensFile, fold_decoder_norms
 from engine.sae.sparse_grad import Active
 from engine.sae.topk import topk_family_step
 
@@ -40,6 +42,13 @@ class BatchTopKSAE(SparseAutoencoder):
     """Training: top k * batch of ReLU(pre) across the batch; inference: ReLU(pre) above ``threshold``."""
 
     threshold_lr: ClassVar[float] = 0.01  # EMA rate of the threshold estimate
+    summary = "k per row on average over a batch"
+    list_order = 2
+    takes_k = True
+    elementwise = True  # at inference
+    saelens_architecture = "jumprelu"  # as SAELens saves a trained BatchTopK: one shared threshold
+    saelens_reads = {"batchtopk": 0, "jumprelu": 1}  # before JumpReLU's reader
+    file_threshold = True
 
     def __init__(self, cfg: SAEConfig) -> None:
         super().__init__(cfg)
@@ -47,7 +56,10 @@ class BatchTopKSAE(SparseAutoencoder):
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """(batch, d_sae) codes: ReLU(pre) where pre exceeds the learnt threshold."""
-        pre = self.pre_acts(x)
+        return self.activation(self.pre_acts(x))
+
+    def activation(self, pre: torch.Tensor, cols: torch.Tensor | None = None) -> torch.Tensor:
+        """ReLU(pre) where pre exceeds the threshold (one for all latents)."""
         return torch.relu(pre) * (pre > self.threshold)
 
     def training_step(self, x: torch.Tensor, state: TrainState) -> TrainStep:
@@ -73,3 +85,41 @@ class BatchTopKSAE(SparseAutoencoder):
             self.threshold.copy_(smallest)
         else:
             self.threshold.lerp_(smallest, self.threshold_lr)
+
+    # ------------------------------------------------------------ files
+    def saelens_metadata(self) -> dict[str, Any]:
+        return {"training_architecture": "batchtopk", "training_architecture_details": {"k": self.cfg.k}}
+
+    def threshold_for_file(self) -> torch.Tensor:
+        """The shared threshold repeated for every latent, in b_enc's dtype."""
+        thr = self.threshold.detach().to("cpu").contiguous()
+        return thr.to(self.b_enc.dtype).expand(self.d_sae).clone()
+
+    @classmethod
+    def threshold_from_file(cls, threshold: torch.Tensor, where: Path) -> dict[str, torch.Tensor]:
+        if not bool((threshold == threshold[0]).all()):
+            raise SAEFileError(f"{where}: tensor 'threshold' varies across latents, "
+                               f"but a 'batchtopk' SAE has one shared threshold")
+        return {"threshold": threshold[0].clone()}
+
+    @classmethod
+    def from_saelens(cls, file: SAELensFile) -> tuple[SAEConfig, dict[str, torch.Tensor]] | None:
+        """A SAELens BatchTopK training checkpoint ("batchtopk": one scalar topk_threshold), or
+        a trained one ("jumprelu" whose metadata names batchtopk and k, one shared threshold);
+        another jumprelu folder is declined."""
+        if file.arch == "jumprelu":
+            thr = file.tensors.get("threshold")
+            details = file.meta.get("training_architecture_details")
+            details = details if isinstance(details, dict) else {}
+            shared = thr is not None and thr.numel() > 0 and bool((thr == thr.flatten()[0]).all())
+            if not (file.meta.get("training_architecture") == "batchtopk" and shared and "k" in details):
+                return None
+            tensors = file.centred()
+            return SAEConfig(arch=cls.architecture, k=file.k(details["k"]), **file.common), tensors
+        tensors = file.centred()
+        if file.raw.get("rescale_acts_by_decoder_norm", False):
+            fold_decoder_norms(tensors)
+        file.require("topk_threshold")
+        thr = tensors.pop("topk_threshold").to(tensors["b_enc"].dtype)
+        tensors["threshold"] = thr.reshape(()).expand(file.common["d_sae"]).clone()
+        return SAEConfig(arch=cls.architecture, k=file.k(), **file.common), tensors

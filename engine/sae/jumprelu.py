@@ -16,6 +16,7 @@ the threshold (the only ones the STEs reach) are taken from the one dense encode
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -29,10 +30,13 @@ from engine.sae.base import (
     mse,
     register,
 )
+from engine.sae.saelens import SAELensFile
 from engine.sae.sparse_grad import Active, sampled_dot, sparse_decode_train
 
 SPARSE_BELOW = 0.05  # decode sparsely while active + band entries are under this share of all codes
 SPARSE_NOTE = "jumprelu_sparse"  # in TrainState.scratch: whether the last step looked that sparse
+SAELENS_KNOBS = {"jumprelu_init_threshold": "jumprelu_init_threshold", "jumprelu_bandwidth": "jumprelu_bandwidth",
+                 "l0_coefficient": "l0_coeff"}  # SAELens's training_architecture_details -> SAEConfig
 
 
 def rectangle(z: torch.Tensor) -> torch.Tensor:
@@ -89,6 +93,13 @@ def heaviside(pre: torch.Tensor, threshold: torch.Tensor, bandwidth: float) -> t
 class JumpReLUSAE(SparseAutoencoder):
     """codes = ReLU(pre) * (pre > theta); loss = mse + l0_coeff * mean L0."""
 
+    summary = "learnt thresholds, L0 penalty"
+    list_order = 3
+    elementwise = True
+    saelens_architecture = "jumprelu"
+    saelens_reads = {"jumprelu": 0}
+    file_threshold = True  # theta = exp(log_threshold)
+
     def __init__(self, cfg: SAEConfig) -> None:
         super().__init__(cfg)
         init = torch.full((cfg.d_sae,), math.log(cfg.jumprelu_init_threshold))
@@ -101,8 +112,12 @@ class JumpReLUSAE(SparseAutoencoder):
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """(batch, d_sae) codes: pre-activations above their latent's threshold, else 0."""
-        pre = torch.relu(self.pre_acts(x))
-        return pre * (pre > self.threshold)
+        return self.activation(self.pre_acts(x))
+
+    def activation(self, pre: torch.Tensor, cols: torch.Tensor | None = None) -> torch.Tensor:
+        """ReLU(pre) where it exceeds its latent's threshold, else 0."""
+        pre = torch.relu(pre)
+        return pre * (pre > (self.threshold if cols is None else self.threshold[cols]))
 
     def training_step(self, x: torch.Tensor, state: TrainState) -> TrainStep:
         """mse plus l0_coeff * mean L0, both reaching theta through the STEs. Decoded sparsely
@@ -142,9 +157,32 @@ class JumpReLUSAE(SparseAutoencoder):
                                         self.cfg.jumprelu_bandwidth, len(active.cols) / len(x))
         rec = mse(x_hat, x)
         penalty = self.cfg.l0_coeff * l0
-        codes = Codes(active.pre.to(x_hat.dtype), active.cols, active.rows, (len(x), self.d_sae))
+        codes = Codes(active.rows, active.cols, active.pre.to(x_hat.dtype), len(x), self.d_sae)
         parts = {"mse": rec.detach(), "l0": l0.detach(), "l0_penalty": penalty.detach()}
         return TrainStep(rec + penalty, x_hat.detach(), codes, parts)
+
+
+    # ------------------------------------------------------------ files
+    def threshold_for_file(self) -> torch.Tensor:
+        """theta = exp(log_threshold), computed in float64."""
+        log_thr = self.log_threshold.detach().to("cpu").contiguous()
+        return log_thr.double().exp().to(log_thr.dtype)
+
+    @classmethod
+    def threshold_from_file(cls, threshold: torch.Tensor, where: Path) -> dict[str, torch.Tensor]:
+        tiny = torch.finfo(torch.float32).tiny  # SAELens allows 0 (= ReLU): keep log finite
+        return {"log_threshold": threshold.double().clamp_min(tiny).log().to(threshold.dtype)}
+
+    @classmethod
+    def from_saelens(cls, file: SAELensFile) -> tuple[SAEConfig, dict[str, torch.Tensor]]:
+        """SAELens's "jumprelu" SAE, with the training knobs its metadata records."""
+        tensors = file.centred()
+        file.require("threshold")
+        details = file.meta.get("training_architecture_details")
+        details = details if isinstance(details, dict) else {}
+        trained = {ours: float(details[theirs]) for theirs, ours in SAELENS_KNOBS.items()
+                   if isinstance(details.get(theirs), (int, float))}
+        return SAEConfig(arch=cls.architecture, **trained, **file.common), tensors
 
 
 class _ThresholdSTE(torch.autograd.Function):

@@ -14,19 +14,21 @@ and kept equal to W_dec.T (in ``after_step``) so the common interface stays mean
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 
 from engine.sae.base import (
     Codes,
     ForwardOutput,
+    SAEConfig,
     SparseAutoencoder,
     TrainState,
     TrainStep,
     mse,
     register,
 )
+from engine.sae.saelens import SAEFileError, SAELensFile
 from engine.sae.topk import sparse_decode
 
 
@@ -128,6 +130,13 @@ def distinct_l0(p: Pursuit) -> torch.Tensor:
 class MatchingPursuitSAE(SparseAutoencoder):
     """codes = cfg.k (or n_steps) greedy matching-pursuit steps over W_dec; decode as usual."""
 
+    summary = "matching pursuit, k greedy steps"
+    list_order = 4
+    takes_k = True
+    saelens_architecture = "matching_pursuit"
+    saelens_reads = {"matching_pursuit": 0}
+    tied_encoder = True  # SAELens's MatchingPursuitSAE has neither W_enc nor b_enc
+
     def pursue(self, x: torch.Tensor, n_steps: int | None = None) -> Pursuit:
         """The greedy steps for x (batch, d_in); cfg.k steps unless n_steps is given."""
         return pursue(x, self.W_dec, self.b_dec, self.cfg.k if n_steps is None else n_steps)
@@ -146,7 +155,7 @@ class MatchingPursuitSAE(SparseAutoencoder):
         p = pursue(x, self.W_dec, self.b_dec, self.cfg.k, state=state)
         x_hat = sparse_decode(p.coefs, p.indices, self.W_dec) + self.b_dec  # (batch, d_in)
         rows = torch.arange(len(x), device=x.device).repeat_interleave(p.indices.shape[1])
-        codes = Codes(p.coefs.detach().flatten(), p.indices.flatten(), rows, (len(x), self.d_sae))
+        codes = Codes(rows, p.indices.flatten(), p.coefs.detach().flatten(), len(x), self.d_sae)
         rec = mse(x_hat, x)
         return TrainStep(rec, x_hat.detach(), codes, {"mse": rec.detach(), "l0": distinct_l0(p)})
 
@@ -159,3 +168,25 @@ class MatchingPursuitSAE(SparseAutoencoder):
         """(batch, d_sae) codes, summing the coefficients of atoms picked more than once."""
         codes = p.coefs.new_zeros(len(p.coefs), self.d_sae)
         return codes.scatter_add(1, p.indices, p.coefs)
+
+    # ------------------------------------------------------------ files
+    def saelens_fields(self) -> dict[str, Any]:
+        return {"residual_threshold": 0.0, "max_iterations": self.cfg.k, "stop_on_duplicate_support": False}
+
+    @classmethod
+    def from_saelens(cls, file: SAELensFile) -> tuple[SAEConfig, dict[str, torch.Tensor]]:
+        """SAELens's matching_pursuit, when it runs a fixed number of steps as this one does."""
+        raw, path = file.raw, file.cfg_path
+        if raw.get("stop_on_duplicate_support", True):
+            raise SAEFileError(f"{path}: field 'stop_on_duplicate_support' is true, but LatentLab's mp SAE runs a "
+                               f"fixed number of steps (it loads matching_pursuit SAEs saved with false)")
+        if float(raw.get("residual_threshold", 1e-2) or 0.0) > 0:
+            raise SAEFileError(f"{path}: field 'residual_threshold' is above 0, but LatentLab's mp SAE runs a "
+                               f"fixed number of steps (it loads matching_pursuit SAEs saved with 0)")
+        file.require("W_dec", "b_dec")
+        tensors = dict(file.tensors)
+        if not raw.get("apply_b_dec_to_input", True):  # SAELens then neither centres nor adds b_dec
+            tensors["b_dec"] = torch.zeros_like(tensors["b_dec"])
+        steps = raw.get("max_iterations")
+        k = file.common["d_in"] if steps is None else file.k(steps)
+        return SAEConfig(arch=cls.architecture, k=k, **file.common), tensors

@@ -5,7 +5,16 @@ from __future__ import annotations
 
 import torch
 
-from engine.sae.base import Codes, SparseAutoencoder, TrainState, TrainStep, mse, register
+from engine.sae.base import (
+    Codes,
+    SAEConfig,
+    SparseAutoencoder,
+    TrainState,
+    TrainStep,
+    mse,
+    register,
+)
+from engine.sae.saelens import SAELensFile
 
 
 def weighted_l1(codes: torch.Tensor, W_dec: torch.Tensor) -> torch.Tensor:
@@ -22,9 +31,24 @@ def mean_l0(codes: torch.Tensor) -> torch.Tensor:
 class ReLUSAE(SparseAutoencoder):
     """codes = ReLU((x - b_dec) @ W_enc + b_enc); loss = mse + l1_coeff * weighted L1."""
 
+    summary = "ReLU with an L1 penalty"
+    list_order = 0
+    elementwise = True
+    saelens_architecture = "standard"
+    saelens_reads = {"standard": 0}
+
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """(batch, d_sae) ReLU codes."""
-        return torch.relu(self.pre_acts(x))
+        return self.activation(self.pre_acts(x))
+
+    def activation(self, pre: torch.Tensor, cols: torch.Tensor | None = None) -> torch.Tensor:
+        """ReLU(pre)."""
+        return torch.relu(pre)
+
+    @classmethod
+    def from_saelens(cls, file: SAELensFile) -> tuple[SAEConfig, dict[str, torch.Tensor]]:
+        """SAELens's "standard" SAE."""
+        return SAEConfig(arch=cls.architecture, **file.common), file.centred()
 
     def training_step(self, x: torch.Tensor, state: TrainState) -> TrainStep:
         """Reconstruction plus the decoder-norm-weighted L1 penalty; parts l1 is unweighted."""

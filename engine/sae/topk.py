@@ -5,6 +5,8 @@ then everything sparse in both directions (``sparse_grad``)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 
@@ -18,6 +20,7 @@ from engine.sae.base import (
     mse,
     register,
 )
+from engine.sae.saelens import SAELensFile, fold_decoder_norms
 from engine.sae.sparse_grad import Active, aux_selection, dead_decode_train, sparse_decode_train
 
 
@@ -58,7 +61,7 @@ def topk_family_step(sae: SparseAutoencoder, x: torch.Tensor, pre: torch.Tensor,
     auxk = rec.new_zeros(())
     if aux is not None:  # the residual is detached: AuxK trains only the dead latents' weights
         auxk = sae.cfg.aux_coeff * mse(dead_decode_train(*weights, aux), (x - x_hat).detach())
-    codes = Codes(torch.relu(active.pre).to(x_hat.dtype), active.cols, active.rows, (len(x), sae.d_sae))
+    codes = Codes(active.rows, active.cols, torch.relu(active.pre).to(x_hat.dtype), len(x), sae.d_sae)
     parts = {"mse": rec.detach(), "auxk": auxk.detach(), "l0": codes.l0()}
     return TrainStep(rec + auxk, x_hat.detach(), codes, parts)
 
@@ -66,6 +69,12 @@ def topk_family_step(sae: SparseAutoencoder, x: torch.Tensor, pre: torch.Tensor,
 @register("topk")
 class TopKSAE(SparseAutoencoder):
     """codes = ReLU(TopK_k(pre-activations)); loss = mse + AuxK on dead latents."""
+
+    summary = "k largest latents per row"
+    list_order = 1
+    takes_k = True
+    saelens_architecture = "topk"
+    saelens_reads = {"topk": 0}
 
     def encode_sparse(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """values (batch, k) and indices (batch, k) of the active latents."""
@@ -75,6 +84,10 @@ class TopKSAE(SparseAutoencoder):
         """(batch, d_sae) dense codes, zero outside each row's top k."""
         values, indices = self.encode_sparse(x)
         return scatter_codes(values, indices, self.d_sae)
+
+    def encode_codes(self, x: torch.Tensor) -> Codes:
+        """The codes from each row's k picks, canonical, without a dense (batch, d_sae) matrix."""
+        return Codes.of_picks(*self.encode_sparse(x), self.d_sae)
 
     def decode_sparse(self, values: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
         """(batch, d_in) reconstruction from (batch, k) values and indices."""
@@ -95,3 +108,14 @@ class TopKSAE(SparseAutoencoder):
             pre = self.pre_acts(x, state.buffer("pre", (len(x), self.d_sae), self.W_enc))  # (batch, d_sae)
             active = Active.per_row(pre, self.select(pre, state))
         return topk_family_step(self, x, pre, active, state)
+
+    def saelens_fields(self) -> dict[str, Any]:
+        return {"k": self.cfg.k, "rescale_acts_by_decoder_norm": False}
+
+    @classmethod
+    def from_saelens(cls, file: SAELensFile) -> tuple[SAEConfig, dict[str, torch.Tensor]]:
+        """SAELens's "topk" SAE (rescale_acts_by_decoder_norm folded into the weights)."""
+        tensors = file.centred()
+        if file.raw.get("rescale_acts_by_decoder_norm", False):
+            fold_decoder_norms(tensors)
+        return SAEConfig(arch=cls.architecture, k=file.k(), **file.common), tensors

@@ -124,7 +124,7 @@ def train_sae(ctx: JobContext, store: str | os.PathLike, hook: str, out: str | o
         if state.tokens_since_fired is not None:
             state.tokens_since_fired = state.tokens_since_fired.to(ctx.device)
         batches = store_batches(st, hook, batch_size, n_train, seed, skip=state.step * world, rank=rank, world=world)
-        if getattr(sae, "needs_grad", False):
+        if sae.needs_grad:
             from engine.sae.gradients import gradient_batches
             batches = gradient_batches(st, hook, batch_size, n_train, seed, eval_model or st.meta.model_id,
                                        device=ctx.device, skip=state.step)

@@ -161,7 +161,7 @@ def _track_firing(state: TrainState, codes: Codes, ddp: bool) -> None:
     """Count tokens since each latent last fired (shared across ranks under DDP), from the
     codes' latent indices: no dense code matrix."""
     fired = codes.fired().to(torch.int32)
-    n = torch.tensor(codes.shape[0], device=fired.device)
+    n = torch.tensor(codes.n_rows, device=fired.device)
     if ddp:
         import torch.distributed as dist
         dist.all_reduce(fired)
