@@ -30,7 +30,7 @@ from pydantic_core import PydanticCustomError
 
 from engine.errors import LatentLabError
 from engine.models.base import MODEL_DTYPES
-from engine.sae.base import ARCHITECTURES, SAEConfig, load_architectures
+from engine.sae.base import SAEConfig, architectures
 
 SENTENCE = "latentlab_sentence"  # a custom error whose message is the whole sentence
 
@@ -241,9 +241,9 @@ ModelDtype = Literal[tuple(MODEL_DTYPES)]
 
 
 def _architecture(name: str) -> str:
-    load_architectures()
-    if name not in ARCHITECTURES:
-        raise ValueError(f"one of {', '.join(sorted(ARCHITECTURES))}")
+    known = architectures()
+    if name not in known:
+        raise ValueError(f"one of {', '.join(known)}")
     return name
 
 

@@ -20,13 +20,7 @@ from engine.capture import capture
 from engine.errors import LatentLabError, StoreError
 from engine.features.encode import latent_values, latents_on_rows, shaded_contexts
 from engine.features.one_pass import feature_pass
-from engine.features.running import (
-    RunningStats,
-    SparseCodes,
-    dense_to_sparse,
-    interval_examples,
-    topk_codes,
-)
+from engine.features.running import RunningStats, interval_examples
 from engine.features.stats import (
     feature_stats,
     find_stats,
@@ -37,7 +31,7 @@ from engine.features.stats import (
 from engine.features.weights import row_top, tables_cache_dir, weight_tables
 from engine.jobs import Cancelled, JobContext
 from engine.models import load_model
-from engine.sae.base import SAEConfig, build_sae
+from engine.sae.base import Codes, SAEConfig, build_sae
 from engine.sae.io import save_sae
 from engine.store.activations import ActivationStore
 
@@ -360,10 +354,10 @@ def test_topk_codes_are_the_dense_codes_sparsely():
     x = 3 * torch.randn(40, 16)
     x[3] = sae.b_dec  # pre-activations = b_enc: two positive, so two firing latents
     with torch.no_grad():
-        sparse, dense = topk_codes(sae, x), dense_to_sparse(sae.encode(x))
+        sparse, dense = sae.encode_codes(x), Codes.nonzero(sae.encode(x))
     for a, b in zip(sparse[:3], dense[:3], strict=True):
         assert torch.equal(a, b)
-    assert sparse.n_rows == 40 and sparse.latent[sparse.row == 3].tolist() == [7, 9]
+    assert sparse.n_rows == 40 and sparse.cols[sparse.rows == 3].tolist() == [7, 9]
 
 
 def test_row_top_equals_topk():
@@ -382,10 +376,10 @@ def test_row_top_equals_topk():
 def test_interval_examples_lie_in_their_intervals():
     rng = np.random.default_rng(1)
     codes = np.where(rng.random((400, 6)) < 0.4, rng.gamma(2.0, 1.0, (400, 6)), 0).astype(np.float32)
-    sparse = dense_to_sparse(torch.from_numpy(codes))
-    ptr = np.concatenate([[0], np.cumsum(np.bincount(sparse.row.numpy(), minlength=400))])
-    csr = {"code_ptr": ptr, "code_latent": sparse.latent.numpy().astype(np.int32),
-           "code_value": sparse.value.numpy()}
+    sparse = Codes.nonzero(torch.from_numpy(codes))
+    ptr = np.concatenate([[0], np.cumsum(np.bincount(sparse.rows.numpy(), minlength=400))])
+    csr = {"code_ptr": ptr, "code_latent": sparse.cols.numpy().astype(np.int32),
+           "code_value": sparse.values.numpy()}
     q = np.nanquantile(np.where(codes > 0, codes, np.nan), np.linspace(0, 1, 5), axis=0).T.astype(np.float32)
     got = interval_examples(csr, q, n=3)
     assert got["interval_rows"].shape == (6, 4, 3)
@@ -405,8 +399,8 @@ def test_sparse_codes_fold_like_their_dense_matrix():
     codes[0, 1], codes[2, 1], codes[2, 4], codes[3, 0] = 1.0, 2.0, 0.5, 1e-7
     a, b = RunningStats(5, 2, CPU), RunningStats(5, 2, CPU)
     a.add_dense(codes)
-    b.add(SparseCodes(torch.tensor([0, 2, 2, 3]), torch.tensor([1, 1, 4, 0]),
-                      torch.tensor([1.0, 2.0, 0.5, 1e-7]), 4))
+    b.add(Codes(torch.tensor([0, 2, 2, 3]), torch.tensor([1, 1, 4, 0]),
+                torch.tensor([1.0, 2.0, 0.5, 1e-7]), 4))
     levels = np.linspace(0, 1, 3)
     for name, value in a.arrays(levels).items():
         np.testing.assert_array_equal(value, b.arrays(levels)[name], err_msg=name)

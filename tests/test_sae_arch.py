@@ -9,9 +9,16 @@ import pytest
 import torch
 
 from engine.errors import LatentLabError
-from engine.sae.base import ARCHITECTURES, SAEConfig, SparseAutoencoder, TrainState, build_sae
+from engine.sae.base import (
+    ARCHITECTURES,
+    SAEConfig,
+    SparseAutoencoder,
+    TrainState,
+    architectures,
+    build_sae,
+)
 
-ARCHS = ["relu", "topk", "batchtopk", "jumprelu", "mp", "gtopk"]
+ARCHS = architectures()
 D_IN, D_SAE, K, BATCH = 16, 64, 4, 32
 
 

@@ -25,16 +25,6 @@ MAX_LABEL_CELLS = 1 << 24  # bound on d_sae * n_classes: a label field with more
 N_INTERVAL_EXAMPLES = 5  # example rows per quantile interval
 
 
-# earlier names, from before engine.sae's Codes took in this module's sparse codes
-SparseCodes = Codes
-dense_to_sparse = Codes.nonzero
-
-
-def topk_codes(sae: SparseAutoencoder, x: torch.Tensor) -> Codes:
-    """``sae.encode_codes(x)``: a TopK SAE's codes from its k picks per row, never dense."""
-    return sae.encode_codes(x)
-
-
 class RunningStats:
     """Accumulators of one pass over the rows, on one device; rows arrive in order."""
 

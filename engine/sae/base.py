@@ -117,19 +117,6 @@ class Codes(NamedTuple):
         """(batch, d_sae)."""
         return self.n_rows, self.d_sae
 
-    # the names engine.features.running's SparseCodes had before the two types became one
-    @property
-    def row(self) -> torch.Tensor | None:
-        return self.rows
-
-    @property
-    def latent(self) -> torch.Tensor | None:
-        return self.cols
-
-    @property
-    def value(self) -> torch.Tensor:
-        return self.values
-
     def dense(self) -> torch.Tensor:
         """(batch, d_sae) codes (built here for the sparse form)."""
         if self.cols is None:
