@@ -165,6 +165,11 @@ class CompareTab(QWidget):
         self.picker_a.set_workspace(workspace, active)
         self.picker_b.set_workspace(workspace, active)
 
+    def cancel_requests(self) -> None:
+        """Cancel this tab's running jobs and drop their answers."""
+        self.jobs.forget_all()
+        self.cell_jobs.forget_all()
+
     def session_state(self) -> dict[str, Any]:
         side = [{"path": str(p.path()) if p.path() else None, "hooks": p.hooks()}
                 for p in (self.picker_a, self.picker_b)]

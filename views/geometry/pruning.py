@@ -242,6 +242,10 @@ class PruningTab(QWidget):
                 for kind, (box, spin) in self.corruption_boxes.items() if box.isChecked()]
 
     # ------------------------------------------------------------ session
+    def cancel_requests(self) -> None:
+        """Cancel this tab's running jobs and drop their answers."""
+        self.jobs.forget_all()
+
     def session_state(self) -> dict[str, Any]:
         return {"dense": self.dense.currentData(), "pruned": self.pruned_folders(),
                 "corruptions": self.corruptions(), "source": self.source.currentText(),

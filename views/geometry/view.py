@@ -7,34 +7,22 @@ input corruptions and turns the samples pruning flipped into AppState's row sele
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
-from PySide6.QtCore import QRectF
-from PySide6.QtGui import QPainter
-from PySide6.QtWidgets import QTabWidget, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QWidget
 
 from desktop_app.state import AppState, Selection
+from views.common.tabs import TabbedView
 from views.geometry.compare import CompareTab
 from views.geometry.pruning import PruningTab
 
-TABS = ("compare", "pruning")
 
-
-class GeometryView(QWidget):
+class GeometryView(TabbedView):
     """Compare and Pruning tabs; follows the workspace, the active store and the selection."""
 
     def __init__(self, state: AppState, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.setWindowTitle("Geometry")
-        self.state = state
-        self.compare = CompareTab(state)
-        self.pruning = PruningTab(state)
-        self.tabs = QTabWidget()
-        self.tabs.addTab(self.compare, "Compare")
-        self.tabs.addTab(self.pruning, "Pruning")
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(0, 0, 0, 0)
-        layout.addWidget(self.tabs)
+        compare, pruning = CompareTab(state), PruningTab(state)
+        super().__init__("Geometry", [("compare", "Compare", compare), ("pruning", "Pruning", pruning)], parent)
+        self.state, self.compare, self.pruning = state, compare, pruning
         state.workspace_changed.connect(self._on_workspace_changed)
         state.store_changed.connect(self._on_store_changed)
         state.selection_changed.connect(self._on_selection_changed)
@@ -62,37 +50,6 @@ class GeometryView(QWidget):
         made since (a demo stage, a CLI capture) appear without a restart."""
         super().showEvent(event)
         self.refresh()
-
-    # ------------------------------------------------------------ session
-    def session_state(self) -> dict[str, Any]:
-        """The chosen sources, hook points, measure, models and the open tab."""
-        return {"tab": TABS[self.tabs.currentIndex()], "compare": self.compare.session_state(),
-                "pruning": self.pruning.session_state()}
-
-    def restore_session(self, data: dict[str, Any]) -> None:
-        """Choose what ``session_state`` saved; missing files and unknown keys are skipped."""
-        if not isinstance(data, dict):
-            return
-        if isinstance(data.get("compare"), dict):
-            self.compare.restore_session(data["compare"])
-        if isinstance(data.get("pruning"), dict):
-            self.pruning.restore_session(data["pruning"])
-        if data.get("tab") in TABS:
-            self.tabs.setCurrentIndex(TABS.index(data["tab"]))
-
-    def cancel_requests(self) -> None:
-        for requests in (self.compare.jobs, self.compare.cell_jobs, self.pruning.jobs):
-            requests.forget_all()
-
-    # ------------------------------------------------------------ export
-    def paint_figure(self, painter: QPainter, rect: QRectF) -> None:
-        """Paint the current tab's heatmap or plots into any painter (image, SVG, PDF)."""
-        tab = self.compare if self.tabs.currentIndex() == 0 else self.pruning
-        painter.save()
-        try:
-            tab.paint_figure(painter, rect)
-        finally:
-            painter.restore()
 
 
 def _demo(argv: list[str]) -> None:

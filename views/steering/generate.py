@@ -554,6 +554,10 @@ class GenerateTab(QWidget):
         return at.y() + doc.size().height()
 
     # ------------------------------------------------------------ session
+    def cancel_requests(self) -> None:
+        """Cancel this tab's running jobs and drop their answers."""
+        self.jobs.forget_all()
+
     def session_state(self) -> dict[str, Any]:
         return {**self.settings(), "concept": {"name": self.concept_name.text(),
                                                "positive": self.positive.toPlainText(),

@@ -170,6 +170,10 @@ class InjectionTab(QWidget):
         return {"strengths": self.strengths, "words": self.words, "questions": self.questions,
                 "tokens": self.tokens}
 
+    def cancel_requests(self) -> None:
+        """Cancel this tab's running jobs and drop their answers."""
+        self.jobs.forget_all()
+
     def session_state(self) -> dict[str, Any]:
         return field_values(self._fields())
 

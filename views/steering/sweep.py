@@ -203,6 +203,10 @@ class SweepTab(QWidget):
         return {"layers": self.layers, "strengths": self.strengths, "words": self.words,
                 "prompts": self.prompts, "tokens": self.tokens, "metric": self.metric}
 
+    def cancel_requests(self) -> None:
+        """Cancel this tab's running jobs and drop their answers."""
+        self.jobs.forget_all()
+
     def session_state(self) -> dict[str, Any]:
         return field_values(self._fields())
 
