@@ -3,9 +3,9 @@ that maps an architecture name (as written into cfg.json) to its class.
 
 Adding an architecture is one file: a module in ``engine/sae/`` whose class subclasses
 ``SparseAutoencoder``, defines ``encode`` and ``training_step``, and is decorated
-``@register("name")`` at the top level. The registry imports every such module, so the name
-is then a choice of ``train-sae --arch`` and of the Train SAE dialog, and ``build_sae`` and
-``load_sae`` know it. Everything else LatentLab does with an SAE (encoding for statistics,
+``@register("name", summary=..., order=..., saelens=...)`` at the top level. The registry
+imports every such module, so the name is then a choice of ``train-sae --arch`` and of the
+Train SAE dialog, and ``build_sae`` and ``load_sae`` know it. Everything else LatentLab does with an SAE (encoding for statistics,
 encoding a few latents, whether it takes k, how its files look in SAELens's layout) is read
 from class attributes and methods whose defaults here fit a plain W_enc/W_dec SAE. A file
 outside the package registers the same way when the environment variable
@@ -20,6 +20,7 @@ import hashlib
 import importlib
 import importlib.util
 import os
+import re
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
@@ -183,8 +184,8 @@ class SparseAutoencoder(nn.Module):
     whose codes depend on whole rows and whose files hold W_enc, W_dec, b_enc and b_dec."""
 
     architecture: ClassVar[str] = ""  # set by @register: the name in cfg.json and on the CLI
-    summary: ClassVar[str] = ""  # a few words for menus ("k largest latents per row")
-    list_order: ClassVar[int] = 100  # place in the lists of architectures (CLI, dialog); then by name
+    summary: ClassVar[str] = ""  # set by @register: a few words for menus ("k largest latents per row")
+    list_order: ClassVar[int] = 100  # set by @register: place in the lists (CLI, dialog); then by name
     takes_k: ClassVar[bool] = False  # reads cfg.k (latents per row, or steps)
     needs_grad: ClassVar[bool] = False  # trains on (x, dLoss/dx) batches: state.grad
     elementwise: ClassVar[bool] = False  # a code depends only on its own pre-activation
@@ -343,27 +344,36 @@ ARCHITECTURES: dict[str, type[SparseAutoencoder]] = {}
 _builtins_loaded = False
 
 
-def register(name: str):
-    """Class decorator: make an architecture loadable by the name written into cfg.json."""
+def register(name: str, *, summary: str = "", order: int = 100, saelens: str | None = None,
+             reads: dict[str, int] | None = None):
+    """Class decorator: make an architecture loadable by the name written into cfg.json, with
+    a few words for menus, its place in the lists, the SAELens architecture it saves as and
+    those it reads (default: the one it saves as) with their priorities."""
     def deco(cls: type[SparseAutoencoder]) -> type[SparseAutoencoder]:
         known = ARCHITECTURES.get(name)
         if known is not None and (known.__module__, known.__qualname__) != (cls.__module__, cls.__qualname__):
             raise LatentLabError(f"SAE architecture {name!r} is registered twice: by "
                                  f"{known.__module__}.{known.__qualname__} and {cls.__module__}.{cls.__qualname__}")
-        cls.architecture = name
+        cls.architecture, cls.summary, cls.list_order = name, summary, order
+        if saelens is not None:
+            cls.saelens_architecture = saelens
+            cls.saelens_reads = reads if reads is not None else {saelens: 0}
         ARCHITECTURES[name] = cls
         return cls
     return deco
 
 
+_REGISTERS = re.compile(r"^@(base\.)?register\(", re.M)  # a module that registers an architecture
+
+
 def load_architectures() -> None:
     """Import every module of ``engine.sae`` that registers an architecture (a top-level
-    ``@register(`` line), once, then the modules ``LATENTLAB_SAE_PLUGINS`` names (module
+    ``@register(`` or ``@base.register(`` line), once, then the modules ``LATENTLAB_SAE_PLUGINS`` names (module
     names or .py files, separated by os.pathsep), each imported once."""
     global _builtins_loaded
     if not _builtins_loaded:
         for path in sorted(Path(__file__).parent.glob("*.py")):
-            if path.stem != "base" and "\n@register(" in path.read_text(encoding="utf-8"):
+            if path.stem != "base" and _REGISTERS.search(path.read_text(encoding="utf-8")):
                 importlib.import_module(f"{__package__}.{path.stem}")
         _builtins_loaded = True
     for entry in os.environ.get(PLUGINS_ENV, "").split(os.pathsep):

@@ -37,17 +37,15 @@ def batch_topk(pre: torch.Tensor, n_keep: int, per_row: int) -> tuple[torch.Tens
     return rows.flatten()[pick], cols.flatten()[pick], kept
 
 
-@register("batchtopk")
+@register("batchtopk", summary="k per row on average over a batch", order=2,
+          saelens="jumprelu",  # as SAELens saves a trained BatchTopK: one shared threshold
+          reads={"batchtopk": 0, "jumprelu": 1})  # before JumpReLU's reader
 class BatchTopKSAE(SparseAutoencoder):
     """Training: top k * batch of ReLU(pre) across the batch; inference: ReLU(pre) above ``threshold``."""
 
     threshold_lr: ClassVar[float] = 0.01  # EMA rate of the threshold estimate
-    summary = "k per row on average over a batch"
-    list_order = 2
     takes_k = True
     elementwise = True  # at inference
-    saelens_architecture = "jumprelu"  # as SAELens saves a trained BatchTopK: one shared threshold
-    saelens_reads = {"batchtopk": 0, "jumprelu": 1}  # before JumpReLU's reader
     file_threshold = True
 
     def __init__(self, cfg: SAEConfig) -> None:

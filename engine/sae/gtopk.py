@@ -20,12 +20,10 @@ def gradient_scores(pre: torch.Tensor, W_dec: torch.Tensor, grad: torch.Tensor) 
     return torch.relu(pre) * (grad @ W_dec.t()).abs()
 
 
-@register("gtopk")
+@register("gtopk", summary="TopK weighted by loss gradients (runs the model)", order=5)
 class GradientTopKSAE(TopKSAE):
     """TopK whose training-time selection ranks latents by activation x |decoder . gradient|."""
 
-    summary = "TopK weighted by loss gradients (runs the model)"
-    list_order = 5
     needs_grad: ClassVar[bool] = True  # the trainer feeds (x, dLoss/dx) batches
     saelens_reads: ClassVar[dict[str, int]] = {}  # saved as SAELens's topk, which loads as topk
 

@@ -21,15 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from engine.sae.base import (
-    Codes,
-    SAEConfig,
-    SparseAutoencoder,
-    TrainState,
-    TrainStep,
-    mse,
-    register,
-)
+from engine.sae import base
 from engine.sae.saelens import SAELensFile
 from engine.sae.sparse_grad import Active, sampled_dot, sparse_decode_train
 
@@ -89,18 +81,14 @@ def heaviside(pre: torch.Tensor, threshold: torch.Tensor, bandwidth: float) -> t
     return StepFn.apply(pre, threshold, bandwidth)
 
 
-@register("jumprelu")
-class JumpReLUSAE(SparseAutoencoder):
+@base.register("jumprelu", summary="learnt thresholds, L0 penalty", order=3, saelens="jumprelu")
+class JumpReLUSAE(base.SparseAutoencoder):
     """codes = ReLU(pre) * (pre > theta); loss = mse + l0_coeff * mean L0."""
 
-    summary = "learnt thresholds, L0 penalty"
-    list_order = 3
     elementwise = True
-    saelens_architecture = "jumprelu"
-    saelens_reads = {"jumprelu": 0}
     file_threshold = True  # theta = exp(log_threshold)
 
-    def __init__(self, cfg: SAEConfig) -> None:
+    def __init__(self, cfg: base.SAEConfig) -> None:
         super().__init__(cfg)
         init = torch.full((cfg.d_sae,), math.log(cfg.jumprelu_init_threshold))
         self.log_threshold = nn.Parameter(init)  # (d_sae,)
@@ -119,7 +107,7 @@ class JumpReLUSAE(SparseAutoencoder):
         pre = torch.relu(pre)
         return pre * (pre > (self.threshold if cols is None else self.threshold[cols]))
 
-    def training_step(self, x: torch.Tensor, state: TrainState) -> TrainStep:
+    def training_step(self, x: torch.Tensor, state: base.TrainState) -> base.TrainStep:
         """mse plus l0_coeff * mean L0, both reaching theta through the STEs. Decoded sparsely
         (``sparse_step``) when the previous step's codes were few (``SPARSE_NOTE`` in
         ``state.scratch``); both paths give the same result, the note only decides whether the
@@ -138,28 +126,28 @@ class JumpReLUSAE(SparseAutoencoder):
         state.scratch[SPARSE_NOTE] = float(step.parts["l0"]) < SPARSE_BELOW * self.d_sae
         return step
 
-    def dense_step(self, x: torch.Tensor, acts: torch.Tensor) -> TrainStep:
+    def dense_step(self, x: torch.Tensor, acts: torch.Tensor) -> base.TrainStep:
         """The step with dense codes; ``acts`` = ReLU(pre-activations) (batch, d_sae), with autograd."""
         theta, eps = self.threshold, self.cfg.jumprelu_bandwidth
         codes = jumprelu(acts, theta, eps)
         x_hat = self.decode(codes)  # (batch, d_in)
-        rec, l0 = mse(x_hat, x), heaviside(acts, theta, eps).sum(-1).mean()
+        rec, l0 = base.mse(x_hat, x), heaviside(acts, theta, eps).sum(-1).mean()
         penalty = self.cfg.l0_coeff * l0
         parts = {"mse": rec.detach(), "l0": l0.detach(), "l0_penalty": penalty.detach()}
-        return TrainStep(rec + penalty, x_hat.detach(), Codes.of_dense(codes), parts)
+        return base.TrainStep(rec + penalty, x_hat.detach(), base.Codes.of_dense(codes), parts)
 
-    def sparse_step(self, x: torch.Tensor, active: Active, band: Active) -> TrainStep:
+    def sparse_step(self, x: torch.Tensor, active: Active, band: Active) -> base.TrainStep:
         """The same step from the entries above the threshold (``active``) and within half a
         bandwidth of it (``band``): sparse decode and backward as in TopK, and theta's
         gradients from the band alone (the STEs vanish elsewhere)."""
         x_hat = sparse_decode_train(self.W_enc, self.b_enc, self.W_dec, self.b_dec, x, active)
         x_hat, l0 = _ThresholdSTE.apply(x_hat, self.log_threshold, self.W_dec.detach(), band,
                                         self.cfg.jumprelu_bandwidth, len(active.cols) / len(x))
-        rec = mse(x_hat, x)
+        rec = base.mse(x_hat, x)
         penalty = self.cfg.l0_coeff * l0
-        codes = Codes(active.rows, active.cols, active.pre.to(x_hat.dtype), len(x), self.d_sae)
+        codes = base.Codes(active.rows, active.cols, active.pre.to(x_hat.dtype), len(x), self.d_sae)
         parts = {"mse": rec.detach(), "l0": l0.detach(), "l0_penalty": penalty.detach()}
-        return TrainStep(rec + penalty, x_hat.detach(), codes, parts)
+        return base.TrainStep(rec + penalty, x_hat.detach(), codes, parts)
 
 
     # ------------------------------------------------------------ files
@@ -174,7 +162,7 @@ class JumpReLUSAE(SparseAutoencoder):
         return {"log_threshold": threshold.double().clamp_min(tiny).log().to(threshold.dtype)}
 
     @classmethod
-    def from_saelens(cls, file: SAELensFile) -> tuple[SAEConfig, dict[str, torch.Tensor]]:
+    def from_saelens(cls, file: SAELensFile) -> tuple[base.SAEConfig, dict[str, torch.Tensor]]:
         """SAELens's "jumprelu" SAE, with the training knobs its metadata records."""
         tensors = file.centred()
         file.require("threshold")
@@ -182,7 +170,7 @@ class JumpReLUSAE(SparseAutoencoder):
         details = details if isinstance(details, dict) else {}
         trained = {ours: float(details[theirs]) for theirs, ours in SAELENS_KNOBS.items()
                    if isinstance(details.get(theirs), (int, float))}
-        return SAEConfig(arch=cls.architecture, **trained, **file.common), tensors
+        return base.SAEConfig(arch=cls.architecture, **trained, **file.common), tensors
 
 
 class _ThresholdSTE(torch.autograd.Function):

@@ -18,16 +18,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from engine.sae.base import (
-    Codes,
-    ForwardOutput,
-    SAEConfig,
-    SparseAutoencoder,
-    TrainState,
-    TrainStep,
-    mse,
-    register,
-)
+from engine.sae import base
 from engine.sae.saelens import SAEFileError, SAELensFile
 from engine.sae.topk import sparse_decode
 
@@ -49,7 +40,7 @@ def use_gram(batch: int, d_sae: int, n_steps: int) -> bool:
 
 
 def pursue(x: torch.Tensor, W_dec: torch.Tensor, b_dec: torch.Tensor, n_steps: int,  # noqa: N803
-           gram: bool | None = None, state: TrainState | None = None) -> Pursuit:
+           gram: bool | None = None, state: base.TrainState | None = None) -> Pursuit:
     """n_steps of matching pursuit of x - b_dec over W_dec's rows: the atoms are chosen
     without autograd (``choose_atoms``, its Gram matrix in a buffer of ``state`` if given),
     then, when gradients are wanted, the coefficients and residuals are recomputed
@@ -62,7 +53,7 @@ def pursue(x: torch.Tensor, W_dec: torch.Tensor, b_dec: torch.Tensor, n_steps: i
 
 
 def choose_atoms(r0: torch.Tensor, W_dec: torch.Tensor, n_steps: int, gram: bool | None = None,  # noqa: N803
-                 state: TrainState | None = None) -> Pursuit:
+                 state: base.TrainState | None = None) -> Pursuit:
     """The greedy steps for residuals r0 (batch, d_in), CHUNK rows at a time. Each step needs
     every row's normalised correlation with every atom; with ``gram`` (default: ``use_gram``)
     they are computed once and then updated with rows of the atoms' Gram matrix, a gather per
@@ -126,15 +117,11 @@ def distinct_l0(p: Pursuit) -> torch.Tensor:
     return (pos & ~repeat).sum(-1).float().mean()
 
 
-@register("mp")
-class MatchingPursuitSAE(SparseAutoencoder):
+@base.register("mp", summary="matching pursuit, k greedy steps", order=4, saelens="matching_pursuit")
+class MatchingPursuitSAE(base.SparseAutoencoder):
     """codes = cfg.k (or n_steps) greedy matching-pursuit steps over W_dec; decode as usual."""
 
-    summary = "matching pursuit, k greedy steps"
-    list_order = 4
     takes_k = True
-    saelens_architecture = "matching_pursuit"
-    saelens_reads = {"matching_pursuit": 0}
     tied_encoder = True  # SAELens's MatchingPursuitSAE has neither W_enc nor b_enc
 
     def pursue(self, x: torch.Tensor, n_steps: int | None = None) -> Pursuit:
@@ -145,22 +132,22 @@ class MatchingPursuitSAE(SparseAutoencoder):
         """(batch, d_sae) nonnegative codes after n_steps (default cfg.k) greedy steps."""
         return self._dense(self.pursue(x, n_steps))
 
-    def forward(self, x: torch.Tensor, n_steps: int | None = None) -> ForwardOutput:
+    def forward(self, x: torch.Tensor, n_steps: int | None = None) -> base.ForwardOutput:
         """ForwardOutput(x_hat, codes), decoding the picked atoms sparsely."""
         p = self.pursue(x, n_steps)
-        return ForwardOutput(sparse_decode(p.coefs, p.indices, self.W_dec) + self.b_dec, self._dense(p))
+        return base.ForwardOutput(sparse_decode(p.coefs, p.indices, self.W_dec) + self.b_dec, self._dense(p))
 
-    def training_step(self, x: torch.Tensor, state: TrainState) -> TrainStep:
+    def training_step(self, x: torch.Tensor, state: base.TrainState) -> base.TrainStep:
         """mse through the unrolled pursuit (gradients reach W_dec via coefficients and atoms)."""
         p = pursue(x, self.W_dec, self.b_dec, self.cfg.k, state=state)
         x_hat = sparse_decode(p.coefs, p.indices, self.W_dec) + self.b_dec  # (batch, d_in)
         rows = torch.arange(len(x), device=x.device).repeat_interleave(p.indices.shape[1])
-        codes = Codes(rows, p.indices.flatten(), p.coefs.detach().flatten(), len(x), self.d_sae)
-        rec = mse(x_hat, x)
-        return TrainStep(rec, x_hat.detach(), codes, {"mse": rec.detach(), "l0": distinct_l0(p)})
+        codes = base.Codes(rows, p.indices.flatten(), p.coefs.detach().flatten(), len(x), self.d_sae)
+        rec = base.mse(x_hat, x)
+        return base.TrainStep(rec, x_hat.detach(), codes, {"mse": rec.detach(), "l0": distinct_l0(p)})
 
     @torch.no_grad()
-    def after_step(self, codes: Codes, state: TrainState) -> None:
+    def after_step(self, codes: base.Codes, state: base.TrainState) -> None:
         """Keep the unused encoder tied to the decoder: W_enc = W_dec.T."""
         self.W_enc.copy_(self.W_dec.t())
 
@@ -174,7 +161,7 @@ class MatchingPursuitSAE(SparseAutoencoder):
         return {"residual_threshold": 0.0, "max_iterations": self.cfg.k, "stop_on_duplicate_support": False}
 
     @classmethod
-    def from_saelens(cls, file: SAELensFile) -> tuple[SAEConfig, dict[str, torch.Tensor]]:
+    def from_saelens(cls, file: SAELensFile) -> tuple[base.SAEConfig, dict[str, torch.Tensor]]:
         """SAELens's matching_pursuit, when it runs a fixed number of steps as this one does."""
         raw, path = file.raw, file.cfg_path
         if raw.get("stop_on_duplicate_support", True):
@@ -189,4 +176,4 @@ class MatchingPursuitSAE(SparseAutoencoder):
             tensors["b_dec"] = torch.zeros_like(tensors["b_dec"])
         steps = raw.get("max_iterations")
         k = file.common["d_in"] if steps is None else file.k(steps)
-        return SAEConfig(arch=cls.architecture, k=k, **file.common), tensors
+        return base.SAEConfig(arch=cls.architecture, k=k, **file.common), tensors

@@ -5,15 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from engine.sae.base import (
-    Codes,
-    SAEConfig,
-    SparseAutoencoder,
-    TrainState,
-    TrainStep,
-    mse,
-    register,
-)
+from engine.sae import base
 from engine.sae.saelens import SAELensFile
 
 
@@ -27,15 +19,11 @@ def mean_l0(codes: torch.Tensor) -> torch.Tensor:
     return (codes != 0).sum(-1).float().mean().detach()
 
 
-@register("relu")
-class ReLUSAE(SparseAutoencoder):
+@base.register("relu", summary="ReLU with an L1 penalty", order=0, saelens="standard")
+class ReLUSAE(base.SparseAutoencoder):
     """codes = ReLU((x - b_dec) @ W_enc + b_enc); loss = mse + l1_coeff * weighted L1."""
 
-    summary = "ReLU with an L1 penalty"
-    list_order = 0
     elementwise = True
-    saelens_architecture = "standard"
-    saelens_reads = {"standard": 0}
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """(batch, d_sae) ReLU codes."""
@@ -46,15 +34,15 @@ class ReLUSAE(SparseAutoencoder):
         return torch.relu(pre)
 
     @classmethod
-    def from_saelens(cls, file: SAELensFile) -> tuple[SAEConfig, dict[str, torch.Tensor]]:
+    def from_saelens(cls, file: SAELensFile) -> tuple[base.SAEConfig, dict[str, torch.Tensor]]:
         """SAELens's "standard" SAE."""
-        return SAEConfig(arch=cls.architecture, **file.common), file.centred()
+        return base.SAEConfig(arch=cls.architecture, **file.common), file.centred()
 
-    def training_step(self, x: torch.Tensor, state: TrainState) -> TrainStep:
+    def training_step(self, x: torch.Tensor, state: base.TrainState) -> base.TrainStep:
         """Reconstruction plus the decoder-norm-weighted L1 penalty; parts l1 is unweighted."""
         codes = self.encode(x)  # (batch, d_sae)
         x_hat = self.decode(codes)  # (batch, d_in)
-        rec, l1 = mse(x_hat, x), weighted_l1(codes, self.W_dec)
+        rec, l1 = base.mse(x_hat, x), weighted_l1(codes, self.W_dec)
         loss = rec + self.cfg.l1_coeff * l1
         parts = {"mse": rec.detach(), "l1": l1.detach(), "l0": mean_l0(codes)}
-        return TrainStep(loss, x_hat, Codes.of_dense(codes), parts)
+        return base.TrainStep(loss, x_hat, base.Codes.of_dense(codes), parts)

@@ -10,16 +10,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from engine.sae.base import (
-    Codes,
-    ForwardOutput,
-    SAEConfig,
-    SparseAutoencoder,
-    TrainState,
-    TrainStep,
-    mse,
-    register,
-)
+from engine.sae import base
 from engine.sae.saelens import SAELensFile, fold_decoder_norms
 from engine.sae.sparse_grad import Active, aux_selection, dead_decode_train, sparse_decode_train
 
@@ -42,39 +33,35 @@ def scatter_codes(values: torch.Tensor, indices: torch.Tensor, d_sae: int) -> to
     return values.new_zeros(values.shape[0], d_sae).scatter(1, indices, values)
 
 
-def dead_latents(state: TrainState, cfg: SAEConfig) -> torch.Tensor | None:
+def dead_latents(state: base.TrainState, cfg: base.SAEConfig) -> torch.Tensor | None:
     """(d_sae,) bool mask of latents unfired for more than cfg.dead_after_tokens, or None."""
     if state.tokens_since_fired is None:
         return None
     return state.tokens_since_fired > cfg.dead_after_tokens
 
 
-def topk_family_step(sae: SparseAutoencoder, x: torch.Tensor, pre: torch.Tensor, active: Active,
-                     state: TrainState) -> TrainStep:
+def topk_family_step(sae: base.SparseAutoencoder, x: torch.Tensor, pre: torch.Tensor, active: Active,
+                     state: base.TrainState) -> base.TrainStep:
     """mse of the sparse reconstruction from ``active`` plus AuxK on the dead latents (their
     top aux_k per row, from the same ``pre``, computed without autograd); zero AuxK when none
     is dead (Gao et al. 2024, appendix A.2)."""
     weights = (sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec, x)
     x_hat = sparse_decode_train(*weights, active)  # (batch, d_in)
-    rec = mse(x_hat, x)
+    rec = base.mse(x_hat, x)
     aux = aux_selection(pre, dead_latents(state, sae.cfg), sae.cfg.aux_k or sae.d_in // 2)
     auxk = rec.new_zeros(())
     if aux is not None:  # the residual is detached: AuxK trains only the dead latents' weights
-        auxk = sae.cfg.aux_coeff * mse(dead_decode_train(*weights, aux), (x - x_hat).detach())
-    codes = Codes(active.rows, active.cols, torch.relu(active.pre).to(x_hat.dtype), len(x), sae.d_sae)
+        auxk = sae.cfg.aux_coeff * base.mse(dead_decode_train(*weights, aux), (x - x_hat).detach())
+    codes = base.Codes(active.rows, active.cols, torch.relu(active.pre).to(x_hat.dtype), len(x), sae.d_sae)
     parts = {"mse": rec.detach(), "auxk": auxk.detach(), "l0": codes.l0()}
-    return TrainStep(rec + auxk, x_hat.detach(), codes, parts)
+    return base.TrainStep(rec + auxk, x_hat.detach(), codes, parts)
 
 
-@register("topk")
-class TopKSAE(SparseAutoencoder):
+@base.register("topk", summary="k largest latents per row", order=1, saelens="topk")
+class TopKSAE(base.SparseAutoencoder):
     """codes = ReLU(TopK_k(pre-activations)); loss = mse + AuxK on dead latents."""
 
-    summary = "k largest latents per row"
-    list_order = 1
     takes_k = True
-    saelens_architecture = "topk"
-    saelens_reads = {"topk": 0}
 
     def encode_sparse(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """values (batch, k) and indices (batch, k) of the active latents."""
@@ -85,24 +72,24 @@ class TopKSAE(SparseAutoencoder):
         values, indices = self.encode_sparse(x)
         return scatter_codes(values, indices, self.d_sae)
 
-    def encode_codes(self, x: torch.Tensor) -> Codes:
+    def encode_codes(self, x: torch.Tensor) -> base.Codes:
         """The codes from each row's k picks, canonical, without a dense (batch, d_sae) matrix."""
-        return Codes.of_picks(*self.encode_sparse(x), self.d_sae)
+        return base.Codes.of_picks(*self.encode_sparse(x), self.d_sae)
 
     def decode_sparse(self, values: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
         """(batch, d_in) reconstruction from (batch, k) values and indices."""
         return sparse_decode(values, indices, self.W_dec) + self.b_dec
 
-    def forward(self, x: torch.Tensor) -> ForwardOutput:
+    def forward(self, x: torch.Tensor) -> base.ForwardOutput:
         """ForwardOutput(x_hat, dense codes), decoding sparsely."""
         values, indices = self.encode_sparse(x)
-        return ForwardOutput(self.decode_sparse(values, indices), scatter_codes(values, indices, self.d_sae))
+        return base.ForwardOutput(self.decode_sparse(values, indices), scatter_codes(values, indices, self.d_sae))
 
-    def select(self, pre: torch.Tensor, state: TrainState) -> torch.Tensor:
+    def select(self, pre: torch.Tensor, state: base.TrainState) -> torch.Tensor:
         """Training-time choice of each row's k latents: indices (batch, k)."""
         return pre.topk(min(self.cfg.k, self.d_sae), dim=-1, sorted=False).indices
 
-    def training_step(self, x: torch.Tensor, state: TrainState) -> TrainStep:
+    def training_step(self, x: torch.Tensor, state: base.TrainState) -> base.TrainStep:
         """mse of the sparse TopK reconstruction plus AuxK; autograd sees only the sparse loss."""
         with torch.no_grad():
             pre = self.pre_acts(x, state.buffer("pre", (len(x), self.d_sae), self.W_enc))  # (batch, d_sae)
@@ -113,9 +100,9 @@ class TopKSAE(SparseAutoencoder):
         return {"k": self.cfg.k, "rescale_acts_by_decoder_norm": False}
 
     @classmethod
-    def from_saelens(cls, file: SAELensFile) -> tuple[SAEConfig, dict[str, torch.Tensor]]:
+    def from_saelens(cls, file: SAELensFile) -> tuple[base.SAEConfig, dict[str, torch.Tensor]]:
         """SAELens's "topk" SAE (rescale_acts_by_decoder_norm folded into the weights)."""
         tensors = file.centred()
         if file.raw.get("rescale_acts_by_decoder_norm", False):
             fold_decoder_norms(tensors)
-        return SAEConfig(arch=cls.architecture, k=file.k(), **file.common), tensors
+        return base.SAEConfig(arch=cls.architecture, k=file.k(), **file.common), tensors

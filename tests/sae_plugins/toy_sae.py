@@ -12,11 +12,10 @@ import torch
 from engine.sae.base import Codes, SparseAutoencoder, TrainState, TrainStep, mse, register
 
 
-@register("toy")
+@register("toy", summary="a test plugin: k largest per row, dense")
 class ToySAE(SparseAutoencoder):
     """codes = the k largest of ReLU(pre-activations) per row, dense."""
 
-    summary = "a test plugin: k largest per row, dense"
     takes_k = True
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
