@@ -335,27 +335,3 @@ class TrainSAEDialog(QDialog):
         self.message.show()
         if widget is not None:
             widget.setFocus()
-
-
-if __name__ == "__main__":  # the dialog on the demo workspace; --grab PATH saves a screenshot
-    import sys
-
-    from PySide6.QtWidgets import QApplication
-
-    from desktop_app.app import make_window
-    from engine.api import Workspace, default_workspace
-    app = QApplication(sys.argv[:1])
-    main = make_window([], device="cpu")
-    ws = Workspace.open(default_workspace())
-    with main.state.batch():
-        main.state.set_workspace(ws.root)
-        main.state.set_store(ws.store)
-        main.state.set_hook(ws.hook)
-    main.show()
-    dialog = main.train_sae_dialog()
-    if "--grab" in sys.argv:
-        app.processEvents()
-        dialog.grab().save(sys.argv[sys.argv.index("--grab") + 1])
-    else:
-        app.exec()
-    main.bridge.shutdown()
