@@ -220,12 +220,11 @@ class TrainSAEDialog(QDialog):
 
     def _on_arch_changed(self, *_: Any) -> None:
         """Show only the parameters the architecture uses."""
-        arch = self.arch()
-        self.form.setRowVisible(self.k_box, api.takes_k(arch))
-        self.form.setRowVisible(self.l1_edit, arch == "relu")
-        self.form.setRowVisible(self.l0_edit, arch == "jumprelu")
-        label = self.form.labelForField(self.k_box)
-        label.setText("k (pursuit steps)" if arch == "mp" else "k (latents per row)")
+        cls = api.architecture(self.arch())
+        self.form.setRowVisible(self.k_box, cls.takes_k)
+        self.form.setRowVisible(self.l1_edit, "l1_coeff" in cls.options)
+        self.form.setRowVisible(self.l0_edit, "l0_coeff" in cls.options)
+        self.form.labelForField(self.k_box).setText(f"k ({cls.k_means})")
         self._update_out()
 
     def _update_width(self, *_: Any) -> None:
@@ -279,7 +278,7 @@ class TrainSAEDialog(QDialog):
             raise FieldError(f"Batch size: {batch:,} is more than the {n_train:,} training rows of "
                              f"{hook} (the last {DEFAULT('holdout'):.0%} are held out)", self.batch_box)
         typed = {"epochs": self.epochs_edit, "lr": self.lr_edit, "l1_coeff": self.l1_edit, "l0_coeff": self.l0_edit}
-        uses = {"epochs", "lr"} | {"relu": {"l1_coeff"}, "jumprelu": {"l0_coeff"}}.get(arch, set())
+        uses = {"epochs", "lr", *api.architecture(arch).options}
         fields = dict(store=info.path, hook=hook, out=self._checked_out(), model=info.model_id, arch=arch,
                       expansion=self.expansion_box.value(), k=k, batch_size=batch, seed=self.seed_box.value(),
                       resume=self.resume_check.isChecked(), stats=self.stats_check.isChecked(),

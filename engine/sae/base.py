@@ -187,6 +187,8 @@ class SparseAutoencoder(nn.Module):
     summary: ClassVar[str] = ""  # set by @register: a few words for menus ("k largest latents per row")
     list_order: ClassVar[int] = 100  # set by @register: place in the lists (CLI, dialog); then by name
     takes_k: ClassVar[bool] = False  # reads cfg.k (latents per row, or steps)
+    k_means: ClassVar[str] = "latents per row"  # what k counts, for the dialog's label
+    options: ClassVar[tuple[str, ...]] = ()  # training options it reads (SAEConfig fields: l1_coeff)
     needs_grad: ClassVar[bool] = False  # trains on (x, dLoss/dx) batches: state.grad
     elementwise: ClassVar[bool] = False  # a code depends only on its own pre-activation
     saelens_architecture: ClassVar[str | None] = None  # cfg.json "architecture"; None: ours

@@ -86,6 +86,7 @@ class JumpReLUSAE(base.SparseAutoencoder):
     """codes = ReLU(pre) * (pre > theta); loss = mse + l0_coeff * mean L0."""
 
     elementwise = True
+    options = ("l0_coeff",)
     file_threshold = True  # theta = exp(log_threshold)
 
     def __init__(self, cfg: base.SAEConfig) -> None:

@@ -122,6 +122,7 @@ class MatchingPursuitSAE(base.SparseAutoencoder):
     """codes = cfg.k (or n_steps) greedy matching-pursuit steps over W_dec; decode as usual."""
 
     takes_k = True
+    k_means = "pursuit steps"
     tied_encoder = True  # SAELens's MatchingPursuitSAE has neither W_enc nor b_enc
 
     def pursue(self, x: torch.Tensor, n_steps: int | None = None) -> Pursuit:

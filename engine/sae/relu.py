@@ -24,6 +24,7 @@ class ReLUSAE(base.SparseAutoencoder):
     """codes = ReLU((x - b_dec) @ W_enc + b_enc); loss = mse + l1_coeff * weighted L1."""
 
     elementwise = True
+    options = ("l1_coeff",)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """(batch, d_sae) ReLU codes."""
