@@ -47,6 +47,8 @@ APP_NAME = "LatentLab"
 class MainWindow(QMainWindow):
     """Docks one widget per view around the engine's jobs panel."""
 
+    ask_on_close = False  # closing with unsaved session changes asks whether to save them (run_app: True)
+
     def __init__(self, state: AppState, bridge: EngineBridge,
                  views: list[tuple[str, ViewFactory]], settings: QSettings | None = None) -> None:
         super().__init__()
@@ -57,6 +59,9 @@ class MainWindow(QMainWindow):
         self.errors: list[tuple[str, str]] = []  # (sentence, details) shown to the user
         self.launched: float | None = None  # perf_counter() at process start, when known
         self.views: dict[str, View] = {}  # each a QWidget in its dock
+        self._saved: dict[str, Any] | None = None  # the session as last saved or restored; None: nothing to save
+        self._settling = False  # take the session as saved once the engine is idle (what opening loads)
+        self._restore_when_ready = False
         self.docks: dict[str, QDockWidget] = {}  # the views' and the jobs panel's
         # no central widget: every panel is a dock, so any can move anywhere. The first view
         # sits left, the second right, and later ones are tabs behind the second.
@@ -143,15 +148,19 @@ class MainWindow(QMainWindow):
 
     @Slot(int, str)
     def _on_job_finished(self, job_id: int, state: str) -> None:
+        if self._settling:
+            QTimer.singleShot(0, self._settle)  # after the job's result reached its view
         job = self.bridge.jobs[job_id]
         if state == FAILED and job.on_error is None and job.error is not None:
             self.show_error(*job.error)
 
     # ------------------------------------------------------------------ workspaces
-    def open_workspace(self, path: str | Path, demo: DemoSpec | None = None) -> bool:
+    def open_workspace(self, path: str | Path, demo: DemoSpec | None = None, restore: bool = False) -> bool:
         """Open a workspace folder (or build/finish a demo one). False, with a message, if
-        the folder is missing or not a workspace; the current one then stays open."""
+        the folder is missing or not a workspace; the current one then stays open. With
+        ``restore``, the workspace's last saved session is restored once it is ready."""
         path = Path(path).expanduser()
+        self._restore_when_ready = restore
         if demo is None:
             try:
                 ws = Workspace.open(path)
@@ -160,6 +169,7 @@ class MainWindow(QMainWindow):
                 return False
             self._apply_workspace(ws)
             self._request_projections(ws)
+            self._workspace_ready(ws)
         else:
             try:
                 path.mkdir(parents=True, exist_ok=True)
@@ -176,6 +186,26 @@ class MainWindow(QMainWindow):
         since = f" {time.perf_counter() - self.launched:.1f} s after launch" if self.launched else ""
         self.jobs.write(f"workspace {ws.root.name} ready{since}")
         self.statusBar().showMessage(f"workspace {ws.root} ready{since}", 10000)
+        self._workspace_ready(ws)
+
+    def _workspace_ready(self, ws: Workspace) -> None:
+        """Restore the workspace's last saved session when asked to; from here on, changes
+        to the session count as unsaved."""
+        if self._restore_when_ready and ws.session_path.is_file() and self.restore_session(ws.session_path):
+            self.jobs.write(f"restored the last session ({ws.session_path.name})")
+        self._restore_when_ready = False
+        self._saved_when_idle()
+
+    def _saved_when_idle(self) -> None:
+        """Take the session as it stands once the jobs that opening started are done (layouts,
+        colours, a suggested focus arrive then), so only the user's changes count as unsaved."""
+        self._settling = True
+        QTimer.singleShot(0, self._settle)
+
+    def _settle(self) -> None:
+        if self._settling and not self.bridge.busy():
+            self._settling = False
+            self._saved = self._content()
 
     def _apply_workspace(self, ws: Workspace) -> None:
         stats = ws.sae_id if ws.has_stats() else None
@@ -355,17 +385,29 @@ class MainWindow(QMainWindow):
         return Session.capture(self.state, bytes(self.saveState().data()),
                                bytes(self.saveGeometry().data()), views)
 
+    def _content(self, session: Session | None = None) -> dict[str, Any]:
+        """The session (default: as it stands) without the window's geometry and dock layout
+        (moving a dock is not a change worth asking about)."""
+        return (session or self.session()).model_dump(mode="json", exclude={"layout", "geometry"})
+
+    def has_unsaved_changes(self) -> bool:
+        """Whether the workspace, selection, focus, recipe or a view's settings changed since
+        the session was last saved or restored (or the workspace became ready)."""
+        return self._saved is not None and self._content() != self._saved
+
     def save_session(self, path: str | Path | None = None) -> Path | None:
         if path is None:
             if self.state.workspace is None:
                 return self.save_session_as()
             path = Workspace(root=self.state.workspace).session_path
+        session = self.session()
         try:
-            saved = self.session().save(path)
+            saved = session.save(path)
         except OSError as exc:
             self.show_error(f"cannot save the session to {path} ({exc.strerror})")
             return None
         self.statusBar().showMessage(f"session saved to {saved}", 5000)
+        self._saved = self._content(session)
         return saved
 
     def save_session_as(self) -> Path | None:
@@ -409,6 +451,7 @@ class MainWindow(QMainWindow):
             view = self.views.get(name)
             if view is not None:
                 view.restore_session(view_state)
+        self._saved_when_idle()
         return True
 
     # ------------------------------------------------------------------ export
@@ -446,10 +489,27 @@ class MainWindow(QMainWindow):
 
     # ------------------------------------------------------------------ closing
     def closeEvent(self, event: QCloseEvent) -> None:
+        if self.ask_on_close and self.has_unsaved_changes() and not self._may_close():
+            event.ignore()
+            return
         for view in self.views.values():
             view.cancel_requests()
         self.bridge.cancel_all()
         super().closeEvent(event)
+
+
+    def _may_close(self) -> bool:
+        """Ask whether to save the changed session: Save (then close if it was saved),
+        Discard, or Cancel (stay open)."""
+        buttons = QMessageBox.StandardButton
+        box = QMessageBox(QMessageBox.Icon.Question, APP_NAME, "The session has unsaved changes.",
+                          buttons.Save | buttons.Discard | buttons.Cancel, self)
+        box.setInformativeText("Save them to the workspace's session file before quitting?")
+        box.setDefaultButton(buttons.Save)
+        answer = box.exec()
+        if answer == buttons.Save:
+            return self.save_session() is not None
+        return answer == buttons.Discard
 
 
 class ExportDialog(QDialog):

@@ -260,3 +260,53 @@ def test_main_opens_the_window_and_survives_a_missing_workspace(tmp_path):
                           capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
+
+
+def test_restored_at_launch_the_workspace_reopens_its_last_saved_session(opened, qtbot, open_window,
+                                                                         small_workspace):
+    """Opening a workspace as the app does at launch brings back its last saved session: the
+    selection, the focused latent and the features view's search."""
+    state = opened.state
+    state.set_selection(Selection(ROWS, [2, 4, 6], "test"))
+    state.set_focus(5)
+    opened.views["Features"].search.setText("class")
+    saved = opened.save_session()  # the workspace's own session file
+    assert saved == small_workspace.session_path
+    try:
+        other = open_window()
+        assert other.open_workspace(small_workspace.root, restore=True)
+        assert np.array_equal(other.state.selection.ids, [2, 4, 6]) and other.state.focus == (5,)
+        assert other.views["Features"].search.text() == "class"
+        assert "restored the last session" in other.jobs.log.toPlainText()
+        plain = open_window()  # without restore (File > Open Workspace) nothing is restored
+        assert plain.open_workspace(small_workspace.root)
+        assert len(plain.state.selection.ids) == 0
+    finally:
+        saved.unlink()
+
+
+def test_restored_at_launch_quitting_with_unsaved_changes_asks(opened, qtbot, small_workspace):
+    """Closing with a changed session asks: Cancel keeps the window open, Save writes the
+    session file and closes; with nothing changed since, closing does not ask."""
+    from PySide6.QtWidgets import QApplication, QMessageBox
+
+    opened.ask_on_close = True
+    wait_until(qtbot, lambda: not opened.has_unsaved_changes() and opened._saved is not None)
+    opened.state.set_selection(Selection(ROWS, [1, 2], "test"))
+    assert opened.has_unsaved_changes()
+    asked: list[str] = []
+
+    def answer(button: QMessageBox.StandardButton) -> None:
+        box = QApplication.activeModalWidget()
+        asked.append(box.text())
+        box.button(button).click()
+
+    QTimer.singleShot(200, lambda: answer(QMessageBox.StandardButton.Cancel))
+    assert not opened.close() and opened.isVisible()
+    QTimer.singleShot(200, lambda: answer(QMessageBox.StandardButton.Save))
+    try:
+        assert opened.close()
+        assert asked == ["The session has unsaved changes."] * 2
+        assert small_workspace.session_path.is_file() and not opened.has_unsaved_changes()
+    finally:
+        small_workspace.session_path.unlink(missing_ok=True)

@@ -196,6 +196,7 @@ def test_the_window_saves_and_restores_view_sessions_through_the_protocol(fake_w
     path = window.save_session(tmp_path / "session.json")
     assert path is not None and mock.session_state.call_count == 1
     window.views["A"], other = real_a, MagicMock(spec=View)
+    other.session_state.return_value = {}
     window.views["C"] = other  # a view the file knows nothing of is left alone
     assert window.restore_session(path)
     assert real_a.restored == [{"colour": "density"}] and window.views["B"].restored == [{"zoom": 2}]
