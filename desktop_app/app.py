@@ -26,7 +26,8 @@ def make_window(views: Sequence[tuple[str, ViewFactory]], device: str | None = N
     bridge = EngineBridge(device)
     state = AppState(engine=bridge)
     window = MainWindow(state, bridge, list(views), settings)
-    window.resize(1500, 950)
+    screen = window.screen().availableGeometry()  # a 1366x768 laptop gets a window that fits
+    window.resize(min(1500, screen.width()), min(950, screen.height()))
     return window
 
 

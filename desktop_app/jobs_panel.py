@@ -1,11 +1,12 @@
-"""The jobs panel: one line per engine job with its progress bar, message and a cancel
-button, above a log of what started, finished, failed or was cancelled."""
+"""The jobs panel: a one-line strip by default (the newest job's title, progress and a
+cancel button, and how many are running) that expands on demand into one line per engine
+job beside a log of what started, finished, failed or was cancelled."""
 
 from __future__ import annotations
 
 import time
 
-from PySide6.QtCore import QSize, Qt, Slot
+from PySide6.QtCore import QSize, Qt, Signal, Slot
 from PySide6.QtWidgets import (
     QHBoxLayout,
     QLabel,
@@ -14,6 +15,7 @@ from PySide6.QtWidgets import (
     QPushButton,
     QScrollArea,
     QSplitter,
+    QToolButton,
     QVBoxLayout,
     QWidget,
 )
@@ -65,12 +67,16 @@ class JobRow(QWidget):
 
 
 class JobsPanel(QWidget):
-    """Lists the bridge's jobs live; cancel buttons call ``bridge.cancel``."""
+    """Lists the bridge's jobs live; cancel buttons call ``bridge.cancel``. Compact (the
+    strip) until ``set_expanded(True)`` or its Details button shows every job and the log."""
+
+    expanded_changed = Signal(bool)
 
     def __init__(self, bridge: EngineBridge, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.bridge = bridge
         self.rows: dict[int, JobRow] = {}
+        self.strip = self._build_strip()
         self._list = QWidget()
         self._list_layout = QVBoxLayout(self._list)
         self._list_layout.setContentsMargins(0, 0, 0, 0)
@@ -81,20 +87,80 @@ class JobsPanel(QWidget):
         self.log = QPlainTextEdit()
         self.log.setReadOnly(True)
         self.log.setMaximumBlockCount(2000)
-        split = QSplitter(Qt.Orientation.Horizontal)
-        split.addWidget(scroll)
-        split.addWidget(self.log)
-        split.setSizes([600, 400])
+        self.details = QSplitter(Qt.Orientation.Horizontal)
+        self.details.addWidget(scroll)
+        self.details.addWidget(self.log)
+        self.details.setSizes([600, 400])
+        self.details.hide()
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
-        layout.addWidget(split)
+        layout.setSpacing(2)
+        layout.addWidget(self.strip)
+        layout.addWidget(self.details, 1)
         bridge.submitted.connect(self._on_submitted)
         bridge.started.connect(self._on_started)
         bridge.progress.connect(self._on_progress)
         bridge.finished.connect(self._on_finished)
 
+    def _build_strip(self) -> QWidget:
+        strip = QWidget()
+        self.toggle = QToolButton(text="Details", checkable=True)
+        self.toggle.setToolTip("Show every job and the log")
+        self.toggle.toggled.connect(self.set_expanded)
+        self.summary = QLabel("no jobs yet")
+        self.strip_bar = QProgressBar()
+        self.strip_bar.setRange(0, 1000)
+        self.strip_bar.setMaximumWidth(240)
+        self.strip_bar.hide()
+        self.strip_cancel = QPushButton("Cancel")
+        self.strip_cancel.clicked.connect(self._cancel_newest)
+        self.strip_cancel.hide()
+        row = QHBoxLayout(strip)
+        row.setContentsMargins(4, 1, 4, 1)
+        row.addWidget(self.toggle)
+        row.addWidget(self.summary, 1)
+        row.addWidget(self.strip_bar)
+        row.addWidget(self.strip_cancel)
+        return strip
+
+    def set_expanded(self, expanded: bool) -> None:
+        """Show (or hide) the list of jobs and the log under the strip."""
+        if expanded == self.details.isVisible():
+            return
+        self.details.setVisible(expanded)
+        self.toggle.setChecked(expanded)
+        self.updateGeometry()
+        self.expanded_changed.emit(expanded)
+
+    def expanded(self) -> bool:
+        return self.details.isVisible()
+
     def sizeHint(self) -> QSize:  # noqa: N802 - Qt's name; a strip below the views
-        return QSize(900, 150)
+        return QSize(900, 180 if self.expanded() else self.strip.sizeHint().height() + 4)
+
+    def _running(self) -> list[int]:
+        return [i for i, r in self.rows.items() if r.cancel.isEnabled()]
+
+    def _cancel_newest(self) -> None:
+        running = self._running()
+        if running:
+            self.bridge.cancel(running[-1])
+
+    def _update_strip(self) -> None:
+        """The newest unfinished job (else the last finished one) on the strip."""
+        running = self._running()
+        newest = self.rows[running[-1]] if running else (self.rows[max(self.rows)] if self.rows else None)
+        if newest is None:
+            return
+        more = f" (+{len(running) - 1} more)" if len(running) > 1 else ""
+        self.summary.setText(f"{newest.title.text()}: {newest.message.text()}{more}")
+        self.summary.setToolTip(newest.title.toolTip())
+        self.strip_bar.setVisible(bool(running))
+        self.strip_cancel.setVisible(bool(running))
+        if running:
+            self.strip_bar.setRange(newest.bar.minimum(), newest.bar.maximum())
+            self.strip_bar.setValue(newest.bar.value())
+            self.strip_bar.setFormat(newest.bar.format())
 
     def write(self, text: str) -> None:
         self.log.appendPlainText(f"{time.strftime('%H:%M:%S')}  {text}")
@@ -105,17 +171,20 @@ class JobsPanel(QWidget):
         row = JobRow(self.bridge, job_id, job.title)
         self.rows[job_id] = row
         self._list_layout.insertWidget(0, row)
+        self._update_strip()
 
     @Slot(int)
     def _on_started(self, job_id: int) -> None:
         if job_id in self.rows:
             self.rows[job_id].message.setText("running")
             self.write(f"started: {self.bridge.jobs[job_id].title}")
+            self._update_strip()
 
     @Slot(int, int, int, str)
     def _on_progress(self, job_id: int, done: int, total: int, message: str) -> None:
         if job_id in self.rows:
             self.rows[job_id].set_progress(done, total, message)
+            self._update_strip()
 
     @Slot(int, str)
     def _on_finished(self, job_id: int, state: str) -> None:
@@ -130,6 +199,7 @@ class JobsPanel(QWidget):
         else:
             self.write(f"{state}: {job.title} ({job.seconds:.1f} s)")
         self._prune()
+        self._update_strip()
 
     def _prune(self) -> None:
         finished = [i for i, r in self.rows.items() if not r.cancel.isEnabled()]

@@ -77,6 +77,7 @@ class MainWindow(QMainWindow):
             self.views[name].hide()  # layout settles: a view may wait to work until it is shown
         self.jobs = JobsPanel(bridge)
         self._add_dock("Jobs", self.jobs, Qt.DockWidgetArea.BottomDockWidgetArea)
+        self.jobs.expanded_changed.connect(lambda on: QTimer.singleShot(0, lambda: self._size_jobs(on)))
         self._default_layout = self.saveState()
         self._build_menus()
         bridge.finished.connect(self._on_job_finished)
@@ -482,10 +483,17 @@ class MainWindow(QMainWindow):
             QTimer.singleShot(0, self._size_docks)
 
     def _size_docks(self) -> None:
-        self.resizeDocks([self.docks["Jobs"]], [max(120, self.height() // 5)], Qt.Orientation.Vertical)
+        self._size_jobs(self.jobs.expanded())
         first = next(iter(self.docks.values()))
         self.resizeDocks([first], [int(self.width() * 0.45)], Qt.Orientation.Horizontal)
         self._default_layout = self.saveState()
+
+    def _size_jobs(self, expanded: bool) -> None:
+        """The jobs dock: a one-line strip, or a fifth of the window when expanded."""
+        height = max(160, self.height() // 5) if expanded else self.jobs.sizeHint().height()
+        first = next(iter(self.docks.values()))  # Qt sizes a dock area only against another one
+        self.resizeDocks([first, self.docks["Jobs"]], [max(1, self.height() - height), height],
+                         Qt.Orientation.Vertical)
 
     # ------------------------------------------------------------------ closing
     def closeEvent(self, event: QCloseEvent) -> None:

@@ -134,6 +134,8 @@ def test_cancel_a_running_job_from_the_jobs_panel(window, qtbot, tiny_llama, tmp
     job_id = _long_capture(window, tiny_llama, out)
     job = window.bridge.jobs[job_id]
     wait_until(qtbot, lambda: out.exists() and window.jobs.rows[job_id].bar.maximum() == 1000, 60)
+    qtbot.mouseClick(window.jobs.toggle, Qt.MouseButton.LeftButton)  # the strip's Details: every job
+    assert window.jobs.expanded() and window.jobs.details.isVisible()
     button = window.jobs.findChild(type(window.jobs.rows[job_id].cancel), f"cancel-{job_id}")
     qtbot.mouseClick(button, Qt.MouseButton.LeftButton)
     wait_until(qtbot, lambda: job.state == CANCELLED, 30)
@@ -310,3 +312,22 @@ def test_restored_at_launch_quitting_with_unsaved_changes_asks(opened, qtbot, sm
         assert small_workspace.session_path.is_file() and not opened.has_unsaved_changes()
     finally:
         small_workspace.session_path.unlink(missing_ok=True)
+
+
+def test_jobs_panel_is_a_compact_strip_whose_cancel_stops_the_running_job(window, qtbot, tiny_llama, tmp_path):
+    """By default the jobs panel is one line under the views (the newest job, its progress and
+    a cancel button); Details expands it into every job and the log."""
+    assert not window.jobs.expanded()
+    wait_until(qtbot, lambda: window.docks["Jobs"].height() < 60, 10)  # once the docks are sized
+    strip_height = window.docks["Jobs"].height()
+    out = tmp_path / "long.h5"
+    job_id = _long_capture(window, tiny_llama, out)
+    job = window.bridge.jobs[job_id]
+    wait_until(qtbot, lambda: out.exists() and window.jobs.strip_cancel.isVisible(), 60)
+    assert window.jobs.summary.text().startswith(window.jobs.rows[job_id].title.text())
+    qtbot.mouseClick(window.jobs.strip_cancel, Qt.MouseButton.LeftButton)
+    wait_until(qtbot, lambda: job.state == CANCELLED, 30)
+    wait_until(qtbot, lambda: not window.jobs.strip_cancel.isVisible(), 10)
+    window.jobs.set_expanded(True)
+    wait_until(qtbot, lambda: window.docks["Jobs"].height() > strip_height + 60, 10)
+    assert "cancelled" in window.jobs.log.toPlainText()
