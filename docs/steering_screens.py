@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from desktop_app.app import make_window  # noqa: E402
-from engine.workspace import DemoSpec, default_workspace  # noqa: E402
+from engine.api import DemoSpec, default_workspace  # noqa: E402
 from main import gui_views  # noqa: E402
 
 OUT = ROOT / "docs" / "screenshots"

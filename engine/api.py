@@ -17,6 +17,7 @@ import numpy as np
 
 from engine import features, geometry, models, projection, sae, steering, store
 from engine.capture import CaptureResult, capture, capture_distributed
+from engine.demo import DemoSpec, Stage, build_demo
 from engine.errors import LatentLabError
 from engine.features import *  # noqa: F403 (the package's public face, its __all__)
 from engine.features import (
@@ -49,7 +50,7 @@ from engine.steering import *  # noqa: F403
 from engine.steering.recipe import SHORT_FORMS, short_form_items
 from engine.store import *  # noqa: F403
 from engine.store import ActivationStore
-from engine.workspace import DemoSpec, Stage, Workspace, build_demo, default_workspace
+from engine.workspace import Workspace, default_workspace
 
 
 # ---------------------------------------------------------------- stores

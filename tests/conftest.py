@@ -113,7 +113,7 @@ def llama(tiny_llama):
 
 def small_demo_spec(tiny_llama: Path, **changes):
     """The demo pipeline shrunk for tests: the tiny llama, 3000 tokens, a small TopK SAE."""
-    from engine.workspace import DemoSpec
+    from engine.demo import DemoSpec
     spec = dict(model=str(tiny_llama), hook="blocks.1.hook_resid_post", max_tokens=3000, ctx_len=64,
                 expansion=4, k=8, sae_batch=256, sae_epochs=3, sae_name="topk-small", umap=False,
                 zoo=False)
@@ -126,8 +126,8 @@ def small_workspace(tiny_llama, tmp_path_factory):
     layouts of rows and latents) built by the real demo pipeline on the tiny llama."""
     import torch
 
+    from engine.demo import build_demo
     from engine.jobs import JobContext
-    from engine.workspace import build_demo
     root = tmp_path_factory.mktemp("workspace") / "small"
     return build_demo(JobContext(device=torch.device("cpu")), root, small_demo_spec(tiny_llama))
 

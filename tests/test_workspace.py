@@ -10,10 +10,11 @@ import time
 import pytest
 import torch
 
+from engine.demo import ZOO_HOOKS, build_zoo
 from engine.errors import LatentLabError
 from engine.jobs import JobContext
 from engine.store.activations import ActivationStore
-from engine.workspace import ZOO_HOOKS, Workspace, build_zoo
+from engine.workspace import Workspace
 
 
 def test_manifest_round_trips_with_paths_relative_to_the_folder(tmp_path):
