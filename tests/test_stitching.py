@@ -175,3 +175,57 @@ def test_llama_across_layers_and_tokenizers(llama, tiny_models, ctx) -> None:
     with pytest.raises(LatentLabError, match="cannot stitch a classifier"):
         stitch(ctx, _zoo(ZooConfig(width=8, depth=1, epochs=1)), "blocks.0.hook_post", llama,
                LM_HOOK, "demo", "demo", max_tokens=200)
+
+
+# ---------------------------------------------------------------- from stored rows
+STORE_HOOKS = ["blocks.0.hook_resid_post", LM_HOOK]
+
+
+@pytest.fixture(scope="module")
+def lm_store(tiny_llama, tmp_path_factory, ctx):
+    """The tiny llama's rows at two layers over 1,500 demo tokens (float32)."""
+    from engine.capture import capture
+    path = tmp_path_factory.mktemp("store_stitch") / "llama.h5"
+    capture(ctx, str(tiny_llama), "demo", STORE_HOOKS, path, max_tokens=1500, ctx_len=64, dtype="float32")
+    return path
+
+
+def test_store_stitch_of_a_layer_into_itself_is_the_identity(lm_store, ctx) -> None:
+    """Ridge 0 maps a layer onto itself exactly: held-out R^2 1 and B's own next-token loss,
+    which only holds if the mapped rows go back to the tokens they came from."""
+    from engine.geometry import stitch_stores
+    spec = f"{lm_store}:{LM_HOOK}"
+    r = stitch_stores(ctx, spec, spec, ridge=0.0)
+    assert r.r2_eval == pytest.approx(1.0, abs=1e-6) and r.n_train + r.n_eval == 1500
+    assert r.n_tokens > 100 and r.note == ""
+    assert r.loss_stitched == pytest.approx(r.loss_b, abs=1e-4) and r.accuracy_stitched == r.accuracy_b
+    assert r.loss_mean > r.loss_b and r.loss_recovered == pytest.approx(1.0, abs=1e-3)
+
+
+def test_store_stitch_across_layers_matches_least_squares(lm_store, ctx) -> None:
+    """Layer 0 -> layer 1 of one LM: the held-out R^2 equals numpy's least squares fitted
+    on the training documents; the stitched loss stays near B's own."""
+    import numpy as np
+
+    from engine.geometry import stitch_stores
+    from engine.geometry.store_stitching import split_rows
+    from engine.store.activations import ActivationStore
+    r = stitch_stores(ctx, f"{lm_store}:{STORE_HOOKS[0]}", f"{lm_store}:{LM_HOOK}", ridge=0.0)
+    with ActivationStore.open(lm_store) as s:
+        x, y = (s.acts(h).astype(np.float64) for h in STORE_HOOKS)
+        train, test = split_rows(s.index("sample"))
+    ones = np.ones((len(x), 1))
+    w = np.linalg.lstsq(np.hstack([x, ones])[train], y[train], rcond=None)[0]
+    resid = np.hstack([x, ones])[test] @ w - y[test]
+    expected = 1 - (resid ** 2).sum() / ((y[test] - y[test].mean(0)) ** 2).sum()
+    assert r.r2_eval == pytest.approx(expected, abs=1e-6) and 0.3 < r.r2_eval < 1.0
+    assert r.n_tokens > 100 and abs(r.loss_stitched - r.loss_b) < 0.05
+
+
+def test_store_stitch_refuses_unaligned_stores(lm_store, tiny_llama, tmp_path, ctx) -> None:
+    from engine.capture import capture
+    from engine.geometry import stitch_stores
+    other = tmp_path / "short.h5"
+    capture(ctx, str(tiny_llama), "demo", [LM_HOOK], other, max_tokens=300, ctx_len=64, dtype="float32")
+    with pytest.raises(LatentLabError, match="not row-aligned"):
+        stitch_stores(ctx, f"{lm_store}:{LM_HOOK}", f"{other}:{LM_HOOK}")

@@ -12,16 +12,20 @@ from engine.geometry.pruning import (
     save_comparison,
 )
 from engine.geometry.stitching import StitchResult, stitch
+from engine.geometry.store_stitching import StoreStitchResult, stitch_stores
 from engine.geometry.streams import (
     Comparison,
+    KernelCurves,
     LayerMatrix,
     compare,
+    kernel_curves,
     layer_matrix,
     parse_spec,
     store_kernel_analysis,
 )
 
 __all__ = ["DEFAULT_CORRUPTIONS", "DISTANCES", "MATCH_METHODS", "MEASURES", "Comparison", "GeometryNote", "KernelCurve",
-           "LayerMatrix", "NeuronMatch", "PruningComparison", "SAEMatch", "StitchResult",
-           "check_measures", "compare", "compare_pruned", "layer_matrix", "load_comparison", "match",
-           "parse_spec", "save_comparison", "stitch", "store_kernel_analysis"]
+           "KernelCurves", "LayerMatrix", "NeuronMatch", "PruningComparison", "SAEMatch", "StitchResult",
+           "StoreStitchResult", "check_measures", "compare", "compare_pruned", "kernel_curves",
+           "layer_matrix", "load_comparison", "match", "parse_spec", "save_comparison", "stitch",
+           "stitch_stores", "store_kernel_analysis"]

@@ -21,6 +21,7 @@ from scipy.sparse import coo_array
 from scipy.sparse.csgraph import min_weight_full_bipartite_matching
 
 from engine.errors import LatentLabError
+from engine.geometry.measures import sample_ids
 from engine.geometry.streams import open_aligned, parse_spec
 from engine.jobs import JobContext
 from engine.store.activations import ActivationStore
@@ -329,21 +330,15 @@ def _hook_of(store: ActivationStore, hook: str | None) -> str:
     return store.hooks[0]
 
 
-def _row_index(n: int, max_rows: int | None, seed: int) -> np.ndarray | None:
-    """Sorted random rows to use, or None for all of them."""
-    if max_rows is None or n <= max_rows:
-        return None
-    return np.sort(np.random.default_rng(seed).choice(n, int(max_rows), replace=False))
-
-
 def load_aligned(ctx: JobContext, a: str, b: str, max_rows: int | None = 20000,
-                 seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+                 seed: int = 0, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Row-aligned float32 activations (n, d1) and (n, d2) of two ``STORE.h5[:HOOK]``
-    specs, ``max_rows`` of them drawn at random (the same rows from both)."""
+    specs, ``max_rows`` of them (of ``rows`` when given) drawn at random, the same rows
+    from both."""
     (pa, ha), (pb, hb) = parse_spec(a), parse_spec(b)
     with open_aligned(pa, pb) as (sa, sb):  # LatentLabError naming both unless row-aligned
         ha, hb = _hook_of(sa, ha), _hook_of(sb, hb)
-        idx = _row_index(sa.n_rows, max_rows, seed)
+        idx = sample_ids(sa.n_rows, max_rows, seed, rows)
         out = []
         for i, (store, hook) in enumerate(((sa, ha), (sb, hb))):
             ctx.check_cancelled()
@@ -355,10 +350,10 @@ def load_aligned(ctx: JobContext, a: str, b: str, max_rows: int | None = 20000,
 
 def match(ctx: JobContext, a: str, b: str, method: str = "hungarian",
           max_rows: int | None = 20000, seed: int = 0, alpha: float = 0.01,
-          max_units: int | None = None, n_clusters: int = 8,
-          threshold: float = 0.7) -> NeuronMatch | SparsePrediction | UnitClusters | SAEMatch:
+          max_units: int | None = None, n_clusters: int = 8, threshold: float = 0.7,
+          rows: np.ndarray | None = None) -> NeuronMatch | SparsePrediction | UnitClusters | SAEMatch:
     """Job: match units of two row-aligned store hooks (``hungarian``, ``sparse``,
-    ``clusters``) or the latents of two SAE folders (``sae``)."""
+    ``clusters``; on ``rows`` only when given) or the latents of two SAE folders (``sae``)."""
     if method not in METHODS:
         raise LatentLabError(f"matching method {method!r} is not one of {', '.join(METHODS)}")
     if method == "sae":
@@ -366,7 +361,7 @@ def match(ctx: JobContext, a: str, b: str, method: str = "hungarian",
         result: Any = match_saes(a, b, threshold, device=ctx.device)
         ctx.progress(1, 1, "done")
         return result
-    x, y = load_aligned(ctx, a, b, max_rows, seed)
+    x, y = load_aligned(ctx, a, b, max_rows, seed, rows)
     ctx.check_cancelled()
     ctx.progress(2, 3, f"{method} on {len(x)} rows")
     if method == "hungarian":

@@ -75,8 +75,20 @@ def pair(x: Array, y: Array, min_rows: int = 2, finite: bool = True) -> tuple[to
     return tx, ty
 
 
-def sample_ids(n: int, max_rows: int | None, seed: int) -> np.ndarray | None:
-    """None (all rows) or ``max_rows`` sorted row ids drawn at random with ``seed``."""
+def sample_ids(n: int, max_rows: int | None, seed: int,
+               rows: np.ndarray | None = None) -> np.ndarray | None:
+    """None (all ``n`` rows) or sorted row ids: ``rows`` (a selection; checked to lie in
+    0..n-1) or all rows, ``max_rows`` of them drawn at random with ``seed`` when more."""
+    if rows is not None:
+        ids = np.unique(np.asarray(rows, np.int64).ravel())
+        if ids.size and (ids[0] < 0 or ids[-1] >= n):
+            bad = ids[0] if ids[0] < 0 else ids[-1]
+            raise LatentLabError(f"row {bad} is outside the store's {n:,} rows")
+        if ids.size < 2:
+            raise LatentLabError(f"comparing needs at least 2 rows, the selection holds {ids.size}")
+        if max_rows is None or len(ids) <= max_rows:
+            return ids
+        return np.sort(np.random.default_rng(seed).choice(ids, size=int(max_rows), replace=False))
     if max_rows is None or n <= max_rows:
         return None
     return np.sort(np.random.default_rng(seed).choice(n, size=int(max_rows), replace=False))

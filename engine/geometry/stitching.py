@@ -59,14 +59,14 @@ class AffineMap(NamedTuple):
     bias: torch.Tensor  # (d_b,)
 
 
-class _Pair(NamedTuple):
+class StitchPair(NamedTuple):
     a: ModelAdapter
     hook_a: str
     b: ModelAdapter
     hook_b: str
 
 
-class _Batch(NamedTuple):
+class StitchBatch(NamedTuple):
     a: ModelBatch
     b: ModelBatch
     labels: torch.Tensor | None  # (batch,) class labels for classifiers
@@ -106,12 +106,12 @@ def _put_rows(rows: torch.Tensor, like: torch.Tensor, layout: str,
     return rows.reshape(like.shape)
 
 
-def _apply(m: AffineMap, rows: torch.Tensor) -> torch.Tensor:
+def apply_map(m: AffineMap, rows: torch.Tensor) -> torch.Tensor:
     return torch.addmm(m.bias, rows.to(m.weight.dtype), m.weight)
 
 
 # ---------------------------------------------------------------- least squares
-class _Moments:
+class Moments:
     """Running float64 sums for the least-squares map from rows x (n, d_a) to y (n, d_b)."""
 
     def __init__(self) -> None:
@@ -195,7 +195,7 @@ def _items(model: ModelAdapter, source: Source, span: int, skip: int, cap: int |
     return items
 
 
-def _batches(pair: _Pair, items: list[tuple[Any, int]], batch_size: int) -> list[_Batch]:
+def _batches(pair: StitchPair, items: list[tuple[Any, int]], batch_size: int) -> list[StitchBatch]:
     """Each slice of ``items`` as inputs of A and of B."""
     out = []
     for i in range(0, len(items), batch_size):
@@ -206,13 +206,13 @@ def _batches(pair: _Pair, items: list[tuple[Any, int]], batch_size: int) -> list
             raise LatentLabError(f"{pair.a.model_id} and {pair.b.model_id} wrap text in different "
                                  "special tokens; stitching needs both to read the same token ids")
         labels = torch.tensor([y for _, y in chunk]) if pair.b.kind == "classifier" else None
-        out.append(_Batch(ba.to(pair.a.device), bb.to(pair.b.device),
+        out.append(StitchBatch(ba.to(pair.a.device), bb.to(pair.b.device),
                           None if labels is None else labels.to(pair.b.device)))
     return out
 
 
 # ---------------------------------------------------------------- running
-def _run_at(model: ModelAdapter, batch: ModelBatch, hook: str, stop: bool) -> tuple[torch.Tensor, Any]:
+def run_at(model: ModelAdapter, batch: ModelBatch, hook: str, stop: bool) -> tuple[torch.Tensor, Any]:
     """The raw tensor at ``hook`` and the model's output (None when stopped early)."""
     out = None
     with recording({hook: model.hook_sites()[hook]}, stop_early=stop) as got:
@@ -223,7 +223,7 @@ def _run_at(model: ModelAdapter, batch: ModelBatch, hook: str, stop: bool) -> tu
     return got[hook], out
 
 
-def _task(model: ModelAdapter, out: Any, batch: _Batch) -> tuple[torch.Tensor, torch.Tensor]:
+def task_score(model: ModelAdapter, out: Any, batch: StitchBatch) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed cross-entropy and number right over the scored examples or tokens."""
     logits = out if isinstance(out, torch.Tensor) else out.logits
     if model.kind == "classifier":
@@ -235,11 +235,11 @@ def _task(model: ModelAdapter, out: Any, batch: _Batch) -> tuple[torch.Tensor, t
     return loss, (logits.argmax(-1) == target).sum()
 
 
-def _n_scored(model: ModelAdapter, batch: _Batch) -> int:
+def _n_scored(model: ModelAdapter, batch: StitchBatch) -> int:
     return len(batch.labels) if model.kind == "classifier" else int(next_token_pairs(batch.b)[0].sum())
 
 
-def _stitched(pair: _Pair, batch: _Batch, mapped_rows: torch.Tensor, layout: str) -> Any:
+def run_stitched(pair: StitchPair, batch: StitchBatch, mapped_rows: torch.Tensor, layout: str) -> Any:
     """B's output with the tensor at ``hook_b`` replaced by A's mapped rows."""
     def fn(t: torch.Tensor) -> torch.Tensor:
         return _put_rows(mapped_rows.to(t.dtype), t, layout, batch.b.keep)
@@ -248,15 +248,15 @@ def _stitched(pair: _Pair, batch: _Batch, mapped_rows: torch.Tensor, layout: str
 
 
 # ---------------------------------------------------------------- fitting and scoring
-def _fit(ctx: JobContext, pair: _Pair, batches: list[_Batch], ridge: float,
+def _fit(ctx: JobContext, pair: StitchPair, batches: list[StitchBatch], ridge: float,
          per_position: bool) -> tuple[AffineMap, float, str]:
     """The least-squares map from A's rows at ``hook_a`` to B's own rows at ``hook_b``."""
-    moments, layout = _Moments(), ""
+    moments, layout = Moments(), ""
     for i, batch in enumerate(batches):
         ctx.check_cancelled()
         with torch.inference_mode():
-            ta, _ = _run_at(pair.a, batch.a, pair.hook_a, stop=True)
-            tb, _ = _run_at(pair.b, batch.b, pair.hook_b, stop=True)
+            ta, _ = run_at(pair.a, batch.a, pair.hook_a, stop=True)
+            tb, _ = run_at(pair.b, batch.b, pair.hook_b, stop=True)
         layout = layout or _layout(ta, tb, batch.b.keep, per_position)
         moments.add(_rows(ta, layout, batch.a.keep), _rows(tb, layout, batch.b.keep))
         ctx.progress(i + 1, len(batches), "fitting the stitching map")
@@ -264,7 +264,7 @@ def _fit(ctx: JobContext, pair: _Pair, batches: list[_Batch], ridge: float,
     return m, r2, layout
 
 
-def _finetune(ctx: JobContext, pair: _Pair, batches: list[_Batch], m: AffineMap, layout: str,
+def _finetune(ctx: JobContext, pair: StitchPair, batches: list[StitchBatch], m: AffineMap, layout: str,
               steps: int, lr: float) -> AffineMap:
     """Adam on the map's weight and bias to lower B's task loss through B's upper part
     (B's own weights get no gradient)."""
@@ -275,29 +275,29 @@ def _finetune(ctx: JobContext, pair: _Pair, batches: list[_Batch], m: AffineMap,
         ctx.check_cancelled()
         batch = batches[step % len(batches)]
         with torch.inference_mode():
-            ta, _ = _run_at(pair.a, batch.a, pair.hook_a, stop=True)
+            ta, _ = run_at(pair.a, batch.a, pair.hook_a, stop=True)
         rows = _rows(ta.clone(), layout, batch.a.keep).to(w.device, w.dtype)
         with torch.enable_grad():
-            out = _stitched(pair, batch, torch.addmm(bias, rows, w), layout)
-            loss = _task(pair.b, out, batch)[0] / max(1, _n_scored(pair.b, batch))
+            out = run_stitched(pair, batch, torch.addmm(bias, rows, w), layout)
+            loss = task_score(pair.b, out, batch)[0] / max(1, _n_scored(pair.b, batch))
             w.grad, bias.grad = torch.autograd.grad(loss, [w, bias])
         opt.step()
         ctx.progress(step + 1, steps, f"fine-tuning the map: loss {loss.item():.4f}")
     return AffineMap(w.detach().double(), bias.detach().double())
 
 
-def _evaluate(ctx: JobContext, pair: _Pair, batches: list[_Batch], m: AffineMap,
+def _evaluate(ctx: JobContext, pair: StitchPair, batches: list[StitchBatch], m: AffineMap,
               layout: str) -> dict[str, float]:
     """Summed losses and hits of A, B and the stitched B over the held-out batches."""
     sums = dict.fromkeys(("loss_a", "loss_b", "loss_s", "hit_a", "hit_b", "hit_s", "n"), 0.0)
     for i, batch in enumerate(batches):
         ctx.check_cancelled()
         with torch.inference_mode():
-            ta, out_a = _run_at(pair.a, batch.a, pair.hook_a, stop=False)
-            out_s = _stitched(pair, batch, _apply(m, _rows(ta, layout, batch.a.keep)), layout)
+            ta, out_a = run_at(pair.a, batch.a, pair.hook_a, stop=False)
+            out_s = run_stitched(pair, batch, apply_map(m, _rows(ta, layout, batch.a.keep)), layout)
             for key, model, out in (("a", pair.a, out_a), ("b", pair.b, pair.b.run(batch.b)),
                                     ("s", pair.b, out_s)):
-                loss, hits = _task(model, out, batch)
+                loss, hits = task_score(model, out, batch)
                 sums[f"loss_{key}"] += float(loss)
                 sums[f"hit_{key}"] += int(hits)
         sums["n"] += _n_scored(pair.b, batch)
@@ -314,7 +314,7 @@ def _resolve(model: str | ModelAdapter, device: torch.device) -> ModelAdapter:
     return adapter.to(device)
 
 
-def _check_pair(pair: _Pair, *sources: Source) -> None:
+def _check_pair(pair: StitchPair, *sources: Source) -> None:
     """Raise LatentLabError when A and B cannot read the same inputs."""
     a, b = pair.a, pair.b
     if a.kind != b.kind:
@@ -342,7 +342,7 @@ def stitch(ctx: JobContext, model_a: str | ModelAdapter, hook_a: str, model_b: s
     classifiers); when both sources are the same spec, evaluation starts after the rows
     used for training (pass ``max_tokens`` then)."""
     ctx.progress(0, 0, "loading models")
-    pair = _Pair(_resolve(model_a, ctx.device), hook_a, _resolve(model_b, ctx.device), hook_b)
+    pair = StitchPair(_resolve(model_a, ctx.device), hook_a, _resolve(model_b, ctx.device), hook_b)
     check_hooks([hook_a], pair.a.hook_points(), pair.a.model_id)
     check_hooks([hook_b], pair.b.hook_points(), pair.b.model_id)
     train_src, eval_src = load_source(train_source), load_source(eval_source)

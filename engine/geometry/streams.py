@@ -51,7 +51,7 @@ class Comparison(NamedTuple):
     """Several measures between two hook points; ``notes`` say what was subsampled."""
 
     values: dict[str, float]
-    n_rows: int  # rows of the (aligned) stores
+    n_rows: int  # rows of the (aligned) stores, or of the ``rows`` asked for
     a: str
     b: str
     notes: list[str]
@@ -197,19 +197,20 @@ def _load(ctx: JobContext, groups: list[Group], ids: np.ndarray | None,
 
 def layer_matrix(ctx: JobContext, store_a: Path, hooks_a: list[str], store_b: Path, hooks_b: list[str],
                  measure: str = "linear_cka", max_rows: int | None = None,
-                 block_rows: int = BLOCK_ROWS) -> LayerMatrix:
+                 block_rows: int = BLOCK_ROWS, rows: np.ndarray | None = None) -> LayerMatrix:
     """``measure`` between every hook of ``store_a`` and every hook of ``store_b``.
 
     linear_cka: one streamed pass over all rows (or ``max_rows`` drawn with seed 0);
     other measures: each hook's rows loaded once (``max_rows``, default 10,000, drawn with
-    seed 0), then every pair computed."""
+    seed 0), then every pair computed. ``rows`` (store row ids, e.g. a selection) restricts
+    either to those rows."""
     check_measures([measure])
     if not hooks_a or not hooks_b:
         raise LatentLabError("layer_matrix needs at least one hook point on each side")
     with open_aligned(store_a, store_b) as (sa, sb):
         groups, ga, gb = _groups(sa, hooks_a, sb, hooks_b)
         cap = max_rows if measure == "linear_cka" or max_rows is not None else GRAM_MAX_ROWS
-        ids = sample_ids(sa.n_rows, cap, seed=0)
+        ids = sample_ids(sa.n_rows, cap, seed=0, rows=rows)
         used = sa.n_rows if ids is None else len(ids)
         if measure == "linear_cka":
             values = _linear_matrix(ctx, groups, ga, gb, ids, block_rows)
@@ -242,6 +243,57 @@ def store_kernel_analysis(ctx: JobContext, store: str | Path, hook: str, label: 
     return kernel_analysis(x, labels if ids is None else labels[ids], components, max_rows=x.shape[0])
 
 
+class KernelCurves(NamedTuple):
+    """Kernel analysis of several hook points of one store against one label."""
+
+    curves: dict[str, KernelCurve]  # hook -> error per number of kernel components
+    label: str
+    n_rows: int  # labelled rows the curves were computed on
+    n_classes: int
+    chance_error: float  # error of always answering the most frequent class
+
+
+def kernel_curves(ctx: JobContext, store: str | Path, hooks: list[str], label: str,
+                  components: list[int] | None = None, max_rows: int = 2000, seed: int = 0,
+                  rows: np.ndarray | None = None) -> KernelCurves:
+    """Job: kernel analysis (``kernel_analysis``) of each hook point against the store's
+    label ``label`` on the same ``max_rows`` labelled rows (of ``rows`` when given), each
+    hook's rows read once; rows labelled -1 are left out."""
+    if not hooks:
+        raise LatentLabError("kernel analysis needs at least one hook point")
+    with ActivationStore.open(store) as s:
+        if label not in s.label_names:
+            raise LatentLabError(f"{s.path} has no label {label!r}; its labels: "
+                                 f"{', '.join(s.label_names) or 'none'}")
+        labels = s.index(label)
+        candidates = np.flatnonzero(labels >= 0) if rows is None else \
+            np.asarray(sample_ids(s.n_rows, None, seed, rows))
+        candidates = candidates[labels[candidates] >= 0]
+        if len(candidates) < 3:
+            raise LatentLabError(f"kernel analysis needs at least 3 labelled rows, {s.path.name} "
+                                 f"offers {len(candidates)}")
+        ids = sample_ids(s.n_rows, max_rows, seed, candidates)
+        groups, ga, _ = _groups(s, hooks, s, [])
+        loaded = _load(ctx, groups, ids, BLOCK_ROWS)
+    y = labels[ids]
+    n = len(ids)
+    comps = sorted({c for c in (components or _default_components(n)) if 1 <= c < n})
+    curves = {}
+    for i, hook in enumerate(hooks):
+        ctx.check_cancelled()
+        ctx.progress(i, len(hooks), f"kernel analysis of {hook}")
+        curves[hook] = kernel_analysis(loaded[ga[i]], y, comps, max_rows=n)
+    counts = np.unique(y, return_counts=True)[1]
+    ctx.progress(len(hooks), len(hooks), "done")
+    return KernelCurves(curves, label, n, len(counts), float(1 - counts.max() / n))
+
+
+def _default_components(n: int) -> list[int]:
+    """1, 2, 3, 4, 6, 8, ... (about 4 a doubling) up to 256 components, below ``n``."""
+    grid = np.unique(np.round(np.geomspace(1, 256, 33)).astype(int))
+    return [int(c) for c in grid if c < n]
+
+
 # ------------------------------------------------------------------ compare job
 def parse_spec(spec: str) -> tuple[Path, str | None]:
     """"STORE.h5:HOOK" -> (path, hook); a bare existing path -> (path, None)."""
@@ -264,10 +316,11 @@ def _hook_of(store: ActivationStore, hook: str | None) -> str:
 
 
 def compare(ctx: JobContext, a: str, b: str, measures: list[str], max_rows: int | None = None,
-            seed: int = 0) -> Comparison:
+            seed: int = 0, rows: np.ndarray | None = None) -> Comparison:
     """``measures`` between hook points ``a`` and ``b`` ("STORE.h5[:HOOK]") of row-aligned
     stores. linear_cka: exact and streamed over all rows (or ``max_rows``); the others on
-    ``max_rows`` (default 10,000) rows drawn with ``seed``; ``notes`` record subsampling."""
+    ``max_rows`` (default 10,000) rows drawn with ``seed``; ``notes`` record subsampling.
+    ``rows`` (store row ids, e.g. a selection) restricts every measure to those rows."""
     names = check_measures(measures)
     if not names:
         raise LatentLabError(f"no similarity measure given; valid: {', '.join(MEASURES)}")
@@ -276,14 +329,14 @@ def compare(ctx: JobContext, a: str, b: str, measures: list[str], max_rows: int 
     notes: list[str] = []
     with open_aligned(path_a, path_b) as (sa, sb):
         groups, ga, gb = _groups(sa, [_hook_of(sa, hook_a)], sb, [_hook_of(sb, hook_b)])
-        n = sa.n_rows
+        n = sa.n_rows if rows is None else len(np.unique(rows))
         if "linear_cka" in names:
-            ids = sample_ids(n, max_rows, seed)
+            ids = sample_ids(sa.n_rows, max_rows, seed, rows)
             _note_sample(notes, ["linear_cka"], ids, n, seed)
             values["linear_cka"] = float(_linear_matrix(ctx, groups, ga, gb, ids, BLOCK_ROWS)[0, 0])
         others = [m for m in names if m != "linear_cka"]
         if others:
-            ids = sample_ids(n, GRAM_MAX_ROWS if max_rows is None else max_rows, seed)
+            ids = sample_ids(sa.n_rows, GRAM_MAX_ROWS if max_rows is None else max_rows, seed, rows)
             _note_sample(notes, others, ids, n, seed)
             rows = _load(ctx, groups, ids, BLOCK_ROWS)
             values.update(_run_measures(ctx, others, rows[ga[0]], rows[gb[0]], notes))
@@ -291,7 +344,7 @@ def compare(ctx: JobContext, a: str, b: str, measures: list[str], max_rows: int 
 
 
 def _note_sample(notes: list[str], names: list[str], ids: np.ndarray | None, n: int, seed: int) -> None:
-    if ids is not None:
+    if ids is not None and len(ids) < n:
         notes.append(f"{', '.join(names)}: {len(ids):,} of {n:,} rows drawn at random (seed {seed})")
 
 
