@@ -266,7 +266,7 @@ def pruning_result(ws):
 
 def run_pruning(qtbot, bridge, ws) -> tuple[AppState, GeometryView]:
     state, view = open_view(qtbot, bridge, ws)
-    view.tabs.setCurrentIndex(1)
+    view.tabs.setCurrentWidget(view.pruning)
     tab = view.pruning
     assert tab.dense.currentText() == DENSE.name
     assert sorted(Path(f).name for f in tab.pruned_folders()) == [
@@ -351,7 +351,7 @@ def test_paint_figure_and_export(qtbot, bridge, ws, tmp_path, pruning_result) ->
     for suffix in ("png", "svg", "pdf"):
         out = export_figure(view, tmp_path / f"geometry.{suffix}", 800, 600)
         assert out.stat().st_size > 1000
-    view.tabs.setCurrentIndex(1)
+    view.tabs.setCurrentWidget(view.pruning)
     view.pruning.set_result(pruning_result)
     image = paint(view, 150)
     assert non_white(image) > 0.02 * 900 * 600
@@ -364,11 +364,11 @@ def test_session_round_trip(qtbot, bridge, ws) -> None:
     view.compare.picker_b.set_path(ws / "stores" / "a_dense.h5", HOOKS[1:])
     view.compare.measure.setCurrentText("rsa_spearman")
     view.pruning.corruption_boxes["blur"][0].setChecked(False)
-    view.tabs.setCurrentIndex(1)
+    view.tabs.setCurrentWidget(view.pruning)
     saved = view.session_state()
     _, other = open_view(qtbot, bridge, ws)
     other.restore_session(saved)
     assert other.session_state() == saved
-    assert other.compare.picker_a.hooks() == HOOKS[:2] and other.tabs.currentIndex() == 1
+    assert other.compare.picker_a.hooks() == HOOKS[:2] and other.current() is other.pruning
     other.restore_session({"compare": {"a": {"path": str(ws / "gone.h5")}}, "tab": "nonsense"})
     assert other.compare.picker_a.path() == ws / "stores" / "b_other.h5"

@@ -1,6 +1,7 @@
 """Representation geometry: similarity measures (CKA, CCA family, Procrustes, RSA, mutual
 k-NN), streamed over stores; neuron and SAE-dictionary matching; stitching; pruned models."""
 
+from engine.geometry.dictionary import LatentContexts, latent_contexts
 from engine.geometry.matching import METHODS as MATCH_METHODS
 from engine.geometry.matching import NeuronMatch, SAEMatch, match
 from engine.geometry.measures import DISTANCES, MEASURES, GeometryNote, KernelCurve, check_measures
@@ -25,7 +26,7 @@ from engine.geometry.streams import (
 )
 
 __all__ = ["DEFAULT_CORRUPTIONS", "DISTANCES", "MATCH_METHODS", "MEASURES", "Comparison", "GeometryNote", "KernelCurve",
-           "KernelCurves", "LayerMatrix", "NeuronMatch", "PruningComparison", "SAEMatch", "StitchResult",
+           "KernelCurves", "LatentContexts", "LayerMatrix", "NeuronMatch", "PruningComparison", "SAEMatch", "StitchResult",
            "StoreStitchResult", "check_measures", "compare", "compare_pruned", "kernel_curves",
-           "layer_matrix", "load_comparison", "match", "parse_spec", "save_comparison", "stitch",
+           "latent_contexts", "layer_matrix", "load_comparison", "match", "parse_spec", "save_comparison", "stitch",
            "stitch_stores", "store_kernel_analysis"]

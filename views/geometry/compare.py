@@ -1,6 +1,10 @@
-"""The geometry view's Compare tab: two stores (hook points of each), a measure, the
-layer x layer similarity heatmap, and for a clicked cell every measure, the matched-neuron
-correlations and, for two digits-zoo classifiers, a stitching test."""
+"""The geometry view's Compare tab: two stores (hook points of each; the same store twice
+gives its own layer x layer matrix), a measure, the layer x layer similarity heatmap, and
+for a clicked cell every measure, neuron matching by the chosen method and a stitching
+test (two digits-zoo classifiers: their models run on digits; any other row-aligned
+stores: a map fitted on the stored rows, scored by R^2 and, for a language model B, by
+B's next-token loss). A row selection of the active store restricts every number to
+those rows, and the status line says so."""
 
 from __future__ import annotations
 
@@ -27,28 +31,29 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from desktop_app.state import AppState
+from desktop_app.state import ROWS, AppState, Selection
 from engine.api import (
     MEASURES,
     Comparison,
     LayerMatrix,
-    NeuronMatch,
     StitchResult,
+    StoreStitchResult,
     compare,
     layer_matrix,
     match,
     stitch,
+    stitch_stores,
 )
 from views.common.plots import (
     HeatmapPlot,
     paint_hint,
     paint_plot,
-    set_label,
     set_title,
     style_plot,
 )
 from views.common.requests import Requests
 from views.geometry.common import StorePicker, resolve_zoo_folder
+from views.geometry.matching import METHODS, draw_match
 
 
 class Sources(NamedTuple):
@@ -59,9 +64,9 @@ class Sources(NamedTuple):
     max_rows: int | None
     model_a: str | None  # the stores' meta.model_id
     model_b: str | None
+    rows: np.ndarray | None = None  # the selected rows it was restricted to (None: all)
 
 
-MATCH_METHOD = "hungarian"
 MATCH_ROWS = 20_000  # rows the neuron matching reads when no row cap is set
 
 
@@ -75,8 +80,9 @@ class CompareTab(QWidget):
         self.sources: Sources | None = None
         self.cell: tuple[int, int] | None = None
         self.comparison: Comparison | None = None
-        self.match: NeuronMatch | None = None
-        self.stitched: StitchResult | None = None
+        self.match: Any = None  # NeuronMatch, SparsePrediction or UnitClusters
+        self.stitched: StitchResult | StoreStitchResult | None = None
+        self.selection = Selection()
         split = QSplitter(Qt.Orientation.Horizontal)
         split.addWidget(self._build_controls())
         split.addWidget(self._build_heatmap())
@@ -139,11 +145,19 @@ class CompareTab(QWidget):
         self.match_plot = pg.PlotWidget(background="w")
         self.match_plot.setMinimumHeight(150)
         style_plot(self.match_plot)
-        set_label(self.match_plot.getAxis("bottom"), "matched pair (rank)")
-        set_label(self.match_plot.getAxis("left"), "correlation")
         self.match_plot.getAxis("left").enableAutoSIPrefix(False)
         self.match_plot.setMouseEnabled(x=False, y=False)
-        set_title(self.match_plot, "matched neurons")
+        set_title(self.match_plot, "neuron matching")
+        self.method = QComboBox()
+        for key, text in METHODS.items():
+            self.method.addItem(text, key)
+        self.method.setToolTip("How units of A are matched to units of B on the cell's rows")
+        self.method.currentIndexChanged.connect(lambda _i: self.run_match())
+        self.n_clusters = QSpinBox()
+        self.n_clusters.setRange(2, 64)
+        self.n_clusters.setValue(8)
+        self.n_clusters.setPrefix("clusters: ")
+        self.n_clusters.valueChanged.connect(lambda _v: self.run_match())
         self.stitch_button = QPushButton("Stitch A \u2192 B")
         self.stitch_button.setToolTip("Fit an affine map from A's hook to B's and score B on it")
         self.stitch_button.clicked.connect(self.run_stitch)
@@ -153,10 +167,17 @@ class CompareTab(QWidget):
         self.cell_status.setWordWrap(True)
         box = QWidget()
         col = QVBoxLayout(box)
-        for w, stretch in ((self.cell_title, 0), (self.cell_table, 2), (self.match_plot, 2),
-                           (self.stitch_button, 0), (self.stitch_label, 0), (self.cell_progress, 0),
-                           (self.cell_status, 0)):
+        methods = QHBoxLayout()
+        methods.addWidget(QLabel("matching"))
+        methods.addWidget(self.method, 1)
+        methods.addWidget(self.n_clusters)
+        col.addWidget(self.cell_title)
+        col.addWidget(self.cell_table, 2)
+        col.addLayout(methods)
+        for w, stretch in ((self.match_plot, 2), (self.stitch_button, 0), (self.stitch_label, 0),
+                           (self.cell_progress, 0), (self.cell_status, 0)):
             col.addWidget(w, stretch)
+        self.n_clusters.setVisible(False)
         return box
 
     # ------------------------------------------------------------ state
@@ -174,7 +195,8 @@ class CompareTab(QWidget):
         side = [{"path": str(p.path()) if p.path() else None, "hooks": p.hooks()}
                 for p in (self.picker_a, self.picker_b)]
         return {"a": side[0], "b": side[1], "measure": self.measure.currentText(),
-                "max_rows": self.max_rows.value()}
+                "max_rows": self.max_rows.value(), "method": self.method.currentData(),
+                "n_clusters": self.n_clusters.value()}
 
     def restore_session(self, data: dict[str, Any]) -> None:
         for key, picker in (("a", self.picker_a), ("b", self.picker_b)):
@@ -185,6 +207,10 @@ class CompareTab(QWidget):
         if i >= 0:
             self.measure.setCurrentIndex(i)
         self.max_rows.setValue(int(data.get("max_rows", 0) or 0))
+        i = self.method.findData(data.get("method"))
+        if i >= 0:
+            self.method.setCurrentIndex(i)
+        self.n_clusters.setValue(int(data.get("n_clusters", 8) or 8))
 
     # ------------------------------------------------------------ the matrix
     def compute_matrix(self) -> None:
@@ -198,11 +224,45 @@ class CompareTab(QWidget):
             self.jobs.show_error(f"Check at least one hook point of {'A' if not ha else 'B'}.")
             return
         max_rows = self.max_rows.value() or None
-        self.sources = Sources(pa, pb, max_rows, self.picker_a.model_id(), self.picker_b.model_id())
+        rows = self.selected_rows(pa, pb)
+        self.sources = Sources(pa, pb, max_rows, self.picker_a.model_id(), self.picker_b.model_id(), rows)
         self.jobs.submit("matrix", f"{self.measure.currentText()}: {len(ha)} x {len(hb)} layers",
                          layer_matrix, self.set_matrix, lambda _s: self._clear_matrix(),
                          store_a=pa, hooks_a=ha, store_b=pb, hooks_b=hb,
-                         measure=self.measure.currentText(), max_rows=max_rows)
+                         measure=self.measure.currentText(), max_rows=max_rows, rows=rows)
+
+    # ------------------------------------------------------------ the selection
+    def selected_rows(self, pa: Path, pb: Path) -> np.ndarray | None:
+        """The row selection's ids when it holds rows of the active store and that store is
+        A or B (row-aligned stores share row ids); None (all rows) otherwise."""
+        sel, active = self.selection, self.state.store
+        if sel.kind != ROWS or not len(sel) or active is None or active not in (pa, pb):
+            return None
+        return sel.ids
+
+    def update_selection(self, selection: Selection) -> None:
+        """A finished row selection (or its clearing) recomputes a shown matrix on the
+        selected rows (or on all rows again)."""
+        if selection.live:
+            return
+        self.selection = selection
+        src = self.sources
+        if src is None or self.matrix is None:
+            return
+        rows = self.selected_rows(src.store_a, src.store_b)
+        if rows is None and src.rows is None:
+            return
+        self.picker_a.set_path(src.store_a, list(self.matrix.hooks_a))
+        self.picker_b.set_path(src.store_b, list(self.matrix.hooks_b))
+        self.compute_matrix()
+
+    def rows_text(self) -> str:
+        """"on 1,234 selected rows of demo.h5" when the shown numbers are restricted."""
+        src = self.sources
+        if src is None or src.rows is None:
+            return ""
+        store = self.state.store if self.state.store in (src.store_a, src.store_b) else src.store_a
+        return f"on {len(src.rows):,} selected rows of {store.name}"
 
     def set_matrix(self, result: LayerMatrix) -> None:
         """Draw a layer matrix and forget the previous cell."""
@@ -213,7 +273,10 @@ class CompareTab(QWidget):
         self.heatmap.set_matrix(result.values, list(result.hooks_a), list(result.hooks_b),
                                 result.measure, f"A: {model_a or 'A'}", f"B: {model_b or 'B'}")
         n_nan = int(np.isnan(result.values).sum())
-        self.status.setText(f"{result.measure} over {result.n_rows:,} rows"
+        rows = self.rows_text() or f"over {result.n_rows:,} rows"
+        if src is not None and src.rows is not None and result.n_rows < len(src.rows):
+            rows += f" ({result.n_rows:,} drawn at random)"
+        self.status.setText(f"{result.measure} {rows}"
                             + (f"; {n_nan} cells undefined (grey)" if n_nan else ""))
         self._show_cell()
 
@@ -235,12 +298,32 @@ class CompareTab(QWidget):
         self.cell = (i, j)
         self.heatmap.mark(self.cell)
         self._show_cell()
-        pa, pb, max_rows = self.sources[:3]
-        a, b = f"{pa}:{self.matrix.hooks_a[i]}", f"{pb}:{self.matrix.hooks_b[j]}"
+        a, b = self.cell_specs()
         self.cell_jobs.submit("cell", f"all measures: {a} vs {b}", compare, self._on_comparison,
-                              a=a, b=b, measures=list(MEASURES), max_rows=max_rows)
-        self.cell_jobs.submit("match", f"neuron matching: {a} vs {b}", match, self._on_match,
-                              a=a, b=b, method=MATCH_METHOD, max_rows=max_rows or MATCH_ROWS)
+                              a=a, b=b, measures=list(MEASURES), max_rows=self.sources.max_rows,
+                              rows=self.sources.rows)
+        self.run_match()
+
+    def cell_specs(self) -> tuple[str, str]:
+        """"STORE.h5:HOOK" of A and B at the chosen cell."""
+        i, j = self.cell
+        src = self.sources
+        return f"{src.store_a}:{self.matrix.hooks_a[i]}", f"{src.store_b}:{self.matrix.hooks_b[j]}"
+
+    def run_match(self) -> None:
+        """Match the chosen cell's units by the picked method."""
+        method = self.method.currentData()
+        self.n_clusters.setVisible(method == "clusters")
+        if self.matrix is None or self.cell is None or self.sources is None:
+            return
+        a, b = self.cell_specs()
+        self.match = None
+        self.match_plot.clear()
+        set_title(self.match_plot, f"{METHODS[method]}: computing\u2026")
+        self.cell_jobs.submit("match", f"neuron matching ({method}): {a} vs {b}", match,
+                              lambda r: self._on_match(method, r), a=a, b=b, method=method,
+                              max_rows=self.sources.max_rows or MATCH_ROWS, rows=self.sources.rows,
+                              n_clusters=self.n_clusters.value())
 
     def _show_cell(self) -> None:
         """Reset the detail pane for the current cell (or its absence)."""
@@ -260,7 +343,7 @@ class CompareTab(QWidget):
         value = self.matrix.values[i, j]
         self.cell_title.setText(f"<b>A</b> {self.matrix.hooks_a[i]} \u00d7 <b>B</b> "
                                 f"{self.matrix.hooks_b[j]}<br>{self.matrix.measure} = {value:.4g}")
-        self.stitch_button.setEnabled(None not in self.stitch_models())
+        self.stitch_button.setEnabled(True)
 
     def _on_comparison(self, result: Comparison) -> None:
         self.comparison = result
@@ -275,24 +358,10 @@ class CompareTab(QWidget):
         if notes:
             self.cell_table.setToolTip("\n".join(notes) if isinstance(notes, (list, tuple)) else str(notes))
 
-    def _on_match(self, result: Any) -> None:
-        """Matched pairs sorted by correlation: x = rank, y = correlation."""
+    def _on_match(self, method: str, result: Any) -> None:
+        """The matching drawn by its method (see ``views.geometry.matching``)."""
         self.match = result
-        self.match_plot.clear()
-        corr = np.asarray(result.corr, dtype=np.float64)
-        order = np.argsort(-np.nan_to_num(corr, nan=-np.inf), kind="stable")
-        ranks = np.arange(1, len(corr) + 1, dtype=np.float64)
-        a_units, b_units = np.asarray(result.a_units)[order], np.asarray(result.b_units)[order]
-        spots = [{"pos": (x, y), "data": (int(ua), int(ub))}
-                 for x, y, ua, ub in zip(ranks, corr[order], a_units, b_units, strict=True)]
-        scatter = pg.ScatterPlotItem(spots=spots, size=6, pen=None, brush=pg.mkBrush(31, 119, 180, 200),
-                                     hoverable=True, tip=lambda x, y, data: f"A {data[0]} \u2194 B {data[1]}: {y:.3f}")
-        self.match_plot.addItem(scatter)
-        self.match_plot.setXRange(0, len(corr) + 1, padding=0.02)
-        self.match_plot.setYRange(min(0.0, float(np.nanmin(corr, initial=0.0))), 1.0, padding=0.02)
-        finite = corr[np.isfinite(corr)]
-        set_title(self.match_plot, f"{len(corr)} matched neurons; mean r = {finite.mean():.3f}"
-                  if finite.size else "matched neurons")
+        draw_match(self.match_plot, method, result)
 
     # ------------------------------------------------------------ stitching
     def stitch_models(self) -> tuple[Path | None, Path | None]:
@@ -304,15 +373,18 @@ class CompareTab(QWidget):
                      for model, store in ((src.model_a, src.store_a), (src.model_b, src.store_b)))
 
     def run_stitch(self) -> None:
-        """Stitch A's hook of the current cell into B's and show B's accuracy both ways."""
+        """Stitch A's hook of the current cell into B's: two digits-zoo classifiers run on
+        digits; any other row-aligned stores are stitched from their stored rows."""
         if self.matrix is None or self.cell is None:
             return
         folder_a, folder_b = self.stitch_models()
+        self.stitch_label.setText("stitching\u2026")
         if folder_a is None or folder_b is None:
-            self.cell_jobs.show_error("Stitching needs both stores' models as digits-zoo folders.")
+            a, b = self.cell_specs()
+            self.cell_jobs.submit("stitch", f"stitch {Path(a).name} into {Path(b).name}", stitch_stores,
+                                  self._on_store_stitch, lambda _s: self.stitch_label.setText(""), a=a, b=b)
             return
         i, j = self.cell
-        self.stitch_label.setText("stitching\u2026")
         self.cell_jobs.submit("stitch", f"stitch {folder_a.name} into {folder_b.name}", stitch,
                               self._on_stitch, lambda _s: self.stitch_label.setText(""),
                               model_a=str(folder_a), hook_a=self.matrix.hooks_a[i],
@@ -324,6 +396,20 @@ class CompareTab(QWidget):
             f"<b>stitched</b> accuracy {r.accuracy_stitched:.1%} (loss {r.loss_stitched:.3f}) vs "
             f"<b>B alone</b> {r.accuracy_b:.1%} (loss {r.loss_b:.3f}); A alone {r.accuracy_a:.1%}"
             f"<br>{r.hook_a} \u2192 {r.hook_b}, {r.n_train:,} training / {r.n_eval:,} test examples")
+
+    def _on_store_stitch(self, r: StoreStitchResult) -> None:
+        self.stitched = r
+        text = (f"<b>map A \u2192 B from stored rows</b>: explains {r.r2_eval:.1%} of the variance of "
+                f"B's rows on held-out documents ({r.n_train:,} training / {r.n_eval:,} held-out rows; "
+                f"100% = B's rows exactly, 0% = B's mean row)")
+        if r.n_tokens:
+            text += (f"<br><b>B's next-token loss</b> with the mapped rows {r.loss_stitched:.3f} nats vs "
+                     f"its own {r.loss_b:.3f} and {r.loss_mean:.3f} with its mean row: "
+                     f"<b>{r.loss_recovered:.0%} of the loss recovered</b> "
+                     f"(top-1 {r.accuracy_stitched:.1%} vs {r.accuracy_b:.1%}; {r.n_tokens:,} tokens)")
+        elif r.note:
+            text += f"<br>{r.note}"
+        self.stitch_label.setText(text)
 
     # ------------------------------------------------------------ export
     def paint_figure(self, painter: QPainter, rect: QRectF) -> None:
