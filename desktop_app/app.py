@@ -48,7 +48,7 @@ def run_app(views: Sequence[tuple[str, ViewFactory]], workspace: str | os.PathLi
     warming = warm_in_background()  # umap's import and kernels for the first UMAP, off this thread
     window.ask_on_close = quit_after is None  # a timed run (tests, benchmarks) quits without asking
     if workspace is None:
-        window.open_workspace(default_workspace(), demo=DemoSpec(), restore=True)
+        window.open_workspace(default_workspace(), demo=DemoSpec(layers="background"), restore=True)
     elif not window.open_workspace(Path(workspace), restore=True):
         window.jobs.write(f"could not open {workspace}; use File > Open Workspace")
     window.statusBar().showMessage(f"window up in {time.perf_counter() - t0:.1f} s; engine on "

@@ -112,9 +112,12 @@ def llama(tiny_llama):
 
 
 def small_demo_spec(tiny_llama: Path, **changes):
-    """The demo pipeline shrunk for tests: the tiny llama, 3000 tokens, a small TopK SAE."""
+    """The demo pipeline shrunk for tests: the tiny llama, 3000 tokens, a small TopK SAE; one
+    hook point captured (``hooks``) and no first slice (3000 rows are less than two slices)
+    unless ``changes`` ask for more."""
     from engine.demo import DemoSpec
-    spec = dict(model=str(tiny_llama), hook="blocks.1.hook_resid_post", max_tokens=3000, ctx_len=64,
+    hook = changes.get("hook", "blocks.1.hook_resid_post")
+    spec = dict(model=str(tiny_llama), hook=hook, hooks=[hook], max_tokens=3000, ctx_len=64,
                 expansion=4, k=8, sae_batch=256, sae_epochs=3, sae_name="topk-small", umap=False,
                 zoo=False)
     return DemoSpec(**{**spec, **changes})

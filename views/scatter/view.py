@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
@@ -350,6 +351,9 @@ class ScatterView(ColourModes, QWidget):
             self.reset_view()
         n = len(self._xy)
         self.hint.setVisible(n == 0)
+        if n and os.environ.pop("LATENTLAB_FIRST_SCATTER", None):  # benchmarks/first_launch.py: once
+            self.plot.widget.repaint()  # painted now, then said when (seconds since the epoch)
+            print(f"first scatter painted: {n} points at {time.time():.3f}", flush=True)
         self.hint.setText("waiting for a projection" if self._layout is None else "no points to draw")
         if self._layout is not None:
             frame = "" if self._layout.final else " (moving)"

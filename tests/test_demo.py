@@ -1,0 +1,87 @@
+"""The demo pipeline's first picture and its hook points, on the tiny llama: a first slice
+of the store is announced (a copy, with its row PCA) before the whole store, which holds
+several hook points with aligned rows; an older one-hook demo workspace opens from what it
+has and gets the other hook points in a separate store beside it, captured afterwards by a
+low-priority process."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from engine.capture import capture
+from engine.demo import GROWING, Stage, build_demo, growth_steps, layers_store, needs_layers
+from engine.jobs import JobContext
+from engine.projection.layout import Layout
+from engine.store.activations import ActivationStore
+from engine.workspace import Workspace
+from tests.conftest import small_demo_spec
+
+HOOKS = ["embed", "blocks.0.hook_resid_post", "blocks.1.hook_resid_post", "blocks.2.hook_resid_post"]
+
+
+def _ctx(seen: list) -> JobContext:
+    return JobContext(device=torch.device("cpu"), on_partial=seen.append)
+
+
+def _read(path: Path) -> tuple[list[str], np.ndarray, dict[str, np.ndarray]]:
+    with ActivationStore.open(path) as store:
+        return list(store.hooks), store.index("tokens", 0, store.n_rows), \
+            {h: store.acts(h, 0, store.n_rows) for h in store.hooks}
+
+
+def test_growth_steps_start_small_and_end_at_the_whole():
+    assert growth_steps(2048, 50_000) == [2048, 8192, 50_000]
+    assert growth_steps(500, 3000) == [500, 3000]
+    assert growth_steps(2048, 3000) == [3000]  # less than two slices: no first picture
+    assert growth_steps(0, 3000) == [3000]
+
+
+def test_a_fresh_demo_announces_a_first_slice_and_its_layout_before_the_whole_store(tiny_llama, tmp_path):
+    spec = small_demo_spec(tiny_llama, hooks=HOOKS, first_tokens=500, sae_epochs=1)
+    seen: list = []
+    ws = build_demo(_ctx(seen), tmp_path / "demo", spec)
+    stages = [(i, o) for i, o in enumerate(seen) if isinstance(o, Stage)]
+    (i_first, first), (i_whole, whole) = stages[0], stages[1]
+    assert first.stage == whole.stage == "store"
+    assert first.workspace.store.parent.name == GROWING and whole.workspace.store == ws.store
+    pca = [(i, o) for i, o in enumerate(seen) if isinstance(o, Layout) and o.name == "rows/pca"]
+    assert i_first < pca[0][0] < i_whole < pca[1][0]  # each store, then its picture
+    assert 0 < len(pca[0][1].ids) <= 500 and pca[0][1].ids.max() < 500 and pca[1][1].ids.max() >= 500
+    assert [o.stage for o in seen if isinstance(o, Stage)][2:] == ["sae", "stats", "projection"]
+    assert not (ws.root / "stores" / GROWING).exists()  # the copies go once the pipeline is done
+    assert Workspace.open(ws.root).store == ws.store
+    # the whole store: every hook point, rows aligned, the same rows as one capture in one go
+    hooks, tokens, acts = _read(ws.store)
+    assert hooks == HOOKS and len(tokens) == 3000 and all(len(a) == 3000 for a in acts.values())
+    once = tmp_path / "once.h5"
+    capture(JobContext(), model=spec.model, source="demo", hooks=HOOKS, out=once, max_tokens=3000,
+            batch_size=spec.capture_batch, ctx_len=spec.ctx_len)
+    _, tokens1, acts1 = _read(once)
+    assert np.array_equal(tokens, tokens1)
+    for h in HOOKS:
+        np.testing.assert_allclose(acts[h].astype(np.float32), acts1[h].astype(np.float32), atol=2e-2, rtol=1e-2)
+    assert not needs_layers(ws.root, spec)
+
+
+def test_an_older_one_hook_demo_opens_from_what_it_has_and_gets_its_layers_beside_it(
+        tiny_llama, small_workspace, tmp_path):
+    root = Path(shutil.copytree(small_workspace.root, tmp_path / "old"))
+    built = {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
+    spec = small_demo_spec(tiny_llama, hooks=HOOKS, first_tokens=500, layers="background")
+    assert needs_layers(root, spec)
+    seen: list = []
+    ws = build_demo(_ctx(seen), root, spec)
+    assert [o.stage for o in seen if isinstance(o, Stage)] == ["store", "sae", "stats", "projection"]
+    assert {p: p.stat().st_mtime_ns for p in built} == built  # nothing captured, trained or laid out again
+    from engine import demo
+    process = demo._layers_process
+    assert process is not None and process.wait(timeout=240) == 0
+    out = layers_store(root, spec)
+    hooks, tokens, _ = _read(out)
+    _, old_tokens, _ = _read(ws.store)
+    assert hooks == HOOKS and np.array_equal(tokens, old_tokens)  # row i is row i of the SAE's store
+    assert out in Workspace.open(root).stores() and not needs_layers(root, spec)
