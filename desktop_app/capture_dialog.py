@@ -89,17 +89,21 @@ def source_problem(spec: str) -> str | None:
 
 
 def capture_summary(result: CaptureResult) -> str:
-    """One log line for a finished capture, with the cosine to float32 a reduced-precision
-    model recorded in the store."""
+    """One log line for a finished capture: its rows, pace (tokens/s), and the cosine to
+    float32 where precision was given up: the one a reduced-precision model recorded in the
+    store, or, for a float32 model writing float16 rows, the stored rows' to the model's."""
     from engine.api import ActivationStore
-    text = f"captured {result.added:,} rows into {result.path} ({result.rows:,} in the store, {result.seconds:.1f} s)"
+    text = (f"captured {result.added:,} rows into {result.path} ({result.rows:,} in the store, "
+            f"{result.seconds:.1f} s, {result.rows_per_s:,.0f} {result.row_unit}/s)")
     try:
         with ActivationStore.open(result.path) as store:
-            model_dtype, cosines = store.meta.model_dtype, store.float32_cosine
+            model_dtype, dtype, cosines = store.meta.model_dtype, store.meta.dtype, store.float32_cosine
     except (LatentLabError, ValueError):
         return text
-    return text + "".join(f"; {model_dtype} model at {hook}: cosine to float32 mean {c['mean']:.5f}, "
-                          f"min {c['min']:.5f}" for hook, c in sorted(cosines.items()))
+    text += "".join(f"; {model_dtype} model at {hook}: cosine to float32 mean {c['mean']:.5f}, "
+                    f"min {c['min']:.5f}" for hook, c in sorted(cosines.items()))
+    return text + "".join(f"; {dtype} rows at {hook}: cosine to the float32 rows mean {c['mean']:.6f}, "
+                          f"min {c['min']:.6f}" for hook, c in sorted((result.stored_cosine or {}).items()))
 
 
 def _combo(items: list[str] | tuple[str, ...], editable: bool = False) -> QComboBox:

@@ -1,10 +1,13 @@
 """The jobs panel: a one-line strip by default (the newest job's title, progress and a
 cancel button, and how many are running) that expands on demand into one line per engine
-job beside a log of what started, finished, failed or was cancelled."""
+job beside a log of what started, finished, failed or was cancelled. A job that trains an
+SAE (any job sending TrainingPoints: Train SAE, the demo build) shows its latest figures on
+its line and the strip, and its live curves (desktop_app.training_curves) in the details."""
 
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from PySide6.QtCore import QSize, Qt, Signal, Slot
 from PySide6.QtWidgets import (
@@ -21,6 +24,8 @@ from PySide6.QtWidgets import (
 )
 
 from desktop_app.bridge import CANCELLED, DONE, FAILED, EngineBridge
+from desktop_app.training_curves import TrainingCurves, figures, heldout_figures
+from engine.api import TrainingPoint
 
 KEEP_FINISHED = 6  # finished rows kept visible above the log
 
@@ -39,6 +44,10 @@ class JobRow(QWidget):
         self.bar.setTextVisible(True)
         self.message = QLabel("queued")
         self.message.setMinimumWidth(160)
+        self.point: TrainingPoint | None = None  # the latest training figures, if it trains an SAE
+        self._progress = (0, 0, "queued")  # the latest progress report: done, total, message
+        self._training = False  # the latest report was a training step's (or its point)
+        self._finished: str | None = None
         self.cancel = QPushButton("Cancel")
         self.cancel.setObjectName(f"cancel-{job_id}")
         self.cancel.clicked.connect(lambda: bridge.cancel(job_id))
@@ -56,14 +65,33 @@ class JobRow(QWidget):
             self.bar.setFormat(f"{done:,}/{total:,}")
         else:
             self.bar.setRange(0, 0)
-        self.message.setText(message)
+        self._progress = (done, total, message)
+        point = self.point
+        self._training = point is not None and not point.final and total == point.total_steps
+        self.message.setText(self.status())
+
+    def set_point(self, point: TrainingPoint) -> None:
+        self.point, self._training = point, not point.final
+        self.message.setText(self.status())
 
     def set_finished(self, state: str, seconds: float) -> None:
         self.bar.setRange(0, 1000)
         self.bar.setValue(1000 if state == DONE else self.bar.value())
         self.bar.setFormat(state)
-        self.message.setText(f"{state} in {seconds:.1f} s")
+        self._finished = f"{state} in {seconds:.1f} s"
+        self.message.setText(self.status())
         self.cancel.setEnabled(False)
+
+    def status(self) -> str:
+        """Its message: the training figures while it trains (their step from progress),
+        what it reports otherwise, and at its end how long it took with the held-out figures."""
+        point = self.point
+        if self._finished is not None:
+            return self._finished + (f" \u00b7 {heldout_figures(point.heldout)}" if point and point.final else "")
+        done, total, message = self._progress
+        if point is not None and self._training:
+            return figures(point, step=max(done, point.step) if total == point.total_steps else None)
+        return message
 
 
 class JobsPanel(QWidget):
@@ -87,10 +115,13 @@ class JobsPanel(QWidget):
         self.log = QPlainTextEdit()
         self.log.setReadOnly(True)
         self.log.setMaximumBlockCount(2000)
+        self.curves = TrainingCurves()
+        self.curves.hide()  # until a job sends training figures
         self.details = QSplitter(Qt.Orientation.Horizontal)
         self.details.addWidget(scroll)
+        self.details.addWidget(self.curves)
         self.details.addWidget(self.log)
-        self.details.setSizes([600, 400])
+        self.details.setSizes([450, 650, 300])
         self.details.hide()
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
@@ -100,6 +131,7 @@ class JobsPanel(QWidget):
         bridge.submitted.connect(self._on_submitted)
         bridge.started.connect(self._on_started)
         bridge.progress.connect(self._on_progress)
+        bridge.partial.connect(self._on_partial)
         bridge.finished.connect(self._on_finished)
 
     def _build_strip(self) -> QWidget:
@@ -153,7 +185,7 @@ class JobsPanel(QWidget):
         if newest is None:
             return
         more = f" (+{len(running) - 1} more)" if len(running) > 1 else ""
-        self.summary.setText(f"{newest.title.text()}: {newest.message.text()}{more}")
+        self.summary.setText(f"{newest.title.text()}: {newest.status()}{more}")
         self.summary.setToolTip(newest.title.toolTip())
         self.strip_bar.setVisible(bool(running))
         self.strip_cancel.setVisible(bool(running))
@@ -176,7 +208,7 @@ class JobsPanel(QWidget):
     @Slot(int)
     def _on_started(self, job_id: int) -> None:
         if job_id in self.rows:
-            self.rows[job_id].message.setText("running")
+            self.rows[job_id].set_progress(0, 0, "running")
             self.write(f"started: {self.bridge.jobs[job_id].title}")
             self._update_strip()
 
@@ -185,6 +217,19 @@ class JobsPanel(QWidget):
         if job_id in self.rows:
             self.rows[job_id].set_progress(done, total, message)
             self._update_strip()
+
+    @Slot(int, object)
+    def _on_partial(self, job_id: int, obj: Any) -> None:
+        """Training figures from any job: on its line, the strip and the curves."""
+        row = self.rows.get(job_id)
+        if not isinstance(obj, TrainingPoint) or row is None:
+            return
+        row.set_point(obj)
+        self.curves.add(job_id, self.bridge.jobs[job_id].title, obj)
+        self.curves.show()
+        if obj.final:
+            self.write(f"{self.bridge.jobs[job_id].title}: SAE trained, {heldout_figures(obj.heldout)}")
+        self._update_strip()
 
     @Slot(int, str)
     def _on_finished(self, job_id: int, state: str) -> None:

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -30,6 +30,20 @@ class CaptureResult(NamedTuple):
     rows: int  # committed rows in the store
     added: int  # rows this run wrote
     seconds: float
+    rows_per_s: float = 0.0  # this run's rows over the time its forward passes and writes took
+    row_unit: str = "tokens"  # what a row is: "tokens", or "examples" (images, pooled encoders)
+    stored_cosine: dict[str, dict[str, float]] | None = None  # float32 model into a float16 store:
+    # per hook, mean/min/rows of the cosine of the stored rows to the float32 ones (first batch)
+
+
+class CaptureRun(NamedTuple):
+    """How a run of ``run_capture`` went: its pace and, for a float32 model writing a
+    lower-precision store, what the rounding cost on its first batch."""
+
+    rows: int
+    seconds: float
+    row_unit: str
+    stored_cosine: dict[str, dict[str, float]] | None
 
 
 @dataclass
@@ -240,9 +254,11 @@ def capture(ctx: JobContext, model: str | ModelAdapter, source: str | Source, ho
     with no_empty_store(out, plan.source), open_capture_store(out, plan.meta, plan.source, resume, extra) as store:
         start = store.n_rows
         reference = float32_reference(ctx, plan.adapter) if reduced and start == 0 else None
-        run_capture(ctx, plan, store, list(plan.meta.hooks), batch_size, max_tokens, rank, world,
-                    reference=reference)
-        result = CaptureResult(str(out), store.n_rows, store.n_rows - start, time.perf_counter() - t0)
+        run = run_capture(ctx, plan, store, list(plan.meta.hooks), batch_size, max_tokens, rank, world,
+                          reference=reference)
+        result = CaptureResult(str(out), store.n_rows, store.n_rows - start, time.perf_counter() - t0,
+                               run.rows / run.seconds if run.seconds > 0 else 0.0, run.row_unit,
+                               run.stored_cosine)
     return result
 
 
@@ -282,25 +298,39 @@ RowsConsumer = Callable[[dict[str, torch.Tensor], int, dict[str, np.ndarray]], N
 
 def run_capture(ctx: JobContext, plan: CapturePlan, store: ActivationStore, hooks: Sequence[str],
                 batch_size: int, max_tokens: int | None = None, rank: int = 0, world: int = 1,
-                consume: RowsConsumer | None = None, reference: ModelAdapter | None = None) -> None:
+                consume: RowsConsumer | None = None, reference: ModelAdapter | None = None) -> CaptureRun:
     """Run the model over this rank's share of the source from the store's committed rows
     on, stopping after the deepest of ``hooks``, and append each batch's rows of the
     store's hook points; ``consume(acts, first_row, labels)`` then gets every batch's rows
     of ``hooks`` (on the model's device) and its per-row labels. With a float32
     ``reference`` model the first batch is run by it too and ``precision_cosines`` of the
-    store's hook points go into the store's ``float32_cosine`` attribute."""
+    store's hook points go into the store's ``float32_cosine`` attribute. Progress names
+    the rows per second; the CaptureRun returned says how the run went."""
     quota = None if max_tokens is None else max_tokens // world + (rank < max_tokens % world)
     units = plan_units(iter_units(plan.adapter, plan.source, plan.ctx_len, rank, world), store.n_rows, quota)
-    _capture_into(ctx, plan.adapter, store, units, hooks, batch_size, quota, consume, reference)
+    return _capture_into(ctx, plan.adapter, store, units, hooks, batch_size, quota, consume, reference)
+
+
+def stored_cosines(rows: Mapping[str, np.ndarray], acts: Mapping[str, torch.Tensor]) -> dict[str, dict[str, float]]:
+    """Per hook, mean/min/rows of the cosine of the rows as stored (rounded to the store's
+    dtype) to the model's rows ``acts`` they were rounded from."""
+    out = {}
+    for h, stored in rows.items():
+        cos = row_cosines(torch.from_numpy(stored), acts[h].detach().to("cpu", torch.float32))
+        out[h] = {"mean": float(cos.mean()), "min": float(cos.min()), "rows": int(cos.numel())}
+    return out
 
 
 def _capture_into(ctx: JobContext, adapter: ModelAdapter, store: ActivationStore, plan: Iterator,
                   hooks: Sequence[str], batch_size: int, quota: int | None,
-                  consume: RowsConsumer | None = None, reference: ModelAdapter | None = None) -> None:
+                  consume: RowsConsumer | None = None, reference: ModelAdapter | None = None) -> CaptureRun:
     np_dtype = np.dtype(store.meta.dtype)
     label_names = store.label_names
     total = quota or 0
     pending: list[Unit] = []
+    started, start_rows = time.perf_counter(), store.n_rows
+    run: dict[str, Any] = {"unit": "tokens", "cosine": None}  # set by the first flush
+    measure = np_dtype != np.float32 and adapter.model_dtype == "float32"  # what storing rounds away
 
     def flush() -> None:
         batch = adapter.make_batch([u.item for u in pending])
@@ -312,10 +342,15 @@ def _capture_into(ctx: JobContext, adapter: ModelAdapter, store: ActivationStore
         if reference is not None and first == 0:
             cosines = precision_cosines(acts, reference, batch, store.hooks)
             store.set_attr(COSINE_ATTR, json.dumps(cosines, sort_keys=True))
+        if first == start_rows:
+            run["unit"] = "tokens" if len(tokens) and tokens[0] >= 0 else "examples"
+            if measure and rows:
+                run["cosine"] = stored_cosines(rows, acts)
         done = store.append(rows, tokens, sample, position, lab)
         if consume is not None:
             consume(acts, first, lab)
-        ctx.progress(done, max(total, done), f"{store.path.name}")
+        rate = (done - start_rows) / max(time.perf_counter() - started, 1e-9)
+        ctx.progress(done, max(total, done), f"{store.path.name}: {rate:,.0f} {run['unit']}/s")
         pending.clear()
 
     with checking(adapter.blocks(), ctx.check_cancelled):  # a cancel stops a batch after its running block
@@ -331,6 +366,7 @@ def _capture_into(ctx: JobContext, adapter: ModelAdapter, store: ActivationStore
         if pending:
             ctx.check_cancelled()
             flush()
+    return CaptureRun(store.n_rows - start_rows, time.perf_counter() - started, run["unit"], run["cosine"])
 
 
 def shard_path(out: Path, rank: int, world: int) -> Path:
@@ -366,6 +402,6 @@ def capture_distributed(ctx: JobContext, out: str | os.PathLike, **params) -> Ca
             rows = joined.n_rows
             joined.close()
         dist.barrier()
-        return CaptureResult(str(out), rows if rank == 0 else result.rows, result.added, result.seconds)
+        return result._replace(path=str(out), rows=rows if rank == 0 else result.rows)
     finally:
         dist.destroy_process_group()

@@ -10,6 +10,7 @@ from engine.sae.base import (
 )
 from engine.sae.io import load_sae
 from engine.sae.train_job import train_sae, train_sae_distributed
+from engine.sae.trainer import TrainingPoint
 
-__all__ = ["train_sae", "train_sae_distributed", "load_sae", "SAEConfig", "SparseAutoencoder", "build_sae",
+__all__ = ["train_sae", "train_sae_distributed", "TrainingPoint", "load_sae", "SAEConfig", "SparseAutoencoder", "build_sae",
            "architecture", "architectures", "takes_k"]

@@ -18,7 +18,7 @@ import torch
 from engine.errors import LatentLabError, StoreError
 from engine.jobs import JobContext
 from engine.sae.base import SAEConfig, SparseAutoencoder, TrainState, build_sae
-from engine.sae.trainer import TrainConfig, fit, init_b_dec, make_optimizer
+from engine.sae.trainer import TrainConfig, TrainingPoint, fit, init_b_dec, make_optimizer
 from engine.store.activations import ActivationStore
 
 CHECKPOINT = "checkpoint"
@@ -98,11 +98,17 @@ def train_sae(ctx: JobContext, store: str | os.PathLike, hook: str, out: str | o
               resume: bool = False, seed: int = 0, checkpoint_every: int = 200, b_dec_init: str = "geometric_median",
               autocast: str = "auto", eval_model: str | None = None, **sae_options: Any) -> TrainResult:
     """Train an SAE of ``arch`` on ``hook`` of ``store``; save it (SAELens layout) to ``out``
-    with training_log.json and metrics.json (held-out rows: the last ``holdout`` share)."""
+    with training_log.json and metrics.json (held-out rows: the last ``holdout`` share).
+
+    The curves go out as ``ctx.partial(TrainingPoint)`` every 10 steps (a resumed run first
+    sends the points it had logged); the last one comes once the held-out rows are
+    measured, carrying metrics.json's figures in ``heldout``."""
     out = Path(out)
     world, rank = _dist_info()
     if resume and (out / "metrics.json").is_file() and not (out / CHECKPOINT).exists():
         metrics = json.loads((out / "metrics.json").read_text())  # finished already
+        log = out / "training_log.json"
+        _send_curves(ctx, json.loads(log.read_text()) if log.is_file() else [], metrics)
         return TrainResult(str(out), int(metrics.get("steps", 0)), metrics)
     with ActivationStore.open(store) as st:
         if hook not in st.hooks:
@@ -133,9 +139,22 @@ def train_sae(ctx: JobContext, store: str | os.PathLike, hook: str, out: str | o
             if rank == 0:
                 _save_checkpoint(out, sae, opt_, state_, history, tcfg)
 
-        history += fit(sae, batches, tcfg, ctx, state, opt, on_checkpoint=checkpoint, ddp=world > 1)
+        if rank == 0:
+            _send_curves(ctx, history)  # what a resumed run had logged
+        fit(sae, batches, tcfg, ctx, state, opt, on_checkpoint=checkpoint, ddp=world > 1, hold_last=True,
+            log=history)  # the checkpoints save the rows logged so far
         metrics = _finish(ctx, st, hook, out, sae, history, n_train, eval_model) if rank == 0 else {}
+        if rank == 0:
+            _send_curves(ctx, history[-1:], metrics)
     return TrainResult(str(out), state.step, metrics)
+
+
+def _send_curves(ctx: JobContext, rows: list[dict[str, Any]], heldout: dict[str, float] | None = None) -> None:
+    """Send logged rows as TrainingPoints; the last one carries ``heldout`` when given."""
+    total = int(heldout.get("steps", 0)) if heldout else 0
+    for i, row in enumerate(rows):
+        last = heldout is not None and i == len(rows) - 1
+        ctx.partial(TrainingPoint.from_row(row, int(row.get("total_steps", total)), heldout if last else None))
 
 
 def _start(ctx, st, hook, out: Path, arch, expansion, k, tcfg, resume, n_train, options):

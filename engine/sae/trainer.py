@@ -4,16 +4,76 @@ autocast on GPU and data parallelism under ``torchrun`` (DistributedDataParallel
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
 from torch import nn
 
 from engine.jobs import JobContext
-from engine.sae.base import Codes, SparseAutoencoder, TrainState
+from engine.sae.base import Codes, SparseAutoencoder, TrainState, TrainStep
+
+
+@dataclass(frozen=True)
+class TrainingPoint(Mapping[str, Any]):
+    """One point of a training run's live curves, sent with ``ctx.partial`` every
+    ``log_every`` steps and at the last one. ``fvu`` and ``l0`` are the step's batch's (from
+    values the step computed); ``dead_frac`` is the share of latents that have not fired in
+    the last min(dead_after_tokens, tokens) training rows (so, early on, never yet). The
+    train-sae job sends its last point once the held-out rows are measured, with
+    ``heldout``: what metrics.json holds (fvu, l0, dead_frac, and loss_recovered when a
+    model was spliced). As a Mapping it reads as its row of training_log.json (the
+    architecture's loss ``parts`` such as mse and auxk included)."""
+
+    step: int
+    total_steps: int
+    tokens: int  # training rows seen so far, every rank's
+    loss: float
+    fvu: float
+    l0: float
+    dead_frac: float
+    lr: float
+    tokens_per_s: float
+    parts: Mapping[str, float] = field(default_factory=dict)  # mse, auxk, l1, l0_penalty, ...
+    heldout: Mapping[str, float] | None = None  # the last point of a finished train-sae job
+
+    @property
+    def final(self) -> bool:
+        """Whether this is the finished run's last point (its held-out metrics measured)."""
+        return self.heldout is not None
+
+    def row(self) -> dict[str, float]:
+        """The training_log.json row: the curves' figures and the loss parts."""
+        return {**self.parts, **{f: getattr(self, f) for f in _ROW_FIELDS}}
+
+    def __getitem__(self, key: str) -> Any:
+        return self.row()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.row())
+
+    def __len__(self) -> int:
+        return len(self.row())
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any], total_steps: int,
+                 heldout: Mapping[str, float] | None = None) -> TrainingPoint:
+        """The point a training_log.json row records (older rows lack fvu, l0 and tokens: NaN, 0)."""
+        known = {f: row[f] for f in _ROW_FIELDS if f in row}
+        known.setdefault("total_steps", total_steps)
+        for name in ("fvu", "l0"):
+            known.setdefault(name, row.get(name, math.nan))
+        known.setdefault("tokens", 0)
+        for name in ("loss", "dead_frac", "lr", "tokens_per_s"):
+            known.setdefault(name, math.nan)
+        parts = {k: float(v) for k, v in row.items() if k not in _ROW_FIELDS}
+        return cls(**known, parts=parts, heldout=None if heldout is None else dict(heldout))
+
+
+_ROW_FIELDS = tuple(f.name for f in fields(TrainingPoint) if f.name not in ("parts", "heldout"))
 
 
 @dataclass
@@ -95,9 +155,13 @@ def _split(batch) -> tuple[torch.Tensor, torch.Tensor | None]:
 def fit(sae: SparseAutoencoder, batches: Iterable, cfg: TrainConfig, ctx: JobContext | None = None,
         state: TrainState | None = None, optimizer: torch.optim.Optimizer | None = None,
         on_checkpoint: Callable[[int, torch.optim.Optimizer, TrainState], None] | None = None,
-        ddp: bool = False) -> list[dict[str, float]]:
+        ddp: bool = False, hold_last: bool = False, log: list[dict[str, float]] | None = None,
+        ) -> list[dict[str, float]]:
     """Train ``sae`` on ``batches`` (tensors (b, d_in), or (x, grad) pairs for g-SAE) from
-    ``state.step`` to ``cfg.total_steps``; returns the logged curve points."""
+    ``state.step`` to ``cfg.total_steps``, sending a TrainingPoint (``ctx.partial``) every
+    ``cfg.log_every`` steps and at the last step (unless ``hold_last``: the caller sends
+    that one, with its held-out metrics); returns the points' log rows: ``log`` with them
+    appended, when given (so a checkpoint taken meanwhile holds the rows so far)."""
     ctx = ctx or JobContext(device=sae.W_dec.device)
     device = sae.W_dec.device
     state = state or TrainState()
@@ -108,7 +172,8 @@ def fit(sae: SparseAutoencoder, batches: Iterable, cfg: TrainConfig, ctx: JobCon
     if ddp:
         stepper = nn.parallel.DistributedDataParallel(stepper, find_unused_parameters=True)
     cast, scaler = _autocast(cfg, device)
-    history: list[dict[str, float]] = []
+    world = _world() if ddp else 1
+    history = [] if log is None else log
     started, tokens = time.perf_counter(), 0
     for batch in batches:
         if state.step >= cfg.total_steps:
@@ -138,16 +203,45 @@ def fit(sae: SparseAutoencoder, batches: Iterable, cfg: TrainConfig, ctx: JobCon
         state.step += 1
         tokens += len(x)
         if state.step % cfg.log_every == 0 or state.step == cfg.total_steps:
-            point = {"step": state.step, "loss": loss.item(), "lr": cfg.lr_at(state.step - 1),
-                     "tokens_per_s": tokens / max(time.perf_counter() - started, 1e-9),
-                     "dead_frac": float((state.tokens_since_fired > sae.cfg.dead_after_tokens).float().mean())}
-            point.update({k: float(v) for k, v in out.parts.items()})
-            history.append(point)
-            ctx.partial(point)
+            point = training_point(sae, state, cfg, x, out, state.step * len(x) * world,
+                                   tokens / max(time.perf_counter() - started, 1e-9))
+            history.append(point.row())
+            if not (hold_last and state.step == cfg.total_steps):
+                ctx.partial(point)
         ctx.progress(state.step, cfg.total_steps, f"loss {loss.item():.4g}")
         if on_checkpoint and state.step % cfg.checkpoint_every == 0 and state.step < cfg.total_steps:
             on_checkpoint(state.step, opt, state)
     return history
+
+
+def training_point(sae: SparseAutoencoder, state: TrainState, cfg: TrainConfig, x: torch.Tensor,
+                   out: TrainStep, tokens: int, tokens_per_s: float) -> TrainingPoint:
+    """The curves' point after a step on batch ``x``: from the step's loss, its parts and its
+    reconstruction, and the firing counters; no forward pass of its own. The batch's FVU
+    is its mse over the rows' mean squared distance to their mean (float64 sums), as
+    ``metrics.reconstruction_metrics`` defines it on the held-out rows."""
+    with torch.no_grad():
+        parts = {k: float(v) for k, v in out.parts.items()}
+        mse = parts.get("mse")
+        if mse is None:
+            mse = float((out.x_hat.float() - x.float()).pow(2).sum(-1).mean())
+        n = max(len(x), 1)
+        mean = x.mean(0, dtype=torch.float64)
+        spread = float(torch.linalg.vector_norm(x, dtype=torch.float64) ** 2 / n - mean.dot(mean))
+        l0 = parts.get("l0")
+        if l0 is None:
+            l0 = float(out.latents.l0())
+        window = max(1, min(sae.cfg.dead_after_tokens, tokens))
+        dead = float((state.tokens_since_fired >= window).float().mean())
+    return TrainingPoint(step=state.step, total_steps=cfg.total_steps, tokens=tokens, loss=out.loss.item(),
+                         fvu=mse / spread if spread > 0 else math.nan, l0=l0, dead_frac=dead,
+                         lr=cfg.lr_at(state.step - 1), tokens_per_s=tokens_per_s,
+                         parts={k: v for k, v in parts.items() if k not in _ROW_FIELDS})
+
+
+def _world() -> int:
+    import torch.distributed as dist
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 def make_optimizer(sae: SparseAutoencoder, cfg: TrainConfig) -> torch.optim.Optimizer:
