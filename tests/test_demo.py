@@ -6,6 +6,8 @@ low-priority process."""
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 from pathlib import Path
 
@@ -85,3 +87,18 @@ def test_an_older_one_hook_demo_opens_from_what_it_has_and_gets_its_layers_besid
     _, old_tokens, _ = _read(ws.store)
     assert hooks == HOOKS and np.array_equal(tokens, old_tokens)  # row i is row i of the SAE's store
     assert out in Workspace.open(root).stores() and not needs_layers(root, spec)
+
+
+def test_the_weight_hash_is_read_back_for_the_same_weight_files_only(tiny_llama, tmp_path):
+    from engine.models.base import weight_fingerprint
+    from engine.models.hf import HFCausalLM
+    from engine.models.smollm2 import WEIGHT_HASH, remember_weight_hash
+    folder = Path(shutil.copytree(tiny_llama, tmp_path / "model"))
+    model = remember_weight_hash(HFCausalLM(folder), folder)
+    saved = json.loads((folder / WEIGHT_HASH).read_text())
+    assert saved["weight_hash"] == model.weight_hash() == weight_fingerprint(model.module)
+    (folder / WEIGHT_HASH).write_text(json.dumps({**saved, "weight_hash": "read back"}))
+    assert remember_weight_hash(HFCausalLM(folder), folder).weight_hash() == "read back"
+    weights = next(folder.glob("*.safetensors"))
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))  # other weights
+    assert remember_weight_hash(HFCausalLM(folder), folder).weight_hash() == weight_fingerprint(model.module)

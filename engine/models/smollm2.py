@@ -4,6 +4,7 @@ file, de-quantised once with transformers + gguf and cached as safetensors."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 from pathlib import Path
@@ -14,6 +15,7 @@ from engine.models.hf import HFCausalLM
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MODEL_ID = "smollm2"
+WEIGHT_HASH = "latentlab_weight_hash.json"  # weight_hash() of the folder's weights, and which files
 
 
 def gguf_path() -> Path:
@@ -61,4 +63,25 @@ def ensure_cached() -> Path:
 
 def load_smollm2() -> HFCausalLM:
     """The bundled SmolLM2-135M-Instruct as a causal-LM adapter (float32)."""
-    return HFCausalLM(ensure_cached(), model_id=MODEL_ID)
+    folder = ensure_cached()
+    return remember_weight_hash(HFCausalLM(folder, model_id=MODEL_ID), folder)
+
+
+def remember_weight_hash(adapter: HFCausalLM, folder: Path) -> HFCausalLM:
+    """``adapter`` with its ``weight_hash()`` read from ``folder/WEIGHT_HASH`` when that was
+    written for the same weight files (names, sizes, mtimes), else computed and written
+    there: a capture needs it first, and it reads every weight (seconds on two busy cores)."""
+    files = [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in sorted(folder.glob("*.safetensors"))]
+    path = folder / WEIGHT_HASH
+    try:
+        saved = json.loads(path.read_text())
+        if saved["files"] == files and isinstance(saved["weight_hash"], str):
+            adapter._weight_hash = saved["weight_hash"]  # ModelAdapter.weight_hash's memo
+            return adapter
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    try:
+        path.write_text(json.dumps({"files": files, "weight_hash": adapter.weight_hash()}) + "\n")
+    except OSError:
+        pass  # a read-only cache: computed again next time
+    return adapter
