@@ -118,10 +118,12 @@ def test_search_filters_by_id_and_label_text(opened, stats):
     labels = browser.data_.table.labels
     live = int(np.flatnonzero(stats.count > 0)[0])
     word = labels[live].split(", ")[0].removeprefix("\u2192 ")
-    browser.search.setText(word.upper())  # case-insensitive
+    browser.search.setText("label:" + word.upper())  # case-insensitive
     shown = _column(browser, 0)
     assert live in shown and 0 < len(shown) <= len(labels)
     assert all(word.lower() in (labels[j] + browser.data_.table.association[j]).lower() for j in shown)
+    browser.search.setText(word)  # a plain query looks for a token too: more, never fewer
+    assert set(shown) <= set(_column(browser, 0))
     state.set_focus(5)
     browser.search.setText("17")
     assert 17 in _column(browser, 0)
@@ -192,14 +194,14 @@ def test_detail_pane_shows_shaded_top_contexts(opened, qtbot, ws, stats):
     assert top.values.max() <= stats.max[latent] * (1 + 1e-4)
     vocab = load_vocab(ws.model)
     token = vocab.token(int(top.tokens[top.at])).replace("\n", "\u21b5").replace("\t", "\u21e5")
-    assert token.strip() in browser.context_view.toPlainText()
-    assert f"Latent {latent}" in browser.title.text()
-    assert browser.logit_table.rowCount() == 10 and not browser.no_logits.isVisible()
-    hist = browser.hist.getPlotItem().listDataItems()
+    assert token.strip() in browser.detail.context_view.toPlainText()
+    assert f"Latent {latent}" in browser.detail.title.text()
+    assert browser.detail.logit_table.rowCount() == 10 and browser.detail.no_logits.isHidden()
+    hist = browser.detail.hist.getPlotItem().listDataItems()
     assert len(hist) == 1 and hist[0].yData.sum() == stats.count[latent]
-    neighbour = browser.neighbours.item(0)
+    neighbour = browser.detail.neighbours.item(0, 0)
     assert neighbour.data(Qt.ItemDataRole.UserRole) == stats.neighbours[latent, 0]
-    browser.neighbours.itemClicked.emit(neighbour)
+    browser.detail.neighbours.itemClicked.emit(browser.detail.neighbours.item(0, 2))
     assert state.focus == (int(stats.neighbours[latent, 0]),)
 
 
@@ -213,14 +215,14 @@ def test_quantile_intervals_show_their_example_rows(opened, qtbot, ws, stats):
     latent = int(np.argmax(stats.count))
     state.set_focus(latent)
     qtbot.waitUntil(lambda: len(browser.intervals) > 0, timeout=30000)
-    assert browser.context_tabs.tabText(1) == "Quantile intervals"
+    assert browser.detail.tabs.tabText(1) == "Intervals"
     rows, values, q = stats.interval_rows[latent], stats.interval_values[latent], stats.quantiles[latent]
     filled = [i for i in range(len(rows)) if (rows[i] >= 0).any()]
     assert len(filled) >= 5
     assert [iv.index for iv in browser.intervals] == filled[::-1]  # the highest interval first
     assert [c.row for c in browser.contexts] == [r for r in stats.top_rows[latent, :12] if r >= 0]
     vocab = load_vocab(ws.model)
-    sections = _sections(browser.interval_view.toPlainText())
+    sections = _sections(browser.detail.interval_view.toPlainText())
     assert len(sections) == len(filled)
     for iv, text in zip(browser.intervals, sections, strict=True):
         i = iv.index
@@ -234,7 +236,7 @@ def test_quantile_intervals_show_their_example_rows(opened, qtbot, ws, stats):
             token = vocab.token(int(c.tokens[c.at])).replace("\n", "\u21b5").replace("\t", "\u21e5")
             assert token.strip() in text
     top_level = f"{stats.quantile_levels[filled[-1]]:.0%}\u2013{stats.quantile_levels[filled[-1] + 1]:.0%}"
-    assert browser.interval_view.toPlainText().lstrip().startswith(top_level)
+    assert browser.detail.interval_view.toPlainText().lstrip().startswith(top_level)
 
 
 def test_empty_intervals_get_no_heading_and_stats_without_intervals(stats):
@@ -284,10 +286,10 @@ def test_dead_latent_and_stats_without_logits(qtbot, bridge, ws, variant):
     state, browser = _open(qtbot, bridge, ws, store=store, sae=folder, stats_id="plain")
     assert browser.data_.stats.count[DEAD] == 0 and browser.data_.table.labels[DEAD] == "dead"
     state.set_focus(DEAD)
-    assert "never fires" in browser.context_view.toPlainText()
-    assert "never fires" in browser.interval_view.toPlainText()
-    assert browser.hist.getPlotItem().listDataItems() == []
-    assert browser.no_logits.isVisible() and not browser.logit_table.isVisible()
+    assert "never fires" in browser.detail.context_view.toPlainText()
+    assert "never fires" in browser.detail.interval_view.toPlainText()
+    assert browser.detail.hist.getPlotItem().listDataItems() == []
+    assert not browser.detail.no_logits.isHidden() and browser.detail.logit_table.isHidden()
     live = int(np.argmax(browser.data_.stats.count))
     state.set_focus(live)
     qtbot.waitUntil(lambda: len(browser.contexts) > 0, timeout=30000)

@@ -19,7 +19,12 @@ N_TOP = 12  # top activating contexts shown
 def _token_html(vocab: Vocab | None, token_id: int) -> str:
     if token_id < 0:
         return "\u25a3"  # an image row
-    text = vocab.token(token_id) if vocab is not None else f" #{token_id}"
+    return token_html(vocab.token(token_id) if vocab is not None else f" #{token_id}")
+
+
+def token_html(text: str) -> str:
+    """A token's text as HTML: spaces kept (so lines break between words), control
+    characters and newlines as visible symbols, an empty token as \u2205."""
     text = "".join(Vocab.visible(c) if c < " " or c == "\x7f" else c for c in text)
     return html.escape(text) or "\u2205"
 

@@ -1,17 +1,32 @@
-"""The feature browser's table of latents: a Qt model whose rows sort in numpy and filter
-by a precomputed mask (fast for 100k latents), and the proxy that delegates both to it."""
+"""The feature browser's tables: the table of latents (a Qt model whose rows sort in numpy
+and filter by a precomputed mask, fast for 100k latents; the proxy that delegates both to
+it; a view that shows the columns that fit its width, each wide enough for its longest
+text, so none is elided), and the small tables of a latent's details (``small_table``)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 from PySide6.QtCore import QAbstractTableModel, QModelIndex, QSortFilterProxyModel, Qt
+from PySide6.QtGui import QFontMetrics, QResizeEvent
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QHeaderView,
+    QTableView,
+    QTableWidget,
+    QTableWidgetItem,
+)
 
 from engine import api
 
 COLUMNS = ("latent", "density", "max", "mean", "label association", "auto-label")
 SORT_ROLE = Qt.ItemDataRole.UserRole  # numbers for numeric columns, text for the others
+PRIORITY = (0, 5, 1, 4, 2, 3)  # the columns kept when not all fit: latent, auto-label, density, ...
+STRETCH = 5  # the column that takes the room left over
+CELL_PADDING = 14  # a cell's margins and focus frame beside its text
+ROW_HEIGHT = 20
 
 
 class LatentTableModel(QAbstractTableModel):
@@ -41,8 +56,13 @@ class LatentTableModel(QAbstractTableModel):
         return 0 if parent.isValid() else len(COLUMNS)
 
     def headerData(self, section: int, orientation: Qt.Orientation, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
-        if orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.DisplayRole:
-            return COLUMNS[section]
+        if orientation != Qt.Orientation.Horizontal:
+            return None
+        label = self.data_.stats.label_name if self.data_ is not None else None
+        if role == Qt.ItemDataRole.DisplayRole:
+            return label if section == 4 and label else COLUMNS[section]
+        if role == Qt.ItemDataRole.ToolTipRole and section == 4:
+            return f"label association: the best class of {label or 'the label field'} and its share of the firing rows"
         return None
 
     def data(self, index: QModelIndex, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
@@ -62,6 +82,19 @@ class LatentTableModel(QAbstractTableModel):
         d, s = self.data_, self.data_.stats
         return (str(j), f"{s.density[j]:.3%}", f"{s.max[j]:.4g}", f"{s.mean[j]:.4g}",
                 d.table.association[j], d.table.labels[j])[col]
+
+    def longest_texts(self, col: int, n: int = 24) -> list[str]:
+        """The ``n`` longest texts of a column (by characters): the ones to measure."""
+        if self.data_ is None:
+            return []
+        d_sae = len(self.data_.stats.count)
+        if col >= 4:
+            texts = self.data_.table.association if col == 4 else self.data_.table.labels
+            lengths = np.fromiter((len(t) for t in texts), np.int64, d_sae)
+            return [texts[j] for j in np.argsort(-lengths, kind="stable")[:n]]
+        key = self.sort_key(col)
+        picks = np.unique(np.concatenate([np.argsort(key)[:n // 2], np.argsort(key)[-n // 2:]]))
+        return [self._text(int(j), col) for j in picks]
 
     def sort_key(self, col: int) -> np.ndarray:
         d = self.data_
@@ -121,3 +154,84 @@ class LatentFilterProxy(QSortFilterProxyModel):
             self.endFilterChange(QSortFilterProxyModel.Direction.Rows)
         else:
             self.invalidateRowsFilter()
+
+
+class LatentTableView(QTableView):
+    """The table of latents: on every resize it shows the columns (in PRIORITY order) that
+    fit its width at their full text width, the STRETCH column taking what is left; the
+    columns left out are named in the header's tooltip."""
+
+    def __init__(self, model: LatentFilterProxy) -> None:
+        super().__init__()
+        self.setModel(model)
+        self.widths: list[int] = []  # per column, the width its header and longest text need
+        self.left_out: list[int] = []
+        self.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOn)
+        self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)
+        self.horizontalHeader().setStretchLastSection(False)
+
+    def measure(self) -> None:
+        """Each column's needed width, from its header and its longest texts (after new data)."""
+        source: LatentTableModel = self.model().sourceModel()
+        fm, header = QFontMetrics(self.font()), self.horizontalHeader()
+        self.widths = [max(header.sectionSizeHint(c) + 4,
+                           max((fm.horizontalAdvance(t) for t in source.longest_texts(c)), default=0)
+                           + CELL_PADDING) for c in range(len(COLUMNS))]
+        self.fit()
+
+    def room(self) -> int:
+        return self.width() - 2 * self.frameWidth() - self.verticalScrollBar().sizeHint().width()
+
+    def fit(self) -> None:
+        if not self.widths:
+            return
+        room, used, shown = self.room(), 0, []
+        for c in PRIORITY:
+            if not shown or used + self.widths[c] <= room:
+                shown.append(c)
+                used += self.widths[c]
+        self.left_out = [c for c in range(len(COLUMNS)) if c not in shown]
+        spare = max(0, room - used)
+        target = STRETCH if STRETCH in shown else shown[-1]
+        for c in range(len(COLUMNS)):
+            self.setColumnHidden(c, c not in shown)
+            if c in shown:
+                self.setColumnWidth(c, self.widths[c] + (spare if c == target else 0))
+        names = [str(self.model().headerData(c, Qt.Orientation.Horizontal)) for c in self.left_out]
+        self.horizontalHeader().setToolTip(f"not shown for lack of room: {', '.join(names)} (widen the panel)"
+                                           if names else "")
+
+    def resizeEvent(self, event: QResizeEvent) -> None:  # noqa: N802 - Qt's name
+        super().resizeEvent(event)
+        self.fit()
+
+
+def small_table(headers: Sequence[str]) -> QTableWidget:
+    """A read-only table of a few rows whose columns are as wide as their contents (never
+    elided) and whose rows are whole-row selected."""
+    table = QTableWidget(0, len(headers))
+    table.setHorizontalHeaderLabels(list(headers))
+    table.verticalHeader().hide()
+    table.verticalHeader().setDefaultSectionSize(ROW_HEIGHT)
+    table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+    table.horizontalHeader().setStretchLastSection(False)
+    table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+    table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+    table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+    return table
+
+
+def fill_table(table: QTableWidget, rows: Sequence[Sequence[str]], data: Sequence[Any] | None = None,
+               numeric: Sequence[int] = ()) -> None:
+    """Put ``rows`` of texts in ``table``; ``data[i]`` goes to row i's first cell as its
+    user data; the ``numeric`` columns are right-aligned."""
+    table.setRowCount(len(rows))
+    right = Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter
+    for r, texts in enumerate(rows):
+        for c, text in enumerate(texts):
+            item = QTableWidgetItem(text)
+            if c in numeric:
+                item.setTextAlignment(right)
+            if c == 0 and data is not None:
+                item.setData(Qt.ItemDataRole.UserRole, data[r])
+            table.setItem(r, c, item)

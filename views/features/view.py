@@ -2,9 +2,13 @@
 mean, label association, auto-label) and a detail pane for the focused latent (top
 activating contexts shaded by its activation, example contexts from each quantile interval
 of its activations, activation histogram, logit effects, nearest latents by decoder
-cosine). It follows AppState's stats, focus and selection: a row selection lists the
-latents most active on it; a latent selection filters the table. The table's model lives
-in ``views.features.table``, the contexts' HTML in ``views.features.contexts``."""
+cosine), under a header line with the SAE's held-out metrics. A text probe tab runs typed
+text through the model and SAE and shows each token's latents. The search finds latents
+by id, label text, token or label association (``engine.features.search``) and says what
+it matched. It follows AppState's stats, focus and selection: a row selection lists the
+latents most active on it; a latent selection filters the table. The tables live in
+``views.features.table``, the detail pane in ``views.features.detail``, the probe in
+``views.features.probe``, the contexts' HTML in ``views.features.contexts``."""
 
 from __future__ import annotations
 
@@ -12,13 +16,10 @@ import html
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pyqtgraph as pg
 from PySide6.QtCore import QItemSelectionModel, QModelIndex, QPoint, QRectF, QSignalBlocker, Qt
 from PySide6.QtGui import QPainter, QRegion
 from PySide6.QtWidgets import (
     QAbstractItemView,
-    QHBoxLayout,
     QHeaderView,
     QLabel,
     QLineEdit,
@@ -26,11 +27,7 @@ from PySide6.QtWidgets import (
     QListWidgetItem,
     QSplitter,
     QStackedWidget,
-    QTableView,
-    QTableWidget,
-    QTableWidgetItem,
     QTabWidget,
-    QTextBrowser,
     QVBoxLayout,
     QWidget,
 )
@@ -42,28 +39,56 @@ from engine import api
 from engine.api import (
     Context,
     RowLatents,
-    Vocab,
+    SAEQuality,
+    TextLatents,
     latents_on_rows,
+    sae_quality,
+    search_latents,
     shaded_contexts,
+    text_latents,
 )
 from views.features.contexts import (  # noqa: F401  (context_html, N_TOP: part of this view's API)
     N_TOP,
-    SHADE,
     Interval,
     context_html,
     detail_rows,
     intervals_html,
     split_intervals,
 )
+from views.features.detail import DetailPane
+from views.features.probe import TextProbe
 from views.features.table import (  # noqa: F401  (re-exported for the view's users)
     COLUMNS,
+    ROW_HEIGHT,
     SORT_ROLE,
     LatentFilterProxy,
     LatentTableModel,
+    LatentTableView,
 )
 
+MIN_WIDTH = 600  # the browser's narrowest: its dock is given at least this much
 
-# ---------------------------------------------------------------- the view
+
+def quality_line(name: str, q: SAEQuality | None) -> tuple[str, str]:
+    """The header's line (and its tooltip): the SAE's held-out FVU, L0, dead fraction and,
+    when it was measured, the loss recovered."""
+    if q is None:
+        return (f"<b>SAE {html.escape(name)}</b>: no held-out metrics",
+                "its folder holds no metrics.json (trained elsewhere, or its training did not finish)")
+    parts = [f"{label} {text}" for label, value, text in (
+        ("FVU", q.fvu, f"{q.fvu:.3g}" if q.fvu is not None else ""),
+        ("L0", q.l0, f"{q.l0:.1f}" if q.l0 is not None else ""),
+        ("dead", q.dead_frac, f"{q.dead_frac:.1%}" if q.dead_frac is not None else ""),
+        ("loss recovered", q.loss_recovered,
+         f"{q.loss_recovered:.1%}" if q.loss_recovered is not None else "")) if value is not None]
+    rows = f"{q.n_rows:,} held-out rows" if q.n_rows else "held-out rows"
+    tip = (f"measured by its training on {rows}: fraction of variance unexplained, mean latents "
+           "firing per row, share of latents that never fired"
+           + (", and the share of the next-token loss recovered against zero-ablation"
+              if q.loss_recovered is not None else "; loss recovered was not measured (train with an eval model)"))
+    return f"<b>SAE {html.escape(name)}</b> held out: " + " \u00b7 ".join(parts), tip
+
+
 class FeatureBrowser(QWidget):
     """Table of latents + detail pane of the focused latent, linked through AppState."""
 
@@ -77,11 +102,14 @@ class FeatureBrowser(QWidget):
         self._latent_filter = False  # the table is filtered by a latent selection
         self._loaded: tuple[Path | None, str | None] = (None, None)
         self._quiet = False  # True while filtering: the view moving its current row is no choice
+        self.setMinimumWidth(MIN_WIDTH)
         self._build()
         state.store_changed.connect(self._on_stats_changed)
         state.stats_changed.connect(self._on_stats_changed)
+        state.sae_changed.connect(self._on_sae_changed)
         state.focus_changed.connect(self._on_focus_changed)
         state.selection_changed.connect(self._on_selection_changed)
+        self._on_sae_changed()
         self._on_stats_changed()
 
     # ------------------------------------------------------------ widgets
@@ -91,93 +119,67 @@ class FeatureBrowser(QWidget):
         self.stack = QStackedWidget()
         self.stack.addWidget(self.placeholder)
         self.stack.addWidget(self._build_browser())
+        self.quality = QLabel()
+        self.quality.setWordWrap(True)
         self.status = QLabel()
+        self.status.setWordWrap(True)
         layout = QVBoxLayout(self)
-        layout.addWidget(self.stack)
+        layout.setContentsMargins(4, 4, 4, 4)
+        layout.addWidget(self.quality)
+        layout.addWidget(self.stack, 1)
         layout.addWidget(self.status)
 
     def _build_browser(self) -> QWidget:
-        self.search = QLineEdit(placeholderText="search: latent id or label text")
+        """Tabs of the latent table and the text probe above the focused latent's detail."""
+        self.search = QLineEdit(placeholderText="search: latent id, label text, token:for, topic=compound")
+        self.search.setClearButtonEnabled(True)
         self.search.textChanged.connect(self._apply_filter)
+        self.matched = QLabel()
+        self.matched.setWordWrap(True)
         self.active_title = QLabel()
         self.active_list = QListWidget()
-        self.active_list.setMaximumHeight(140)
+        self.active_list.setMaximumHeight(120)
         self.active_list.itemClicked.connect(self._on_item_clicked)
         self.empty_label = QLabel()
         self.model = LatentTableModel(self)
         self.proxy = LatentFilterProxy(self)
         self.proxy.setSourceModel(self.model)
         self.table = self._build_table()
-        left = QWidget()
-        col = QVBoxLayout(left)
+        latents = QWidget()
+        col = QVBoxLayout(latents)
         col.setContentsMargins(0, 0, 0, 0)
-        for w in (self.search, self.active_title, self.active_list, self.table, self.empty_label):
+        for w in (self.search, self.matched, self.active_title, self.active_list, self.table, self.empty_label):
             col.addWidget(w)
         self._show_active(None)
+        self.matched.hide()
         self.empty_label.hide()
-        split = QSplitter(Qt.Orientation.Horizontal)
-        split.addWidget(left)
-        split.addWidget(self._build_detail())
-        split.setSizes([500, 500])
-        return split
+        self.probe = TextProbe()
+        self.probe.submitted.connect(self.run_probe)
+        self.probe.latent_activated.connect(self.state.set_focus)
+        self.top_tabs = QTabWidget()
+        self.top_tabs.addTab(latents, "Latents")
+        self.top_tabs.addTab(self.probe, "Text probe")
+        self.detail = DetailPane()
+        self.detail.latent_clicked.connect(self.state.set_focus)
+        self.split = QSplitter(Qt.Orientation.Vertical)
+        self.split.addWidget(self.top_tabs)
+        self.split.addWidget(self.detail)
+        self.split.setChildrenCollapsible(False)
+        self.split.setStretchFactor(0, 4)
+        self.split.setStretchFactor(1, 5)
+        return self.split
 
-    def _build_table(self) -> QTableView:
-        table = QTableView()
-        table.setModel(self.proxy)
+    def _build_table(self) -> LatentTableView:
+        table = LatentTableView(self.proxy)
         table.setSortingEnabled(True)
         table.sortByColumn(0, Qt.SortOrder.AscendingOrder)
         table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         table.verticalHeader().hide()
         table.verticalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Fixed)
-        table.verticalHeader().setDefaultSectionSize(20)
-        table.horizontalHeader().setStretchLastSection(True)
-        for col, width in enumerate((60, 80, 70, 70, 160)):
-            table.setColumnWidth(col, width)
+        table.verticalHeader().setDefaultSectionSize(ROW_HEIGHT)
         table.selectionModel().currentRowChanged.connect(self._on_table_current)
         return table
-
-    def _build_detail(self) -> QWidget:
-        self.detail = QWidget()
-        self.detail.setAutoFillBackground(True)
-        self.title = QLabel()
-        self.title.setTextFormat(Qt.TextFormat.RichText)
-        self.title.setWordWrap(True)
-        self.hist = pg.PlotWidget(background="w")
-        self.hist.setMinimumHeight(140)
-        self.hist.setLogMode(x=True, y=False)
-        self.hist.setLabel("bottom", "activation")
-        self.hist.setLabel("left", "rows")
-        self.hist.setMouseEnabled(x=False, y=False)
-        self.hist.getAxis("bottom").enableAutoSIPrefix(False)
-        self.context_view = QTextBrowser()
-        self.interval_view = QTextBrowser()
-        self.context_tabs = QTabWidget()
-        self.context_tabs.addTab(self.context_view, "Top activations")
-        self.context_tabs.addTab(self.interval_view, "Quantile intervals")
-        self.logit_table = QTableWidget(0, 4)
-        self.logit_table.setHorizontalHeaderLabels(["promoted", "logit", "suppressed", "logit"])
-        self.logit_table.verticalHeader().hide()
-        self.logit_table.verticalHeader().setDefaultSectionSize(18)
-        self.logit_table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
-        self.logit_table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
-        self.no_logits = QLabel("no logit effects (the model has no unembedding)")
-        self.neighbours = QListWidget()
-        self.neighbours.itemClicked.connect(self._on_item_clicked)
-        lists = QHBoxLayout()
-        for title, widgets in (("Logit effects", (self.logit_table, self.no_logits)),
-                               ("Nearest latents (decoder cosine)", (self.neighbours,))):
-            box = QVBoxLayout()
-            box.addWidget(QLabel(f"<b>{title}</b>"))
-            for w in widgets:
-                box.addWidget(w)
-            lists.addLayout(box)
-        col = QVBoxLayout(self.detail)
-        col.addWidget(self.title)
-        col.addWidget(self.hist, 2)
-        col.addWidget(self.context_tabs, 3)
-        col.addLayout(lists, 2)
-        return self.detail
 
     # ------------------------------------------------------------ AppState handlers
     def _on_stats_changed(self, *_: Any) -> None:
@@ -195,10 +197,22 @@ class FeatureBrowser(QWidget):
         self._submit("load", "load feature statistics", api.load_browser, self._on_loaded,
                      store_path=self.state.store, stats_id=self.state.stats)
 
+    def _on_sae_changed(self, *_: Any) -> None:
+        """The header's line of the active SAE's held-out metrics (its metrics.json)."""
+        sae = self.state.sae
+        self.quality.setVisible(sae is not None)
+        if sae is not None:
+            text, tip = quality_line(Path(sae).name, sae_quality(sae))
+            self.quality.setText(text)
+            self.quality.setToolTip(tip)
+        self.probe.set_result(None, "The latents that fire on each token of a text, from the active "
+                                    "model and SAE.")
+
     def _on_focus_changed(self, focus: tuple[int, ...]) -> None:
         latent = focus[0] if focus else None
         self._select_row(latent)
         self._show_detail(latent)
+        self.probe.set_focus(latent)
 
     def _on_selection_changed(self, selection: Selection) -> None:
         filtered = selection.kind == LATENTS and len(selection) > 0
@@ -228,19 +242,19 @@ class FeatureBrowser(QWidget):
             self.state.set_focus(int(latent))
 
     def _apply_filter(self, *_: Any) -> None:
-        """Filter by the search text (latent id or label text) and a latent selection."""
+        """Filter by the search (``search_latents``: id, label text, token, label
+        association) and a latent selection; say what the search matched."""
         if self.data_ is None:
             return
-        text = self.search.text().strip().lower()
-        d_sae = len(self.data_.stats.count)
-        mask = np.ones(d_sae, bool)
-        if text:
-            mask = np.char.find(self.data_.search_text, text) >= 0
-            if text.isdigit() and int(text) < d_sae:
-                mask[int(text)] = True
+        d = self.data_
+        found = search_latents(d.stats, d.table, d.search_text, d.vocab, self.search.text())
+        text = self.search.text().strip()
+        mask = found.mask
+        self.matched.setText(f"Matched: {found.note}")
+        self.matched.setVisible(bool(text))
         sel = self.state.selection
         if sel.kind == LATENTS and len(sel):
-            mask &= sel.as_mask(d_sae)
+            mask &= sel.as_mask(len(mask))
         self.model.set_filter(None if mask.all() else mask)
         self._quiet = True
         try:
@@ -248,7 +262,7 @@ class FeatureBrowser(QWidget):
         finally:
             self._quiet = False
         shown = self.proxy.rowCount()
-        self.empty_label.setText(f"No latent matches \u201c{self.search.text()}\u201d" if text
+        self.empty_label.setText(f"No latent matches \u201c{text}\u201d" if text
                                  else "No latent in the selection")
         self.empty_label.setVisible(shown == 0)
         self._select_row(self.state.focus[0] if self.state.focus else None)
@@ -276,6 +290,8 @@ class FeatureBrowser(QWidget):
             self.status.setToolTip(details)
             if kind == "load":
                 self.placeholder.setText(f"No feature statistics: {sentence}")
+            if kind == "probe":
+                self.probe.set_result(None, f"The probe failed: {sentence}")
         self.status.setText("")
         self.requests.submit(self.state.engine, kind, title, fn, engine_key=f"browser-{kind}",
                              on_result=handler, on_error=failed, **params)
@@ -288,11 +304,30 @@ class FeatureBrowser(QWidget):
     def _set_data(self, data: api.BrowserData | None) -> None:
         self.data_ = data
         self.model.set_data(data)
+        self.probe.set_data(data)
         self.stack.setCurrentIndex(0 if data is None else 1)
         if data is not None:
             header = self.table.horizontalHeader()
             self.model.sort(header.sortIndicatorSection(), header.sortIndicatorOrder())
+            self.table.measure()
             self._apply_filter()
+
+    # ------------------------------------------------------------ the text probe
+    def run_probe(self, text: str | None = None) -> None:
+        """Run the probe's text through the active model, hook and SAE (a job)."""
+        text = self.probe.text.toPlainText() if text is None else text
+        hook = self.data_.stats.hook if self.data_ is not None else self.state.hook
+        missing = [name for name, value in (("model", self.state.model), ("hook point", hook),
+                                            ("SAE", self.state.sae)) if value is None]
+        if missing or self.state.engine is None:
+            self.probe.set_result(None, f"No active {' or '.join(missing) or 'engine'}: open a workspace "
+                                        "with a model and an SAE to probe text.")
+            return
+        self._submit("probe", "text probe", text_latents, self._on_probe, model=self.state.model,
+                     hook=hook, sae_path=self.state.sae, text=text)
+
+    def _on_probe(self, result: TextLatents) -> None:
+        self.probe.set_result(result)
 
     def _show_active(self, found: RowLatents | None) -> None:
         """The "most active on selection" list; hidden when there is no row selection."""
@@ -316,27 +351,14 @@ class FeatureBrowser(QWidget):
         d = self.data_
         self.contexts, self.intervals = [], []
         if d is None or latent is None or not 0 <= latent < len(d.stats.count):
-            self.title.setText("Select a latent")
-            self.hist.clear()
-            self.context_view.setHtml("")
-            self.interval_view.setHtml("")
-            self.logit_table.setRowCount(0)
-            self.neighbours.clear()
+            self.detail.clear()
             return
         s = d.stats
-        assoc = f" \u00b7 {html.escape(d.table.association[latent])}" if d.table.association[latent] else ""
-        self.title.setText(f"<b>Latent {latent}</b> \u2014 {html.escape(d.table.labels[latent])}<br>"
-                           f"density {s.density[latent]:.3%} \u00b7 mean {s.mean[latent]:.4g} \u00b7 "
-                           f"max {s.max[latent]:.4g}{assoc}")
-        self._draw_histogram(latent)
-        self._fill_logits(latent)
-        self._fill_neighbours(latent)
+        self.detail.show_latent(d, latent)
         if s.count[latent] == 0 or self.state.store is None:
-            self.context_view.setHtml(context_html([], d.vocab, 0.0))
-            self.interval_view.setHtml(intervals_html(None if s.interval_rows is None else [], d.vocab, 0.0))
+            self.detail.show_no_contexts(d, loading=False)
             return
-        self.context_view.setHtml("<p><i>loading contexts\u2026</i></p>")
-        self.interval_view.setHtml("<p><i>loading contexts\u2026</i></p>")
+        self.detail.show_no_contexts(d, loading=True)
         rows, values, _ = detail_rows(s, latent)
         self._submit("detail", f"contexts of latent {latent}", shaded_contexts, self._on_contexts,
                      store_path=self.state.store, hook=s.hook, sae_path=self.state.sae,
@@ -347,49 +369,7 @@ class FeatureBrowser(QWidget):
         latent, contexts = result
         if self.data_ is None or (self.state.focus[:1] != (latent,)):
             return
-        s, vocab = self.data_.stats, self.data_.vocab
-        self.contexts, self.intervals = split_intervals(s, latent, contexts)
-        vmax = float(s.max[latent])
-        self.context_view.setHtml(context_html(self.contexts, vocab, vmax))
-        self.interval_view.setHtml(intervals_html(None if s.interval_rows is None else self.intervals,
-                                                  vocab, vmax))
-
-    def _draw_histogram(self, latent: int) -> None:
-        """Counts of log10 activation bins as steps, the x axis in activation units."""
-        self.hist.clear()
-        s = self.data_.stats
-        counts = s.hist[latent]
-        nz = np.flatnonzero(counts)
-        if not nz.size:
-            return
-        lo, hi = int(nz[0]), int(nz[-1]) + 1
-        x = 10.0 ** s.hist_edges[lo:hi + 1]
-        self.hist.addItem(pg.PlotDataItem(x, counts[lo:hi].astype(float), stepMode="center",
-                                          fillLevel=0, brush=(*SHADE, 160), pen=pg.mkPen(SHADE)))
-
-    def _fill_logits(self, latent: int) -> None:
-        s, vocab = self.data_.stats, self.data_.vocab
-        has = s.logit_top_ids is not None
-        self.logit_table.setVisible(has)
-        self.no_logits.setVisible(not has)
-        self.logit_table.setRowCount(0)
-        if not has:
-            return
-        rows = list(zip(s.logit_top_ids[latent], s.logit_top_values[latent],
-                        s.logit_bottom_ids[latent], s.logit_bottom_values[latent], strict=True))
-        self.logit_table.setRowCount(len(rows))
-        for r, (ti, tv, bi, bv) in enumerate(rows):
-            for c, text in enumerate((_plain_token(vocab, ti), f"{tv:+.3f}",
-                                      _plain_token(vocab, bi), f"{bv:+.3f}")):
-                self.logit_table.setItem(r, c, QTableWidgetItem(text))
-
-    def _fill_neighbours(self, latent: int) -> None:
-        self.neighbours.clear()
-        s, labels = self.data_.stats, self.data_.table.labels
-        for j, cos in zip(s.neighbours[latent], s.neighbour_cos[latent], strict=True):
-            item = QListWidgetItem(f"{j}  cos {cos:.3f}  {labels[j]}")
-            item.setData(Qt.ItemDataRole.UserRole, int(j))
-            self.neighbours.addItem(item)
+        self.contexts, self.intervals = self.detail.show_contexts(self.data_, latent, contexts)
 
     # ------------------------------------------------------------ session
     def session_state(self) -> dict[str, Any]:
@@ -426,8 +406,4 @@ class FeatureBrowser(QWidget):
         painter.scale(scale, scale)
         pane.render(painter, QPoint(0, 0), QRegion(), QWidget.RenderFlag.DrawChildren)
         painter.restore()
-
-
-def _plain_token(vocab: Vocab | None, token_id: int) -> str:
-    return Vocab.visible(vocab.token(int(token_id))) if vocab is not None else f"#{int(token_id)}"
 
