@@ -301,9 +301,9 @@ class TrainSpec(Spec):
 
 
 # ---------------------------------------------------------------------- steering
-KINDS = ("concept", "latent")
+KINDS = ("concept", "latent", "direction")
 LATENT_MODES = ("add", "clamp", "ablate", "mean-ablate")
-_NEEDS = {"concept": ("positive", "negative"), "latent": ("sae", "latent")}
+_NEEDS = {"concept": ("positive", "negative"), "latent": ("sae", "latent"), "direction": ("vector",)}
 
 
 def _path_text(value: Any) -> Any:
@@ -315,7 +315,9 @@ class RecipeItem(Spec):
     as a view's slider ``range``, are kept).
 
     concept: hook, strength, positive and negative texts (the direction is the difference
-    of their mean activations). latent: hook, strength, ``sae`` folder, ``latent`` and
+    of their mean activations). direction: hook, strength and the ``vector`` itself (a delta
+    vector: the mean activation of one group of store rows minus another's; ``groups`` says
+    which). latent: hook, strength, ``sae`` folder, ``latent`` and
     ``mode``: ``add`` (strength x decoder row), ``clamp`` (code set to strength), ``ablate``
     (code zeroed) or ``mean-ablate`` (code set to ``mean``, its mean over a store's rows)."""
 
@@ -332,6 +334,7 @@ class RecipeItem(Spec):
     latent: int | None = None
     mode: Literal[LATENT_MODES] | None = None
     mean: float | None = None
+    vector: Annotated[list[Annotated[float, Field(allow_inf_nan=False)]], Field(min_length=1)] | None = None
 
     @model_validator(mode="after")
     def _complete(self) -> RecipeItem:
@@ -345,7 +348,7 @@ class RecipeItem(Spec):
             if self.mode == "mean-ablate" and self.mean is None:
                 raise sentence("field 'mean' is missing; mean-ablation needs the latent's mean "
                                "activation over a store")
-        self.name = self.name or ("concept" if self.kind == "concept" else f"latent {self.latent}")
+        self.name = self.name or (f"latent {self.latent}" if self.kind == "latent" else self.kind)
         return self
 
     def as_dict(self) -> dict[str, Any]:

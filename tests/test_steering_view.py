@@ -38,9 +38,10 @@ def top_latent(small_workspace) -> int:
         return int(load_feature_stats(store, small_workspace.sae_id).max.argmax())
 
 
-def _open(qtbot, bridge, ws, focus: int | None = None) -> tuple[AppState, SteeringView]:
+def _open(qtbot, bridge, ws, focus: int | None = None, follow: bool = False) -> tuple[AppState, SteeringView]:
     state = AppState(bridge)
     view = SteeringView(state)
+    view.generate.links.follow.setChecked(follow)
     qtbot.addWidget(view)
     view.resize(1200, 700)
     view.show()

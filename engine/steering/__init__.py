@@ -1,6 +1,16 @@
 """Steering a model: interventions at hook points (added directions, clamped or ablated SAE
-latents), steered generation beside the baseline, sweeps, concept injection, and recipes."""
+latents), steered generation beside the baseline, sweeps, concept injection, recipes,
+delta vectors from two groups of store rows, and prediction steering for classifiers."""
 
+from engine.steering.delta import (
+    REST,
+    DeltaVector,
+    LabelValue,
+    StoreGroups,
+    delta_item,
+    delta_vector,
+    store_groups,
+)
 from engine.steering.injection import (
     DEFAULT_QUESTIONS,
     InjectionResult,
@@ -8,6 +18,7 @@ from engine.steering.injection import (
     inject_concept,
     naming_rates,
 )
+from engine.steering.predict import PredictionShift, classifier_spec, steer_predictions
 from engine.steering.recipe import (
     LATENT_MODES,
     OCEAN_TEXTS,
@@ -18,6 +29,7 @@ from engine.steering.recipe import (
     generate_stream,
     inject_item,
     latent_item,
+    latent_items,
     latent_means,
     recipe_interventions,
     steerable_hooks,
@@ -38,4 +50,5 @@ from engine.steering.sweep import NEUTRAL_PROMPTS, SweepResult, load_concept_set
 __all__ = ["NEUTRAL_PROMPTS", "load_concept_sets", "first_divergence", "shift_text", "LATENT_MODES", "OCEAN_TEXTS", "OCEAN_WORDS", "OTHER_TEXTS", "latent_means", "recipe_interventions", "DEFAULT_QUESTIONS", "InjectionTrial", "naming_rates", "AblateLatents", "AddDirection", "ClampLatents", "Generation", "GenerationComparison",
            "InjectionResult", "SweepResult", "check_item", "compare_generation", "generate_stream",
            "inject_concept", "inject_item", "latent_item", "steerable_hooks", "steered",
-           "sweep_item"]
+           "sweep_item", "REST", "DeltaVector", "LabelValue", "delta_item", "delta_vector", "store_groups", "StoreGroups",
+           "latent_items", "PredictionShift", "classifier_spec", "steer_predictions"]

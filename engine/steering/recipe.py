@@ -15,7 +15,7 @@ import torch
 
 from engine.errors import LatentLabError
 from engine.features.encode import cached_sae, latent_values
-from engine.hooks import checking
+from engine.hooks import check_hooks, checking
 from engine.jobs import JobContext
 from engine.lru import LockedLRU
 from engine.models.base import ModelAdapter
@@ -134,10 +134,9 @@ def recipe_interventions(adapter: ModelAdapter, recipe: Sequence[Mapping[str, An
         if not item["enabled"]:
             continue
         hook, strength = item["hook"], item["strength"]
-        if item["kind"] == "concept":
+        if item["kind"] in ("concept", "direction"):
             if strength:
-                out.append(AddDirection(hook, cached_concept(adapter, hook, item["positive"], item["negative"]),
-                                        strength))
+                out.append(AddDirection(hook, item_direction(adapter, item), strength))
             continue
         sae = cached_sae(item["sae"], adapter.device)
         latent = item["latent"]
@@ -257,8 +256,11 @@ def _baseline_logprobs(adapter: ModelAdapter, inputs: dict[str, torch.Tensor]) -
 
 
 def steerable_hooks(ctx: JobContext, model: str) -> list[str]:
-    """Job: the model's hook points (loading it once, so later steering starts warm)."""
-    adapter = _ready_model(model, ctx.device)
+    """Job: the model's hook points (loading it once, so later steering starts warm); a
+    classifier's too (its predictions are steered instead of a text)."""
+    adapter = cached_model(model)
+    if adapter.device != ctx.device:
+        adapter.to(ctx.device)
     return list(adapter.hook_sites())
 
 
@@ -268,18 +270,30 @@ def latent_item(ctx: JobContext, sae: str, latent: int, hook: str, store: str | 
     strength starts at the latent's largest activation there (a scale the latent itself
     reaches; the slider range is twice that) and ``mean`` holds its mean activation over
     the store's rows, for mean-ablation (stored codes are read when ``stats_id`` has them)."""
+    return latent_items(ctx, sae, [latent], hook, store, stats_id)[0]
+
+
+def latent_items(ctx: JobContext, sae: str, latents: Sequence[int], hook: str, store: str | None = None,
+                 stats_id: str | None = None) -> list[dict[str, Any]]:
+    """Job: ``latent_item`` for each of ``latents`` (one pass over the store for all)."""
+    latents = [int(j) for j in latents]
     n_latents = cached_sae(sae, "cpu").W_dec.shape[0]
-    if not 0 <= int(latent) < n_latents:
-        raise LatentLabError(f"latent {latent} is outside the SAE in {sae} ({n_latents} latents)")
-    top, mean = 10.0, 0.0
-    if store:
-        values = latent_values(ctx, Path(store), hook, Path(sae), [int(latent)], stats_id=stats_id)[:, 0]
-        if values.size:
-            top = float(values.max()) if values.max() > 0 else top
-            mean = float(values.mean())
-    return check_item({"kind": "latent", "hook": hook, "sae": str(sae), "latent": int(latent),
-                       "mode": "add", "strength": round(top, 2), "range": round(2 * top, 1),
-                       "mean": mean, "name": f"latent {int(latent)}"})
+    for j in latents:
+        if not 0 <= j < n_latents:
+            raise LatentLabError(f"latent {j} is outside the SAE in {sae} ({n_latents} latents)")
+    values = None
+    if store and latents:
+        values = latent_values(ctx, Path(store), hook, Path(sae), latents, stats_id=stats_id)
+    items = []
+    for k, j in enumerate(latents):
+        top, mean = 10.0, 0.0
+        if values is not None and values.shape[0]:
+            top = float(values[:, k].max()) if values[:, k].max() > 0 else top
+            mean = float(values[:, k].mean())
+        items.append(check_item({"kind": "latent", "hook": hook, "sae": str(sae), "latent": j, "mode": "add",
+                                 "strength": round(top, 2), "range": round(2 * top, 1), "mean": mean,
+                                 "name": f"latent {j}"}))
+    return items
 
 
 def latent_means(ctx: JobContext, store: str | Path, hook: str, sae: str | Path,
@@ -287,6 +301,20 @@ def latent_means(ctx: JobContext, store: str | Path, hook: str, sae: str | Path,
     """Job: each latent's mean activation over all of the store's rows of ``hook``."""
     values = latent_values(ctx, Path(store), hook, Path(sae), [int(j) for j in latents])
     return [float(v) for v in values.mean(0)] if values.size else [0.0] * len(latents)
+
+
+def stored_direction(adapter: ModelAdapter, item: Mapping[str, Any], hook: str) -> torch.Tensor:
+    """A ``direction`` item's vector on the model's device; LatentLabError when it is asked
+    for at another hook point or its width is not the hook point's."""
+    if hook != item["hook"]:
+        raise LatentLabError(f"{item['name']} is a direction at {item['hook']}; it has no direction at "
+                             f"{hook} (make a delta vector there)")
+    check_hooks([hook], list(adapter.hook_sites()), adapter.model_id)
+    width = adapter.hook_dims([hook])[hook]
+    if len(item["vector"]) != width:
+        raise LatentLabError(f"{item['name']} has {len(item['vector'])} values but {hook} of "
+                             f"{adapter.model_id} is {width} wide")
+    return torch.tensor(item["vector"], dtype=torch.float32, device=adapter.device)
 
 
 # ---------------------------------------------------------------------- sweeps and injection
@@ -297,6 +325,8 @@ def item_direction(adapter: ModelAdapter, item: Mapping[str, Any], hook: str | N
     hook = hook or item["hook"]
     if item["kind"] == "concept":
         return cached_concept(adapter, hook, item["positive"], item["negative"])
+    if item["kind"] == "direction":
+        return stored_direction(adapter, item, hook)
     if hook != item["hook"]:
         raise LatentLabError(f"{item['name']} is a latent of an SAE at {item['hook']}; it has no "
                              f"direction at {hook} (sweep its strength only, or use a concept vector)")

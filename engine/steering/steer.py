@@ -22,7 +22,9 @@ MIN_SHIFT = 1e-6  # a next-token probability change below this is not listed as 
 @dataclass(frozen=True, eq=False)
 class AddDirection:
     """Add ``alpha * direction`` (d,) at ``hook``, at every token or at absolute
-    token positions ``positions`` (0 = the first token, BOS included)."""
+    token positions ``positions`` (0 = the first token, BOS included). At a hook whose
+    tensor is a feature map (batch, channels, h, w), ``direction`` is a stored row of it
+    (channels x h x w, flattened as the store's rows are)."""
 
     hook: str
     direction: torch.Tensor
@@ -109,6 +111,8 @@ def _add_fn(iv: AddDirection, offset: _Offset):
     """The replacement function of an AddDirection (seq is dim -2 for (batch, seq, d))."""
     def fn(x: torch.Tensor) -> torch.Tensor:
         step = (iv.alpha * iv.direction).to(device=x.device, dtype=x.dtype)
+        if step.shape[-1] != x.shape[-1] and step.numel() == x[0].numel():
+            step = step.reshape(x.shape[1:])  # a flattened row of a (channels, h, w) map: its layout
         if iv.positions is None:
             return x + step
         seq = x.shape[-2]

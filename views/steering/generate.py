@@ -1,6 +1,8 @@
-"""The steering view's Generate tab: the list of interventions (from the focused SAE latent
-or from two concept prompt sets), a strength slider and a layer slider for the chosen one,
-and the baseline and steered continuations side by side with their divergence marked.
+"""The steering view's Generate tab: the list of interventions (the focused SAE latent, which
+a "focused latent" row follows; the selected latents in one action; a concept from two
+prompt sets; a delta vector from two groups of store rows), a strength slider and a layer
+slider for the chosen one, and the baseline and steered continuations side by side with
+their divergence marked (for a classifier: its predictions per class before and after).
 Moving a slider replaces the running steered generation (the engine cancels the stale one
 between tokens) and streams the new text in token by token."""
 
@@ -32,6 +34,8 @@ from PySide6.QtWidgets import (
     QSlider,
     QSpinBox,
     QSplitter,
+    QStackedWidget,
+    QTabWidget,
     QTextBrowser,
     QVBoxLayout,
     QWidget,
@@ -45,16 +49,22 @@ from engine.api import (
     OCEAN_TEXTS,
     OTHER_TEXTS,
     Generation,
+    PredictionShift,
+    classifier_spec,
     first_divergence,
     generate_stream,
     latent_item,
     load_concept_sets,
     shift_text,
+    steer_predictions,
     steerable_hooks,
 )
 from engine.errors import LatentLabError
 from views.common.requests import Requests
 from views.steering.common import item_label, printable, status_row
+from views.steering.linked import LatentLinks
+from views.steering.predictions import PredictionPanel
+from views.steering.rows import DeltaBox
 
 SLIDER_TICKS = 400  # slider positions across an item's strength range
 STEERED_BG, BASELINE_BG = "#ffd59e", "#dfe6ee"  # tokens from the first divergence on
@@ -94,6 +104,7 @@ class GenerateTab(QWidget):
         super().__init__(parent)
         self.state = state
         self.hooks: list[str] = []
+        self.classifier: str | None = None  # the model spec when the model is a classifier
         self.baseline: Generation | None = None
         self.steered: Generation | None = None
         self.requested_at = 0.0  # perf_counter of the latest steered request
@@ -105,6 +116,8 @@ class GenerateTab(QWidget):
         self._pending_draw: set[str] = set()  # texts with a redraw scheduled  # the divergence the texts were drawn with  # what the running or shown steered text was made from
         self._build()
         self.jobs = Requests(state, self.progress, self.status, self, prefix="steering")
+        self.delta = DeltaBox(state, self.jobs, self.add_item)
+        self.sources.addTab(self.delta, "Delta from rows")
         state.steering_changed.connect(self._on_recipe_changed)
         state.model_changed.connect(self._on_model_changed)
         self._on_recipe_changed(state.steering)
@@ -128,10 +141,33 @@ class GenerateTab(QWidget):
         row.addWidget(self.add_latent)
         row.addWidget(self.remove)
         lv.addLayout(row)
+        self.links = LatentLinks(self)
+        lv.addLayout(self.links.row())
         lv.addWidget(self._build_editor())
-        lv.addWidget(self._build_concept())
+        self.sources = QTabWidget()
+        self.sources.addTab(self._build_concept(), "Concept from prompts")
+        lv.addWidget(self.sources)
+        self.predictions = PredictionPanel()
+        self.pages = QStackedWidget()
+        self.pages.addWidget(self._build_texts())
+        self.pages.addWidget(self.predictions)
         right = QWidget()
         rv = QVBoxLayout(right)
+        rv.setContentsMargins(0, 0, 0, 0)
+        rv.addWidget(self.pages, 1)
+        rv.addLayout(status_row(self))
+        split = QSplitter(Qt.Orientation.Horizontal)
+        split.addWidget(left)
+        split.addWidget(right)
+        split.setStretchFactor(1, 1)
+        split.setSizes([360, 700])
+        layout = QVBoxLayout(self)
+        layout.addWidget(split)
+
+    def _build_texts(self) -> QWidget:
+        """The prompt bar, the baseline and steered texts, and their comparison."""
+        page = QWidget()
+        rv = QVBoxLayout(page)
         rv.setContentsMargins(0, 0, 0, 0)
         rv.addLayout(self._build_prompt_bar())
         texts = QSplitter(Qt.Orientation.Horizontal)
@@ -149,14 +185,7 @@ class GenerateTab(QWidget):
         self.comparison.setWordWrap(True)
         self.comparison.setTextFormat(Qt.TextFormat.PlainText)
         rv.addWidget(self.comparison)
-        rv.addLayout(status_row(self))
-        split = QSplitter(Qt.Orientation.Horizontal)
-        split.addWidget(left)
-        split.addWidget(right)
-        split.setStretchFactor(1, 1)
-        split.setSizes([360, 700])
-        layout = QVBoxLayout(self)
-        layout.addWidget(split)
+        return page
 
     def _build_editor(self) -> QGroupBox:
         box = QGroupBox("Chosen intervention")
@@ -192,8 +221,10 @@ class GenerateTab(QWidget):
         self.editor = box
         return box
 
-    def _build_concept(self) -> QGroupBox:
-        box = QGroupBox("Concept from two prompt sets (one text per line)")
+    def _build_concept(self) -> QWidget:
+        box = QWidget()
+        box.setToolTip("A concept vector: the mean activation of the first prompt set minus the "
+                       "second's (one text per line)")
         v = QVBoxLayout(box)
         self.concept_name = QLineEdit("ocean")
         self.positive = QPlainTextEdit("\n".join(OCEAN_TEXTS))
@@ -276,8 +307,14 @@ class GenerateTab(QWidget):
 
     def add_item(self, item: dict[str, Any]) -> None:
         """Append an intervention to the recipe and choose it."""
-        self.state.set_steering([*self.recipe(), item])
-        self.items.setCurrentRow(len(self.state.steering) - 1)
+        self.add_items([item])
+
+    def add_items(self, items: list[dict[str, Any]]) -> None:
+        """Append interventions to the recipe (one change) and choose the first of them."""
+        first = len(self.state.steering)
+        self.state.set_steering([*self.recipe(), *items])
+        if items:
+            self.items.setCurrentRow(first)
 
     def add_concept(self) -> None:
         """Add a concept vector (mean of the first set minus the second) at the default layer."""
@@ -337,7 +374,7 @@ class GenerateTab(QWidget):
         self.strength_slider.setValue(self._tick(float(item.get("strength", 0.0))))
         layers = resid_hooks(self.hooks)
         hook = str(item.get("hook"))
-        self.layer_slider.setEnabled(not latent and hook in layers)
+        self.layer_slider.setEnabled(item.get("kind") == "concept" and hook in layers)
         self.layer_slider.setRange(0, max(len(layers) - 1, 0))
         if hook in layers:
             self.layer_slider.setValue(layers.index(hook))
@@ -414,12 +451,20 @@ class GenerateTab(QWidget):
 
     def _on_model_changed(self, model: str | None) -> None:
         self.hooks = []
+        self.classifier = None
         if model is None:
             return
+        try:
+            self.classifier = classifier_spec(model, self.state.workspace, self.state.store)
+        except LatentLabError as exc:
+            self.jobs.show_error(str(exc))
+            return
+        self.pages.setCurrentIndex(1 if self.classifier else 0)
         if not self.isVisible():
             self._pending = True
             return
-        self.jobs.submit("hooks", "hook points of the model", steerable_hooks, self._on_hooks, model=model)
+        self.jobs.submit("hooks", "hook points of the model", steerable_hooks, self._on_hooks,
+                         model=self.classifier or model)
         self.regenerate()
 
     def _on_hooks(self, hooks: list[str]) -> None:
@@ -434,6 +479,9 @@ class GenerateTab(QWidget):
 
     def regenerate(self, *_: Any) -> None:
         """Baseline and steered continuations again (the prompt or the settings changed)."""
+        if self.classifier:
+            self.generate_steered(force=True)
+            return
         if self.state.model is None or not self.prompt.text().strip() or self._pending:
             return
         self.baseline = None
@@ -445,18 +493,34 @@ class GenerateTab(QWidget):
     def generate_steered(self, force: bool = False) -> None:
         """Replace the running steered generation with one under the current recipe (not when
         only a label or a slider range changed)."""
-        if self.state.model is None or not self.prompt.text().strip() or self._pending:
+        if self.state.model is None or self._pending or not (self.classifier or self.prompt.text().strip()):
             return
         effective = [{k: v for k, v in item.items() if k not in ("name", "range")} for item in self.recipe()]
-        asked = json.dumps([self.state.model, effective, self.settings()], sort_keys=True, default=str)
+        asked = json.dumps([self.state.model, str(self.state.store), effective, self.settings()], sort_keys=True,
+                           default=str)
         if asked == self._asked and not force:
             return
         self._asked = asked
         self.requested_at = time.perf_counter()
         self.steered = None
+        if self.classifier:
+            self.predict()
+            return
         self.jobs.submit("steered", "steered continuation", generate_stream, self._on_steered,
                          on_partial=self._on_steered, model=self.state.model, recipe=self.recipe(),
                          which="steered", **self.settings())
+
+    def predict(self) -> None:
+        """A classifier's predictions on the store's images without and with the recipe."""
+        if self.state.store is None:
+            self.jobs.show_error("Open the classifier's store: its images are what is classified.")
+            return
+        self.jobs.submit("steered", "steered predictions", steer_predictions, self._on_predictions,
+                         model=self.classifier, recipe=self.recipe(), store=str(self.state.store))
+
+    def _on_predictions(self, result: PredictionShift) -> None:
+        self.predictions.show_result(result)
+        self.status.setText("")
 
     def _on_baseline(self, gen: Generation) -> None:
         self.baseline = gen
@@ -531,6 +595,9 @@ class GenerateTab(QWidget):
         recipe = "; ".join(item_label(i) for i in self.state.steering if i.get("enabled", True)) or "no interventions"
         y = self._paint_html(painter, QPointF(rect.left() + pad, rect.top() + pad), width,
                              f"<b>Steering:</b> {html.escape(recipe)}")
+        if self.classifier:
+            self._paint_html(painter, QPointF(rect.left() + pad, y + 8), width, self.predictions.html())
+            return
         half = (width - pad) / 2
         heights = [self._paint_html(painter, QPointF(rect.left() + pad + k * (half + pad), y + 8), half,
                                     f"<h3>{title}</h3>{self.html[which]}")
@@ -559,11 +626,17 @@ class GenerateTab(QWidget):
         self.jobs.forget_all()
 
     def session_state(self) -> dict[str, Any]:
-        return {**self.settings(), "concept": {"name": self.concept_name.text(),
+        return {**self.settings(), "follow_focus": self.links.follow.isChecked(),
+                "delta": self.delta.session_state(), "concept": {"name": self.concept_name.text(),
                                                "positive": self.positive.toPlainText(),
                                                "negative": self.negative.toPlainText()}}
 
     def restore_session(self, data: dict[str, Any]) -> None:
+        if isinstance(data.get("follow_focus"), bool):
+            with QSignalBlocker(self.links.follow):
+                self.links.follow.setChecked(data["follow_focus"])
+        if isinstance(data.get("delta"), dict):
+            self.delta.restore_session(data["delta"])
         concept = data.get("concept")
         if isinstance(concept, dict):
             self.concept_name.setText(str(concept.get("name", "")))
