@@ -18,9 +18,10 @@ from engine.capture import capture
 from engine.demo import GROWING, Stage, build_demo, growth_steps, layers_store, needs_layers
 from engine.jobs import JobContext
 from engine.projection.layout import Layout
+from engine.sae.trainer import TrainingPoint
 from engine.store.activations import ActivationStore
 from engine.workspace import Workspace
-from tests.conftest import small_demo_spec
+from tests.conftest import small_demo_spec, wait_until
 
 HOOKS = ["embed", "blocks.0.hook_resid_post", "blocks.1.hook_resid_post", "blocks.2.hook_resid_post"]
 
@@ -54,6 +55,9 @@ def test_a_fresh_demo_announces_a_first_slice_and_its_layout_before_the_whole_st
     assert i_first < pca[0][0] < i_whole < pca[1][0]  # each store, then its picture
     assert 0 < len(pca[0][1].ids) <= 500 and pca[0][1].ids.max() < 500 and pca[1][1].ids.max() >= 500
     assert [o.stage for o in seen if isinstance(o, Stage)][2:] == ["sae", "stats", "projection"]
+    i_sae = next(i for i, o in stages if o.stage == "sae")
+    curves = [i for i, o in enumerate(seen) if isinstance(o, TrainingPoint)]  # the jobs panel draws them
+    assert curves and i_whole < curves[0] and curves[-1] < i_sae and seen[curves[-1]].heldout
     assert not (ws.root / "stores" / GROWING).exists()  # the copies go once the pipeline is done
     assert Workspace.open(ws.root).store == ws.store
     # the whole store: every hook point, rows aligned, the same rows as one capture in one go
@@ -102,3 +106,16 @@ def test_the_weight_hash_is_read_back_for_the_same_weight_files_only(tiny_llama,
     weights = next(folder.glob("*.safetensors"))
     os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))  # other weights
     assert remember_weight_hash(HFCausalLM(folder), folder).weight_hash() == weight_fingerprint(model.module)
+
+
+def test_the_window_shows_the_first_slice_then_the_whole_store(window, qtbot, tiny_llama, tmp_path):
+    scatter, drawn = window.views["Scatter"], []
+    window.state.projection_changed.connect(  # after the scatter drew it (it connected first)
+        lambda name: drawn.append((name, len(scatter.colours()), window.state.store)))
+    root = tmp_path / "demo"
+    assert window.open_workspace(root, demo=small_demo_spec(tiny_llama, hooks=HOOKS, first_tokens=500, sae_epochs=1))
+    wait_until(qtbot, lambda: not window.bridge.busy(), 180)
+    rows = [(n, store) for name, n, store in drawn if name == "rows/pca"]
+    assert rows[0][1].parent.name == GROWING and 0 < rows[0][0] <= 500  # the first slice's picture
+    assert rows[-1][1] == window.state.store == root / "stores" / "demo_llama.h5" and rows[-1][0] > 500
+    assert len(scatter.colours()) == rows[-1][0] and not (root / "stores" / GROWING).exists()
