@@ -5,10 +5,10 @@ interleaved, ``--repeats`` times each:
 
   first      a fresh workspace folder (LATENTLAB_WORKSPACE), the model cache warm (the
              SmolLM2 safetensors converted once, numba's kernels compiled)
-  second     the same kind of folder once the demo pipeline has built all of it (built
-             before the runs with ``main.py demo``, the same pipeline headless)
-  older      a copy of an older demo workspace (one hook point; ``--older``), which
-             opens from what it has while its other hook points are captured afterwards
+  second     the same folder launched again (the first launch was ended at its first
+             scatter, so the capture goes on from the rows it had)
+  older      a copy of a whole older demo workspace (one hook point; ``--older``): every
+             stage is found complete, and its other hook points are captured afterwards
   cold       a fresh workspace and an empty LatentLab cache (LATENTLAB_CACHE): the GGUF
              file is converted to safetensors and umap's kernels compile in the background
 
@@ -68,14 +68,6 @@ def launch(workspace: Path, cache: Path | None, config: Path, timeout: float) ->
     return result
 
 
-def build_complete(folder: Path) -> float:
-    """Build a whole demo workspace headless (``main.py demo``); its seconds."""
-    t0 = time.time()
-    subprocess.run([sys.executable, str(ROOT / "main.py"), "demo", "--workspace", str(folder), "--device", "cpu"],
-                   cwd=ROOT, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return time.time() - t0
-
-
 def breakdown() -> dict:
     """In a fresh process: the steps of a first launch one after another, in seconds."""
     code = r"""
@@ -122,8 +114,6 @@ def main() -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--cases", default=",".join(CASES))
     p.add_argument("--older", default=str(OLDER), help="an older (one hook point) demo workspace to copy")
-    p.add_argument("--second", default=None, help="a whole demo workspace to copy for the second launch "
-                   "(default: build one with main.py demo)")
     p.add_argument("--timeout", type=float, default=240.0)
     p.add_argument("--breakdown", action="store_true", help="also time a first launch's steps one by one")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "first_launch.json"))
@@ -138,11 +128,6 @@ def main() -> int:
                     "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                     "load_average_before": os.getloadavg(), "cores": os.cpu_count()}
     try:
-        if "second" in cases and args.second:
-            shutil.copytree(args.second, scratch / "second")
-        elif "second" in cases:
-            record["second_workspace_built_s"] = round(build_complete(scratch / "second"), 1)
-            print(f"built the second-launch workspace in {record['second_workspace_built_s']} s", flush=True)
         if "older" in cases:
             shutil.copytree(args.older, scratch / "older", ignore=shutil.ignore_patterns("*_layers.h5*", "growing"))
         if args.breakdown:
@@ -151,13 +136,13 @@ def main() -> int:
         runs: dict[str, list] = {c: [] for c in cases}
         for rep in range(args.repeats):
             for case in cases:
-                folder = {"second": scratch / "second", "older": scratch / "older"}.get(case, scratch / f"{case}{rep}")
+                folder = {"second": scratch / f"first{rep}", "older": scratch / "older"}.get(case, scratch / f"{case}{rep}")
                 cache = scratch / f"cache{rep}" if case == "cold" else None
                 r = {"load_average": round(os.getloadavg()[0], 1), **launch(folder, cache, config, args.timeout)}
                 runs[case].append(r)
                 print(f"{case:6s} run {rep + 1}: first scatter {r['seconds']} s ({r['points']} points; "
                       f"load average {r['load_average']})", flush=True)
-                if case in ("first", "cold"):
+                if case in ("second", "cold") or case == "first" and "second" not in cases:
                     shutil.rmtree(folder, ignore_errors=True)
                     if cache is not None:
                         shutil.rmtree(cache, ignore_errors=True)
