@@ -19,7 +19,7 @@ from PySide6.QtWidgets import (
 
 from engine.api import PredictionShift
 
-COLUMNS = ("class", "predicted before", "after", "change", "mean p before", "after")
+COLUMNS = ("class", "images before", "after", "change", "mean p before", "after")
 GAIN, LOSS = QColor("#cfe8cf"), QColor("#f5d0d0")
 
 
@@ -41,7 +41,11 @@ class PredictionPanel(QWidget):
         self.table = QTableWidget(0, len(COLUMNS))
         self.table.setHorizontalHeaderLabels(list(COLUMNS))
         self.table.verticalHeader().hide()
-        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
+        header = self.table.horizontalHeader()
+        header.setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
+        header.setMinimumSectionSize(header.fontMetrics().horizontalAdvance("mean p before") + 16)
+        self.table.setToolTip("Images predicted as each class without and with the recipe, and the "
+                              "class's mean softmax probability")
         self.table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
         v = QVBoxLayout(self)
         v.setContentsMargins(0, 0, 0, 0)
