@@ -157,12 +157,14 @@ def build_demo(ctx: JobContext, root: str | os.PathLike, spec: DemoSpec | None =
     grown = False
     if not _store_complete(store, spec.hook, spec.max_tokens):
         grown = _grow(_stage_ctx(ctx, 1, n, "capture"), ws, spec, store)
+    # the growing copy's picture gives way to the whole store's at once: its PCA comes first
+    rows_pca = project(_stage_ctx(ctx, 1, n, "capture"), store, spec.hook, method="pca", what="rows",
+                       cache_dir=ws.projections_dir) if grown else None
     ws.model, ws.store, ws.hook = spec.model, store, spec.hook
     ws.save()
     ctx.partial(Stage("store", ws.model_copy()))
-    if grown:  # the growing copy's picture gives way to the whole store's at once
-        ctx.partial(project(_stage_ctx(ctx, 1, n, "capture"), store, spec.hook, method="pca", what="rows",
-                            cache_dir=ws.projections_dir))
+    if rows_pca is not None:
+        ctx.partial(rows_pca)
 
     sae_dir = ws.root / "saes" / spec.sae_name
     if not ((sae_dir / "metrics.json").is_file() and (sae_dir / "cfg.json").is_file()):
