@@ -479,7 +479,7 @@ def class_name(stats: FeatureStats, cls: int) -> str:
     return stats.label_classes[cls] if cls < len(stats.label_classes) else str(cls)
 
 
-def _token_text(vocab: Any, token_id: int, width: int = 12) -> str:
+def _token_text(vocab: Any, token_id: int, width: int = 16) -> str:
     """A token as a short visible string (whitespace shown), or #id without a vocabulary."""
     if vocab is None:
         return f"#{int(token_id)}"

@@ -59,7 +59,9 @@ class TextProbe(QWidget):
         self.tokens_view = QTextBrowser()
         self.tokens_view.setOpenLinks(False)
         self.tokens_view.anchorClicked.connect(self._on_anchor)
-        self.tokens_view.setMinimumHeight(60)
+        line = self.tokens_view.fontMetrics().lineSpacing()
+        self.tokens_view.setMinimumHeight(2 * line + 12)
+        self.tokens_view.setMaximumHeight(4 * line + 12)  # longer texts scroll: the latents need the room
         self.token_title = QLabel()
         self.token_title.setWordWrap(True)
         self.latents = small_table(["latent", "activation", "auto-label"])
@@ -76,9 +78,9 @@ class TextProbe(QWidget):
         notes.addWidget(self.note, 1)
         notes.addWidget(self.by_focus)
         col.addLayout(notes)
-        col.addWidget(self.tokens_view, 2)
+        col.addWidget(self.tokens_view)
         col.addWidget(self.token_title)
-        col.addWidget(self.latents, 3)
+        col.addWidget(self.latents, 1)
 
     # ------------------------------------------------------------ input
     def submit(self) -> None:
@@ -104,7 +106,7 @@ class TextProbe(QWidget):
         self.token = int(np.argmax(result.strongest())) if result is not None and len(result.tokens) else -1
         if result is not None and not note:
             note = (f"{len(result.tokens)} tokens" + (" (the text was cut there)" if result.truncated else "")
-                    + "; click a token to list its latents, double-click a latent to open it.")
+                    + ": click a token for its latents; double-click one to open it.")
         self.note.setText(note)
         self._draw_tokens()
         self._fill_latents()

@@ -139,6 +139,8 @@ class FeatureBrowser(QWidget):
         self.active_title = QLabel()
         self.active_list = QListWidget()
         self.active_list.setMaximumHeight(120)
+        self.active_list.setWordWrap(True)  # a long label wraps instead of scrolling sideways
+        self.active_list.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.active_list.itemClicked.connect(self._on_item_clicked)
         self.empty_label = QLabel()
         self.model = LatentTableModel(self)
@@ -165,8 +167,7 @@ class FeatureBrowser(QWidget):
         self.split.addWidget(self.top_tabs)
         self.split.addWidget(self.detail)
         self.split.setChildrenCollapsible(False)
-        self.split.setStretchFactor(0, 4)
-        self.split.setStretchFactor(1, 5)
+        self.split.setSizes([5000, 5000])  # half each, whatever height the dock gets (kept in proportion)
         return self.split
 
     def _build_table(self) -> LatentTableView:
