@@ -5,6 +5,7 @@ imports a view."""
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,6 +30,7 @@ from PySide6.QtWidgets import (
 from desktop_app.bridge import FAILED, EngineBridge
 from desktop_app.export import FORMATS, export_figure
 from desktop_app.jobs_panel import JobsPanel
+from desktop_app.opening import Opening, RecentLists, active_items, chosen_before
 from desktop_app.session import Session
 from desktop_app.state import AppState
 from desktop_app.view import View
@@ -40,11 +42,11 @@ if TYPE_CHECKING:
     from desktop_app.sae_dialog import TrainRequest
 
 ViewFactory = Callable[[AppState], QWidget]  # the widget implements desktop_app.view.View
-MAX_RECENT = 8
 APP_NAME = "LatentLab"
+RECENT_MENUS = {"stores": "Recent Stores", "saes": "Recent SAEs", "models": "Recent Models"}
 
 
-class MainWindow(QMainWindow):
+class MainWindow(Opening, QMainWindow):
     """Docks one widget per view around the engine's jobs panel."""
 
     ask_on_close = False  # closing with unsaved session changes asks whether to save them (run_app: True)
@@ -54,6 +56,7 @@ class MainWindow(QMainWindow):
         super().__init__()
         self.state, self.bridge = state, bridge
         self.settings = settings or QSettings("LatentLab", "LatentLab")
+        self.recent = RecentLists(self.settings)
         self.setWindowTitle(APP_NAME)
         self.setDockNestingEnabled(True)
         self.errors: list[tuple[str, str]] = []  # (sentence, details) shown to the user
@@ -62,6 +65,9 @@ class MainWindow(QMainWindow):
         self._saved: dict[str, Any] | None = None  # the session as last saved or restored; None: nothing to save
         self._settling = False  # take the session as saved once the engine is idle (what opening loads)
         self._restore_when_ready = False
+        self._demo_job: int | None = None  # the demo pipeline's job while it builds the workspace
+        self._records: list[Callable[[], None]] = []  # manifest updates waiting for that job to end
+        self._chosen: Workspace | None = None  # the active items the app chose there before the rebuild
         self.docks: dict[str, QDockWidget] = {}  # the views' and the jobs panel's
         # no central widget: every panel is a dock, so any can move anywhere. The first view
         # sits left, the second right, and later ones are tabs behind the second.
@@ -99,9 +105,16 @@ class MainWindow(QMainWindow):
     def _build_menus(self) -> None:
         file = self.menuBar().addMenu("&File")
         self._action(file, "Open &Workspace...", QKeySequence.StandardKey.Open, self.choose_workspace)
-        self._action(file, "Open &Store...", "Ctrl+Shift+O", self.choose_store)
         self.recent_menu = file.addMenu("Open &Recent")
         self.recent_menu.aboutToShow.connect(self._fill_recent)
+        file.addSeparator()
+        self.recent_menus = {}
+        for kind, text, shortcut, slot in (("stores", "Open &Store...", "Ctrl+Shift+O", self.choose_store),
+                                           ("saes", "Open S&AE...", None, self.choose_sae),
+                                           ("models", "Open &Model...", None, self.choose_model)):
+            self._action(file, text, shortcut, slot)
+            menu = self.recent_menus[kind] = file.addMenu(RECENT_MENUS[kind])
+            menu.aboutToShow.connect(lambda kind=kind: self._fill_recent_kind(kind))
         file.addSeparator()
         self._action(file, "&Save Session", QKeySequence.StandardKey.Save, self.save_session)
         self._action(file, "Save Session &As...", QKeySequence.StandardKey.SaveAs, self.save_session_as)
@@ -154,6 +167,11 @@ class MainWindow(QMainWindow):
         job = self.bridge.jobs[job_id]
         if state == FAILED and job.on_error is None and job.error is not None:
             self.show_error(*job.error)
+        if job_id == self._demo_job:  # the pipeline no longer writes the manifest
+            self._demo_job = None
+            for record in self._records:
+                record()
+            self._records.clear()
 
     # ------------------------------------------------------------------ workspaces
     def open_workspace(self, path: str | Path, demo: DemoSpec | None = None, restore: bool = False) -> bool:
@@ -178,15 +196,21 @@ class MainWindow(QMainWindow):
                 self.show_error(f"cannot create workspace folder {path} ({exc.strerror})")
                 return False
             self.state.set_workspace(path)
-            self.bridge.submit("Demo workspace", build_demo, key="workspace", root=path, spec=demo,
-                               on_partial=self._on_workspace_partial, on_result=self._on_ready)
-        self._remember(path)
+            self._chosen = chosen_before(path)
+            self._demo_job = self.bridge.submit("Demo workspace", build_demo, key="workspace", root=path, spec=demo,
+                                                on_partial=self._on_workspace_partial, on_result=self._on_ready)
+        self.recent.add("workspaces", path)
         return True
 
     def _on_ready(self, ws: Workspace) -> None:
         since = f" {time.perf_counter() - self.launched:.1f} s after launch" if self.launched else ""
         self.jobs.write(f"workspace {ws.root.name} ready{since}")
         self.statusBar().showMessage(f"workspace {ws.root} ready{since}", 10000)
+        chosen, self._chosen = self._chosen, None
+        if chosen is not None and chosen.root == ws.root and active_items(chosen) != active_items(ws):
+            self._apply_workspace(chosen)  # what was opened there last time, not the demo's items
+            self._request_projections(chosen)
+            self._records.append(lambda: self._record(active_items(chosen)))  # the rebuild wrote the demo's
         self._workspace_ready(ws)
 
     def _workspace_ready(self, ws: Workspace) -> None:
@@ -269,7 +293,7 @@ class MainWindow(QMainWindow):
     def open_store(self, path: str | Path) -> bool:
         """Make a store file the active one (its first hook point); a bad file is reported."""
         from engine.api import ActivationStore, validate
-        path = Path(path)
+        path = Path(os.path.normpath(Path(path).expanduser().absolute()))
         try:
             validate(path)
             with ActivationStore.open(path) as store:
@@ -285,7 +309,9 @@ class MainWindow(QMainWindow):
         root = self.state.workspace or path.parent
         self._request_projections(Workspace(root=Path(root), model=model, store=path,
                                             hook=hooks[0] if hooks else None))
-        self._remember(path)
+        self.recent.add("stores", path)
+        self._record(dict(model=model, store=path, hook=hooks[0] if hooks else None, sae=None, sae_id=None,
+                          stats=None), "stores", path)
         return True
 
     def choose_workspace(self) -> None:
@@ -319,26 +345,6 @@ class MainWindow(QMainWindow):
             self.open_store(result.path)
         return self.bridge.submit(f"Capture {Path(params['out']).name}", capture, on_result=done, **params)
 
-    def _remember(self, path: Path) -> None:
-        recent = [str(path)] + [p for p in self._recent() if p != str(path)]
-        self.settings.setValue("recent", recent[:MAX_RECENT])
-
-    def _recent(self) -> list[str]:
-        value = self.settings.value("recent", [])
-        return [value] if isinstance(value, str) else list(value or [])
-
-    def _fill_recent(self) -> None:
-        self.recent_menu.clear()
-        for item in self._recent():
-            action = self.recent_menu.addAction(item)
-            action.triggered.connect(lambda checked=False, p=item: self.open_recent(p))
-        if not self._recent():
-            self.recent_menu.addAction("(none)").setEnabled(False)
-
-    def open_recent(self, path: str) -> bool:
-        p = Path(path)
-        return self.open_store(p) if p.suffix in (".h5", ".hdf5") else self.open_workspace(p)
-
     def _on_selection_changed(self, selection) -> None:
         text = (f"{len(selection):,} {selection.kind} selected ({selection.how})" if len(selection)
                 else "selection cleared")
@@ -358,25 +364,13 @@ class MainWindow(QMainWindow):
         return dialog
 
     def start_training(self, request: TrainRequest) -> int:
-        """Train an SAE as a job; once trained it becomes the current SAE, its feature
-        statistics run when asked (then the browser lists its latents), and it is laid out."""
+        """Train an SAE as a job; once trained it becomes the current SAE (``use_sae``), its
+        feature statistics run when asked, and the workspace records it."""
         root = Path(self.state.workspace or request.store.parent)
 
         def trained(result) -> None:
-            ws = Workspace(root=root, model=request.model, store=request.store, hook=request.hook,
-                           sae=Path(result.out), sae_id=request.sae_id)
-            for stage in ("store", "sae"):
-                self._on_workspace_partial(Stage(stage, ws))
-            if request.stats:
-                self.bridge.submit(f"Feature statistics of {ws.sae_id}", api.sae_feature_stats,
-                                   on_partial=self.jobs.write, on_result=lambda _: stats_ready(ws), store=ws.store, sae=ws.sae,
-                                   hook=ws.hook, sae_id=ws.sae_id)
-            self._request_projections(ws)
-
-        def stats_ready(ws: Workspace) -> None:
-            if self.state.sae == ws.sae:  # not replaced by another SAE meanwhile
-                self._on_workspace_partial(Stage("stats", ws))
-
+            self.use_sae(Workspace(root=root, model=request.model, store=request.store, hook=request.hook,
+                                   sae=Path(result.out), sae_id=request.sae_id), stats=request.stats)
         return self.bridge.submit(f"Train SAE {request.out.name}", api.train_sae, on_result=trained,
                                   **request.train_params())
 

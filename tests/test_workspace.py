@@ -29,6 +29,30 @@ def test_manifest_round_trips_with_paths_relative_to_the_folder(tmp_path):
     assert {p.name for p in moved.iterdir()} >= {"stores", "saes", "projections", "workspace.json"}
 
 
+def test_manifest_lists_what_was_opened_relative_under_the_folder_absolute_elsewhere(tmp_path):
+    root, elsewhere = tmp_path / "a", tmp_path / "elsewhere"
+    ws = Workspace.create(root, model=f"{root / 'models' / 'cnn'}", store=elsewhere / "x.h5")
+    for kind, item in (("stores", root / "stores" / "y.h5"), ("stores", elsewhere / "x.h5"),
+                       ("stores", root / "stores" / "y.h5"), ("saes", root / "saes" / "topk"),
+                       ("models", f"{root / 'net.py'}:make?x=1"), ("models", "hf:gpt2"),
+                       ("models", str(elsewhere / "llama")), ("models", str(root / "cnn"))):
+        ws.remember(kind, item)
+    ws.chosen = True
+    ws.save()
+    data = json.loads((root / "workspace.json").read_text())
+    assert data["model"] == "models/cnn" and data["store"] == str(elsewhere / "x.h5") and data["chosen"]
+    assert data["opened_stores"] == ["stores/y.h5", str(elsewhere / "x.h5")]  # newest first, once each
+    assert data["opened_saes"] == ["saes/topk"]
+    assert data["opened_models"] == ["./cnn", str(elsewhere / "llama"), "hf:gpt2", "./net.py:make?x=1"]
+    moved = tmp_path / "b"
+    root.rename(moved)
+    again = Workspace.open(moved)
+    assert again.model == str(moved / "models" / "cnn") and again.store == elsewhere / "x.h5"
+    assert again.opened("stores") == [str(moved / "stores" / "y.h5"), str(elsewhere / "x.h5")]
+    assert again.opened("models") == [str(moved / "cnn"), str(elsewhere / "llama"), "hf:gpt2",
+                                      f"{moved / 'net.py'}:make?x=1"]
+
+
 @pytest.mark.parametrize("content, needle", [
     (None, "does not exist"),
     ("", "has no workspace.json"),
