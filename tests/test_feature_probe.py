@@ -100,6 +100,7 @@ def test_text_probe_codes_equal_an_independent_encode(ws, reference):
     j = int(result.latent[0])
     np.testing.assert_allclose(result.of_latent(j), codes[:, j], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(result.strongest(), codes.max(1), rtol=1e-4, atol=1e-5)
+    assert np.array_equal(result.strongest_latent(), np.where(codes.max(1) > 0, codes.argmax(1), -1))
     short = text_latents(JobContext(device=torch.device("cpu")), model=ws.model, hook=ws.hook,
                          sae_path=ws.sae, text=TEXT, max_tokens=5)
     assert len(short.tokens) == 5 and short.truncated

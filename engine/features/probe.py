@@ -49,9 +49,17 @@ class TextLatents(NamedTuple):
 
     def strongest(self) -> np.ndarray:
         """(n,) each token's largest activation (0 where nothing fires)."""
-        out = np.zeros(len(self.tokens), np.float32)
+        return self._first(self.value, 0.0)
+
+    def strongest_latent(self) -> np.ndarray:
+        """(n,) each token's strongest latent (-1 where nothing fires)."""
+        return self._first(self.latent, -1)
+
+    def _first(self, column: np.ndarray, empty: float) -> np.ndarray:
+        """Each token's first entry of ``column`` (its strongest), ``empty`` where it has none."""
+        out = np.full(len(self.tokens), empty, column.dtype)
         fires = self.ptr[1:] > self.ptr[:-1]
-        out[fires] = self.value[self.ptr[:-1][fires]]
+        out[fires] = column[self.ptr[:-1][fires]]
         return out
 
 

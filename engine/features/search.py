@@ -122,7 +122,7 @@ def search_latents(stats: FeatureStats, table: LatentTable, search_text: np.ndar
         parts = [("label text", int(mask.sum()))]
         if query.isdigit() and int(query) < d_sae:
             mask[int(query)] = True
-            parts.insert(0, (f"latent {int(query)}", 1))
+            parts.insert(0, (f"latent {int(query)}", -1))
         if " " not in query:
             found, token_parts = by_token(stats, vocab, query)
             mask |= found

@@ -131,13 +131,10 @@ class TextProbe(QWidget):
             return np.zeros(0)
         vmax = self._latent_max()
         if self.by_focus.isChecked() and self.focus is not None and 0 <= self.focus < r.d_sae:
-            values, strongest = r.of_latent(self.focus), np.full(len(r.tokens), self.focus)
+            values, latents = r.of_latent(self.focus), np.full(len(r.tokens), self.focus)
         else:
-            values = r.strongest()
-            fires = r.ptr[1:] > r.ptr[:-1]
-            strongest = np.where(fires, r.latent[np.minimum(r.ptr[:-1], max(len(r.latent) - 1, 0))]
-                                 if len(r.latent) else 0, -1)
-        scale = np.array([self._max_of(vmax, int(j), r) if j >= 0 else 0.0 for j in strongest])
+            values, latents = r.strongest(), r.strongest_latent()
+        scale = np.array([self._max_of(vmax, int(j), r) if j >= 0 else 0.0 for j in latents])
         return np.clip(np.divide(values, scale, out=np.zeros(len(values)), where=scale > 0), 0, 1)
 
     def _latent_max(self) -> np.ndarray | None:

@@ -75,12 +75,9 @@ def quality_line(name: str, q: SAEQuality | None) -> tuple[str, str]:
     if q is None:
         return (f"<b>SAE {html.escape(name)}</b>: no held-out metrics",
                 "its folder holds no metrics.json (trained elsewhere, or its training did not finish)")
-    parts = [f"{label} {text}" for label, value, text in (
-        ("FVU", q.fvu, f"{q.fvu:.3g}" if q.fvu is not None else ""),
-        ("L0", q.l0, f"{q.l0:.1f}" if q.l0 is not None else ""),
-        ("dead", q.dead_frac, f"{q.dead_frac:.1%}" if q.dead_frac is not None else ""),
-        ("loss recovered", q.loss_recovered,
-         f"{q.loss_recovered:.1%}" if q.loss_recovered is not None else "")) if value is not None]
+    fields = (("FVU", q.fvu, "{:.3g}"), ("L0", q.l0, "{:.1f}"), ("dead", q.dead_frac, "{:.1%}"),
+              ("loss recovered", q.loss_recovered, "{:.1%}"))
+    parts = [f"{label} {fmt.format(value)}" for label, value, fmt in fields if value is not None]
     rows = f"{q.n_rows:,} held-out rows" if q.n_rows else "held-out rows"
     tip = (f"measured by its training on {rows}: fraction of variance unexplained, mean latents "
            "firing per row, share of latents that never fired"
@@ -89,6 +86,7 @@ def quality_line(name: str, q: SAEQuality | None) -> tuple[str, str]:
     return f"<b>SAE {html.escape(name)}</b> held out: " + " \u00b7 ".join(parts), tip
 
 
+# ---------------------------------------------------------------- the view
 class FeatureBrowser(QWidget):
     """Table of latents + detail pane of the focused latent, linked through AppState."""
 
@@ -107,6 +105,8 @@ class FeatureBrowser(QWidget):
         state.store_changed.connect(self._on_stats_changed)
         state.stats_changed.connect(self._on_stats_changed)
         state.sae_changed.connect(self._on_sae_changed)
+        for changed in (state.model_changed, state.hook_changed, state.sae_changed):
+            changed.connect(self._forget_probe)
         state.focus_changed.connect(self._on_focus_changed)
         state.selection_changed.connect(self._on_selection_changed)
         self._on_sae_changed()
@@ -206,6 +206,10 @@ class FeatureBrowser(QWidget):
             text, tip = quality_line(Path(sae).name, sae_quality(sae))
             self.quality.setText(text)
             self.quality.setToolTip(tip)
+
+    def _forget_probe(self, *_: Any) -> None:
+        """A new model, hook point or SAE: the probe's answer (or one on its way) is stale."""
+        self.requests.forget("probe")
         self.probe.set_result(None, "The latents that fire on each token of a text, from the active "
                                     "model and SAE.")
 
