@@ -7,6 +7,7 @@ its line and the strip, and its live curves (desktop_app.training_curves) in the
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 from PySide6.QtCore import QSize, Qt, Signal, Slot
@@ -24,8 +25,10 @@ from PySide6.QtWidgets import (
 )
 
 from desktop_app.bridge import CANCELLED, DONE, FAILED, EngineBridge
+from desktop_app.state import AppState
 from desktop_app.training_curves import TrainingCurves, figures, heldout_figures
-from engine.api import TrainingPoint
+from engine.api import TrainingPoint, load_training_curves
+from engine.errors import LatentLabError
 
 KEEP_FINISHED = 6  # finished rows kept visible above the log
 
@@ -68,18 +71,23 @@ class JobRow(QWidget):
         self._progress = (done, total, message)
         point = self.point
         self._training = point is not None and not point.final and total == point.total_steps
-        self.message.setText(self.status())
+        self._show_status()
 
     def set_point(self, point: TrainingPoint) -> None:
         self.point, self._training = point, not point.final
-        self.message.setText(self.status())
+        self._show_status()
+
+    def _show_status(self) -> None:
+        text = self.status()
+        self.message.setText(text)
+        self.message.setToolTip(text)  # the line may be cut at the panel's width
 
     def set_finished(self, state: str, seconds: float) -> None:
         self.bar.setRange(0, 1000)
         self.bar.setValue(1000 if state == DONE else self.bar.value())
         self.bar.setFormat(state)
         self._finished = f"{state} in {seconds:.1f} s"
-        self.message.setText(self.status())
+        self._show_status()
         self.cancel.setEnabled(False)
 
     def status(self) -> str:
@@ -96,11 +104,13 @@ class JobRow(QWidget):
 
 class JobsPanel(QWidget):
     """Lists the bridge's jobs live; cancel buttons call ``bridge.cancel``. Compact (the
-    strip) until ``set_expanded(True)`` or its Details button shows every job and the log."""
+    strip) until ``set_expanded(True)`` or its Details button shows every job and the log.
+    With ``state``, the details show the current SAE's recorded curves and metrics while no
+    training runs."""
 
     expanded_changed = Signal(bool)
 
-    def __init__(self, bridge: EngineBridge, parent: QWidget | None = None) -> None:
+    def __init__(self, bridge: EngineBridge, parent: QWidget | None = None, state: AppState | None = None) -> None:
         super().__init__(parent)
         self.bridge = bridge
         self.rows: dict[int, JobRow] = {}
@@ -133,6 +143,8 @@ class JobsPanel(QWidget):
         bridge.progress.connect(self._on_progress)
         bridge.partial.connect(self._on_partial)
         bridge.finished.connect(self._on_finished)
+        if state is not None:
+            state.sae_changed.connect(self._on_sae_changed)
 
     def _build_strip(self) -> QWidget:
         strip = QWidget()
@@ -230,6 +242,21 @@ class JobsPanel(QWidget):
         if obj.final:
             self.write(f"{self.bridge.jobs[job_id].title}: SAE trained, {heldout_figures(obj.heldout)}")
         self._update_strip()
+
+    @Slot(object)
+    def _on_sae_changed(self, path: Path | None) -> None:
+        """The new current SAE's curves and held-out metrics, as its folder recorded them,
+        unless a training run is being drawn or these are the run just drawn."""
+        if path is None or self.curves.live():
+            return
+        try:
+            points = load_training_curves(path)
+        except LatentLabError as exc:
+            self.write(f"note: {exc}")
+            return
+        if points and not (self.curves.final is not None and self.curves.final.heldout == points[-1].heldout):
+            self.curves.show_run(f"SAE {Path(path).name}", points)
+            self.curves.show()
 
     @Slot(int, str)
     def _on_finished(self, job_id: int, state: str) -> None:

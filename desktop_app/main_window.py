@@ -81,7 +81,7 @@ class MainWindow(Opening, QMainWindow):
             self.docks[views[1][0]].raise_()
         for name, _ in views[2:]:  # behind the second's tab from the start, not only once the
             self.views[name].hide()  # layout settles: a view may wait to work until it is shown
-        self.jobs = JobsPanel(bridge)
+        self.jobs = JobsPanel(bridge, state=state)
         self._add_dock("Jobs", self.jobs, Qt.DockWidgetArea.BottomDockWidgetArea)
         self.jobs.expanded_changed.connect(lambda on: QTimer.singleShot(0, lambda: self._size_jobs(on)))
         self._default_layout = self.saveState()

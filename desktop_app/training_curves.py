@@ -52,8 +52,8 @@ def _plot(title: str) -> pg.PlotWidget:
     plot.setTitle(title, size=f"{FONT_PX + 1}px", color="#444")
     font = QFont()
     font.setPixelSize(FONT_PX)
-    for side in ("left", "bottom"):
-        plot.getAxis(side).setStyle(tickFont=font)
+    for side in ("left", "bottom"):  # few tick labels: the plots are a strip's height
+        plot.getAxis(side).setStyle(tickFont=font, maxTextLevel=0, textFillLimits=[(0, 0.6), (2, 0.3)])
     plot.setMenuEnabled(False)
     plot.setMouseEnabled(x=False, y=False)
     plot.hideButtons()
@@ -85,6 +85,7 @@ class TrainingCurves(QWidget):
             self.lines[key] = self.plots[key].plot([], [], pen=PEN)
             grid.addWidget(self.plots[key], 0, i)
         head = QHBoxLayout()
+        head.setSpacing(12)
         head.addWidget(self.title)
         head.addStretch(1)
         head.addWidget(self.metrics)
@@ -94,19 +95,30 @@ class TrainingCurves(QWidget):
         layout.addLayout(head)
         layout.addLayout(grid, 1)
 
-    def add(self, job_id: int, title: str, point: TrainingPoint) -> None:
+    def add(self, job_id: int | None, title: str, point: TrainingPoint) -> None:
         """Take a job's next point; a point of another job starts a new run's curves."""
         if job_id != self.job_id or (self.points and point.step <= self.points[-1].step):
             self.job_id, self.points, self.final = job_id, [], None  # a new run (or a demo's next SAE)
             self.metrics.setText("")
         self.points.append(point)
-        self.title.setText(f"{title}: {figures(point)}")
+        self.title.setText(f"{title}: {point.step:,} steps" if point.final else f"{title}: {figures(point)}")
         self.title.setToolTip(f"{title}\n{point.tokens:,} training rows, {point.tokens_per_s:,.0f} rows/s, "
                               f"lr {point.lr:.3g}")
         if point.final:
             self.final = point
             self.metrics.setText(heldout_figures(point.heldout))
         self._redraw()
+
+    def show_run(self, title: str, points: list[TrainingPoint]) -> None:
+        """Draw a recorded run (no job: e.g. the current SAE's training_log.json)."""
+        self.job_id, self.points, self.final = None, list(points[:-1]), None
+        self.metrics.setText("")
+        if points:
+            self.add(None, title, points[-1])  # the title, the metrics, one redraw
+
+    def live(self) -> bool:
+        """Whether a job's run is being drawn and has not ended."""
+        return self.job_id is not None and self.final is None
 
     def series(self, key: str) -> tuple[np.ndarray, np.ndarray]:
         """Steps and values of one curve (``dead_frac`` in percent), as drawn."""
@@ -120,3 +132,6 @@ class TrainingCurves(QWidget):
             finite = np.isfinite(values)
             self.lines[key].setData(steps[finite], values[finite], symbol="o" if finite.sum() < 3 else None,
                                     symbolSize=4, symbolBrush=PEN.color(), symbolPen=None)
+            if key == "dead_frac":  # a share from 0: a flat 0% sits on the axis, not mid-plot
+                top = float(values[finite].max()) if finite.any() else 0.0
+                self.plots[key].setYRange(0, max(1.0, 1.1 * top), padding=0)

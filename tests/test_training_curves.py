@@ -116,7 +116,14 @@ def test_training_curve_follows_a_train_sae_job_in_the_jobs_panel(open_window, q
     assert not panel.expanded()  # the strip stays one line; Details shows the curves
     panel.set_expanded(True)
     assert curves.isVisible() and all(plot.isVisible() for plot in curves.plots.values())
+    assert window.state.sae == out and curves.job_id == job_id  # made current: still the run just drawn
     window.bridge.cancel_all()  # the projections the new SAE asked for are not this test's
+    window.state.set_sae(small_workspace.sae)  # another current SAE: the curves and metrics it recorded
+    recorded = json.loads((small_workspace.sae / "training_log.json").read_text())
+    assert curves.job_id is None and [p.step for p in curves.points] == [r["step"] for r in recorded]
+    assert curves.series("fvu")[1].tolist() == [r["fvu"] for r in recorded]
+    assert curves.final.heldout == json.loads((small_workspace.sae / "metrics.json").read_text())
+    assert curves.title.text().startswith(f"SAE {small_workspace.sae.name}: ")
 
 
 def test_capture_summary_names_tokens_per_s_and_the_float32_cosine(tiny_llama, tmp_path):

@@ -107,8 +107,8 @@ def train_sae(ctx: JobContext, store: str | os.PathLike, hook: str, out: str | o
     world, rank = _dist_info()
     if resume and (out / "metrics.json").is_file() and not (out / CHECKPOINT).exists():
         metrics = json.loads((out / "metrics.json").read_text())  # finished already
-        log = out / "training_log.json"
-        _send_curves(ctx, json.loads(log.read_text()) if log.is_file() else [], metrics)
+        for point in load_training_curves(out):
+            ctx.partial(point)
         return TrainResult(str(out), int(metrics.get("steps", 0)), metrics)
     with ActivationStore.open(store) as st:
         if hook not in st.hooks:
@@ -140,21 +140,40 @@ def train_sae(ctx: JobContext, store: str | os.PathLike, hook: str, out: str | o
                 _save_checkpoint(out, sae, opt_, state_, history, tcfg)
 
         if rank == 0:
-            _send_curves(ctx, history)  # what a resumed run had logged
+            for point in curve_points(history, total):  # what a resumed run had logged
+                ctx.partial(point)
         fit(sae, batches, tcfg, ctx, state, opt, on_checkpoint=checkpoint, ddp=world > 1, hold_last=True,
             log=history)  # the checkpoints save the rows logged so far
         metrics = _finish(ctx, st, hook, out, sae, history, n_train, eval_model) if rank == 0 else {}
-        if rank == 0:
-            _send_curves(ctx, history[-1:], metrics)
+        if rank == 0 and history:
+            ctx.partial(curve_points(history[-1:], total, metrics)[-1])  # held back by fit until now
     return TrainResult(str(out), state.step, metrics)
 
 
-def _send_curves(ctx: JobContext, rows: list[dict[str, Any]], heldout: dict[str, float] | None = None) -> None:
-    """Send logged rows as TrainingPoints; the last one carries ``heldout`` when given."""
+def curve_points(rows: list[dict[str, Any]], total_steps: int,
+                 heldout: dict[str, float] | None = None) -> list[TrainingPoint]:
+    """TrainingPoints of training_log.json rows (of a run of ``total_steps``, unless a row
+    says); the last one carries ``heldout`` (metrics.json) when given."""
+    points = [TrainingPoint.from_row(row, total_steps) for row in rows]
+    if points and heldout is not None:
+        points[-1] = TrainingPoint.from_row(rows[-1], total_steps, heldout)
+    return points
+
+
+def load_training_curves(sae_dir: str | os.PathLike) -> list[TrainingPoint]:
+    """A trained SAE's curves as its training_log.json recorded them, the last point with
+    metrics.json's held-out figures; none for a folder without a log (an SAE from elsewhere)."""
+    folder = Path(sae_dir)
+    log, metrics = folder / "training_log.json", folder / "metrics.json"
+    try:
+        rows = json.loads(log.read_text()) if log.is_file() else []
+        heldout = json.loads(metrics.read_text()) if metrics.is_file() else None
+    except (OSError, ValueError) as exc:
+        raise LatentLabError(f"{folder}: cannot read its training log and metrics ({exc})") from None
+    if not isinstance(rows, list) or not all(isinstance(r, dict) and "step" in r for r in rows):
+        raise LatentLabError(f"{log}: not a training log (a list of rows with a step each)")
     total = int(heldout.get("steps", 0)) if heldout else 0
-    for i, row in enumerate(rows):
-        last = heldout is not None and i == len(rows) - 1
-        ctx.partial(TrainingPoint.from_row(row, int(row.get("total_steps", total)), heldout if last else None))
+    return curve_points(rows, total or (int(rows[-1]["step"]) if rows else 0), heldout)
 
 
 def _start(ctx, st, hook, out: Path, arch, expansion, k, tcfg, resume, n_train, options):
