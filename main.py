@@ -286,6 +286,21 @@ def _describe_match(method: str, r) -> str:
             f"{r.share_best:.1%} (best match); {'exact' if r.exact else 'sparsified'} assignment")
 
 
+def cmd_stitch_stores(args: argparse.Namespace) -> int:
+    """Stitch two row-aligned stores' hook points from their rows."""
+    from engine.api import run_cli, stitch_stores
+    r = run_cli(stitch_stores, device=args.device, a=args.a, b=args.b, ridge=args.ridge,
+                max_tokens=args.max_tokens, downstream=not args.no_downstream)
+    print(f"map {r.a} -> {r.b}: held-out R^2 {r.r2_eval:.4f} (training {r.r2_train:.4f}); "
+          f"{r.n_train} training and {r.n_eval} held-out rows")
+    if r.n_tokens:
+        print(f"B's next-token loss: stitched {r.loss_stitched:.4f}, own {r.loss_b:.4f}, mean row "
+              f"{r.loss_mean:.4f}; loss recovered {r.loss_recovered:.1%} over {r.n_tokens} tokens")
+    elif r.note:
+        print(r.note)
+    return 0
+
+
 def cmd_stitch(args: argparse.Namespace) -> int:
     """Stitch model A's layer into model B's and report B's task on the mapped activations."""
     from engine.api import run_cli, stitch
@@ -667,6 +682,16 @@ def _stitch_parser(sub) -> None:
     st.add_argument("--finetune-steps", type=int, default=0, help="then train the map on B's task loss")
 
 
+def _stitch_stores_parser(sub) -> None:
+    st = _command(sub, "stitch-stores", cmd_stitch_stores, "fit an affine map from A's stored rows to B's "
+                  "and score it on held-out documents (R^2; a language model B's next-token loss)")
+    st.add_argument("a", help="STORE.h5:HOOK of A")
+    st.add_argument("b", help="STORE.h5:HOOK of B (row-aligned with A)")
+    st.add_argument("--ridge", type=float, default=1e-3)
+    st.add_argument("--max-tokens", type=int, default=4096, help="held-out tokens B runs on")
+    st.add_argument("--no-downstream", action="store_true", help="only the R^2; B's model is not run")
+
+
 def _steer_parser(sub) -> None:
     sr = _command(sub, "steer", cmd_steer, "generate with and without interventions and compare")
     sr.add_argument("--model", required=True)
@@ -732,7 +757,8 @@ def _gui_parser(sub) -> None:
 
 SUBCOMMANDS = (_capture_parser, _store_info_parser, _hooks_parser, _zoo_train_parser, _zoo_prune_parser,
                _train_sae_parser, _feature_stats_parser, _demo_parser, _project_parser, _compare_pruned_parser,
-               _compare_parser, _kernel_analysis_parser, _match_parser, _stitch_parser, _steer_parser,
+               _compare_parser, _kernel_analysis_parser, _match_parser, _stitch_parser, _stitch_stores_parser,
+               _steer_parser,
                _sweep_parser, _inject_parser, _gui_parser)
 
 

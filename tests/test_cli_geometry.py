@@ -72,6 +72,14 @@ def test_match_and_stitch_two_seeds(zoo, capsys):
     assert abs(stitched - own) <= 0.02
 
 
+def test_stitch_stores_of_two_seeds_reports_the_held_out_r2(zoo, capsys):
+    a, b = (f"{zoo[f'store{s}']}:blocks.1.hook_post" for s in (0, 1))
+    assert main.main(["stitch-stores", a, b, "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    r2 = float(out.split("held-out R^2 ")[1].split()[0])
+    assert 0.2 < r2 < 1.0 and "not a language model" in out
+
+
 def test_compare_pruned_writes_a_loadable_comparison(zoo, tmp_path, capsys):
     from engine.geometry.pruning import load_comparison
     pruned = prune_zoo(JobContext(device=CPU), str(zoo["model0"]), tmp_path / "pruned",

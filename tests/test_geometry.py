@@ -33,6 +33,7 @@ from engine.geometry.streams import (
     Comparison,
     LayerMatrix,
     compare,
+    kernel_curves,
     layer_matrix,
     store_cka,
     store_kernel_analysis,
@@ -301,6 +302,52 @@ def test_layer_matrix_other_measure_subsamples_and_matches(stores) -> None:
         assert m.values[0, j] == pytest.approx(procrustes(x, stores["acts_b"][hb][ids]), abs=1e-9)
     with pytest.raises(LatentLabError, match="unknown similarity measure 'cca'.*linear_cka, rbf_cka"):
         layer_matrix(CTX, stores["a"], [HOOKS[0]], stores["b"], ["layer.a"], measure="cca")
+
+
+def test_layer_matrix_and_compare_on_selected_rows(stores) -> None:
+    """``rows`` (a selection, unsorted with repeats) gives the CKA of exactly those rows,
+    by either job; a row outside the store or a one-row selection is named."""
+    sel = rng(3).choice(1000, 300)  # repeats, any order
+    ids = np.unique(sel)
+    a, b = stores["acts_a"][HOOKS[0]], stores["acts_b"]["layer.a"]
+    m = layer_matrix(CTX, stores["a"], [HOOKS[0]], stores["b"], ["layer.a"], rows=sel)
+    assert m.n_rows == len(ids)
+    assert m.values[0, 0] == pytest.approx(cka_reference(a[ids], b[ids]), abs=1e-6)
+    c = compare(CTX, f"{stores['a']}:{HOOKS[0]}", f"{stores['b']}:layer.a", ["linear_cka", "procrustes"],
+                rows=sel)
+    assert c.n_rows == len(ids) and not c.notes
+    assert c.values["linear_cka"] == pytest.approx(m.values[0, 0], abs=1e-12)
+    assert c.values["procrustes"] == pytest.approx(procrustes(a[ids], b[ids]), abs=1e-9)
+    with pytest.raises(LatentLabError, match="row 1000 is outside the store's 1,000 rows"):
+        layer_matrix(CTX, stores["a"], [HOOKS[0]], stores["b"], ["layer.a"], rows=[3, 1000])
+    with pytest.raises(LatentLabError, match="at least 2 rows"):
+        layer_matrix(CTX, stores["a"], [HOOKS[0]], stores["b"], ["layer.a"], rows=[5])
+
+
+def test_kernel_curves_equal_kernel_analysis_of_the_labelled_rows(tmp_path) -> None:
+    """Each hook's curve is ``kernel_analysis`` of the same rows; rows labelled -1 are left
+    out; a missing label is named."""
+    r = rng(4)
+    y = np.repeat(np.arange(4), 50)
+    x0 = (np.eye(4)[y] * 3 + r.standard_normal((200, 4))).astype(np.float32)
+    x1 = r.standard_normal((200, 6)).astype(np.float32)
+    labels = np.where(np.arange(200) % 10 == 0, -1, y).astype(np.int32)
+    path = tmp_path / "k.h5"
+    meta = StoreMeta(model_id="m", model_hash="h", source_id="s", hooks=("good", "noise"),
+                     dims={"good": 4, "noise": 6}, dtype="float32")
+    with ActivationStore.create(path, meta, labels=["topic"]) as s:
+        rows = np.arange(200, dtype=np.int32)
+        s.append({"good": x0, "noise": x1}, rows, rows // 10, rows % 10, labels={"topic": labels})
+    got = kernel_curves(CTX, path, ["good", "noise"], "topic", components=[1, 2, 4, 8])
+    keep = labels >= 0
+    assert got.n_rows == keep.sum() == 180 and got.n_classes == 4
+    assert got.chance_error == pytest.approx(1 - 45 / 180)
+    for hook, x in (("good", x0), ("noise", x1)):
+        ref = kernel_analysis(x[keep], labels[keep], [1, 2, 4, 8], max_rows=180)
+        np.testing.assert_allclose(got.curves[hook].errors, ref.errors)
+    assert got.curves["good"].errors[-1] < 0.1 < got.curves["noise"].errors[-1]
+    with pytest.raises(LatentLabError, match="has no label 'digit'"):
+        kernel_curves(CTX, path, ["good"], "digit")
 
 
 # ------------------------------------------------------------------ RBF and debiased

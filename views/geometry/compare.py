@@ -223,13 +223,16 @@ class CompareTab(QWidget):
         if not ha or not hb:
             self.jobs.show_error(f"Check at least one hook point of {'A' if not ha else 'B'}.")
             return
-        max_rows = self.max_rows.value() or None
-        rows = self.selected_rows(pa, pb)
-        self.sources = Sources(pa, pb, max_rows, self.picker_a.model_id(), self.picker_b.model_id(), rows)
-        self.jobs.submit("matrix", f"{self.measure.currentText()}: {len(ha)} x {len(hb)} layers",
-                         layer_matrix, self.set_matrix, lambda _s: self._clear_matrix(),
-                         store_a=pa, hooks_a=ha, store_b=pb, hooks_b=hb,
-                         measure=self.measure.currentText(), max_rows=max_rows, rows=rows)
+        self._submit_matrix(Sources(pa, pb, self.max_rows.value() or None, self.picker_a.model_id(),
+                                    self.picker_b.model_id()), ha, hb, self.measure.currentText())
+
+    def _submit_matrix(self, src: Sources, ha: list[str], hb: list[str], measure: str) -> None:
+        """``layer_matrix`` of ``src``'s stores, on the selected rows when they apply."""
+        self.sources = src._replace(rows=self.selected_rows(src.store_a, src.store_b))
+        self.jobs.submit("matrix", f"{measure}: {len(ha)} x {len(hb)} layers", layer_matrix, self.set_matrix,
+                         lambda _s: self._clear_matrix(), store_a=src.store_a, hooks_a=ha,
+                         store_b=src.store_b, hooks_b=hb, measure=measure, max_rows=src.max_rows,
+                         rows=self.sources.rows)
 
     # ------------------------------------------------------------ the selection
     def selected_rows(self, pa: Path, pb: Path) -> np.ndarray | None:
@@ -252,9 +255,8 @@ class CompareTab(QWidget):
         rows = self.selected_rows(src.store_a, src.store_b)
         if rows is None and src.rows is None:
             return
-        self.picker_a.set_path(src.store_a, list(self.matrix.hooks_a))
-        self.picker_b.set_path(src.store_b, list(self.matrix.hooks_b))
-        self.compute_matrix()
+        m = self.matrix
+        self._submit_matrix(src, list(m.hooks_a), list(m.hooks_b), m.measure)
 
     def rows_text(self) -> str:
         """"on 1,234 selected rows of demo.h5" when the shown numbers are restricted."""
