@@ -37,8 +37,8 @@ if TYPE_CHECKING:
 
 MAX_RECENT = 8
 RECENT_KEYS = {"workspaces": "recent", "stores": "recent_stores", "saes": "recent_saes", "models": "recent_models"}
-MODEL_HINT = ("smollm2, hf:NAME (the offline Hugging Face cache), hf-encoder:PATH?pooling=mean, "
-              "a Hugging Face or digits-zoo folder, file.py:factory or package.module:factory")
+MODEL_HINT = ("smollm2 (bundled), hf:NAME (the offline Hugging Face cache), a Hugging Face or "
+              "digits-zoo folder, file.py:factory or package.module:factory (a torch.nn.Module)")
 
 
 class RecentLists:
@@ -204,13 +204,16 @@ class Opening:
             write()
 
     def _workspace_opened(self, kind: str) -> list[str]:
-        """The workspace's list of opened stores, saes or models (empty without one)."""
+        """The open workspace's active store, SAE or model, then the ones opened or trained
+        in it (empty without a workspace)."""
         if self.state.workspace is None:
             return []
         try:
-            return Workspace.open(self.state.workspace).opened(kind)
+            ws = Workspace.open(self.state.workspace)
         except LatentLabError:
             return []
+        active = {"stores": ws.store, "saes": ws.sae, "models": ws.model}[kind]
+        return list(dict.fromkeys(([str(active)] if active is not None else []) + ws.opened(kind)))
 
     def _fill_recent(self) -> None:
         self._fill_menu(self.recent_menu, [], self.recent.get("workspaces"), self.open_recent)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from PySide6.QtWidgets import QDialogButtonBox, QFileDialog
+from PySide6.QtWidgets import QDialogButtonBox, QFileDialog, QPushButton
 
 from desktop_app.bridge import DONE
 from desktop_app.opening import OpenModelDialog
@@ -172,26 +172,30 @@ def test_open_sae_trained_in_the_app_is_recorded_in_the_workspace(opened, qtbot,
     assert data["sae"] == "saes/trained" and data["sae_id"] == "trained" and data["opened_saes"] == ["saes/trained"]
 
 
-def test_open_model_folder_or_factory_becomes_active_and_is_recorded(opened, qtbot, ws, tiny_llama, monkeypatch,
-                                                                     app):
+def test_open_model_typed_or_a_folder_becomes_active_and_is_recorded(opened, qtbot, ws, tiny_llama, monkeypatch,
+                                                                    app):
     (ws / "net.py").write_text("import torch\n\n\ndef make():\n    net = torch.nn.Sequential(torch.nn.Linear(4, 3))\n"
                                "    net.input_shape = (4,)\n    return net\n")
+    factory = f"{ws / 'net.py'}:make"
+    assert opened.state.model == str(tiny_llama)  # the workspace's
     trigger(opened, "Open &Model...")
     dialog = opened.findChild(OpenModelDialog)
+    dialog.spec_edit.setText(factory)  # a typed spec
+    dialog.buttons.button(QDialogButtonBox.StandardButton.Open).click()
+    wait_until(qtbot, lambda: opened.state.model == factory and not opened.bridge.busy())
+    trigger(opened, "Open &Model...")
+    dialog = next(d for d in opened.findChildren(OpenModelDialog) if d.isVisible())
+    assert dialog.spec() == factory  # it starts from the active model
     monkeypatch.setattr(QFileDialog, "getExistingDirectory", lambda *a, **k: str(tiny_llama))
-    next(b for b in dialog.findChildren(type(dialog.buttons.buttons()[0])) if b.text() == "Folder\u2026").click()
+    next(b for b in dialog.findChildren(QPushButton) if b.text() == "Folder\u2026").click()
     assert dialog.spec() == str(tiny_llama)
     dialog.buttons.button(QDialogButtonBox.StandardButton.Open).click()
-    wait_until(qtbot, lambda: not opened.bridge.busy() and bool(listed(opened, "Recent Models")))
-    assert opened.state.model == str(tiny_llama)
-    factory = f"{ws / 'net.py'}:make"
-    opened.open_model(factory)
-    wait_until(qtbot, lambda: opened.state.model == factory and not opened.bridge.busy())
+    wait_until(qtbot, lambda: opened.state.model == str(tiny_llama) and not opened.bridge.busy())
     data = manifest(ws)
-    assert data["model"] == "./net.py:make" and data["opened_models"] == ["./net.py:make", str(tiny_llama)]
+    assert data["model"] == str(tiny_llama) and data["opened_models"] == [str(tiny_llama), "./net.py:make"]
     other = app()
     assert other.open_workspace(ws)
-    assert other.state.model == factory and listed(other, "Recent Models") == [factory, str(tiny_llama)]
+    assert other.state.model == str(tiny_llama) and listed(other, "Recent Models") == [str(tiny_llama), factory]
 
 
 def test_open_model_that_does_not_load_names_the_spec(opened, qtbot, tmp_path):
