@@ -19,7 +19,7 @@ from PySide6.QtWidgets import (
 
 from engine.api import PredictionShift
 
-COLUMNS = ("class", "images before", "after", "change", "mean p before", "after")
+COLUMNS = ("class", "n before", "n after", "change", "p before", "p after")  # n: images, p: mean probability
 GAIN, LOSS = QColor("#cfe8cf"), QColor("#f5d0d0")
 
 
@@ -27,7 +27,8 @@ def summary_text(r: PredictionShift) -> str:
     """One line: accuracies before and after, images that changed class."""
     acc = ("" if r.label is None else
            f"Accuracy on {r.label}: {r.accuracy_before:.1%} \u2192 {r.accuracy_after:.1%}. ")
-    return f"{acc}{r.changed} of {r.n} images change class under the recipe ({r.model_id})."
+    return (f"{acc}{r.changed} of {r.n} images change class under the recipe ({r.model_id}). "
+            "n: images predicted as the class; p: its mean probability.")
 
 
 class PredictionPanel(QWidget):
@@ -43,7 +44,7 @@ class PredictionPanel(QWidget):
         self.table.verticalHeader().hide()
         header = self.table.horizontalHeader()
         header.setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
-        header.setMinimumSectionSize(header.fontMetrics().horizontalAdvance("mean p before") + 16)
+        header.setMinimumSectionSize(header.fontMetrics().horizontalAdvance("n before") + 14)
         self.table.setToolTip("Images predicted as each class without and with the recipe, and the "
                               "class's mean softmax probability")
         self.table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
