@@ -17,6 +17,7 @@ from PySide6.QtWidgets import QGridLayout, QHBoxLayout, QLabel, QVBoxLayout, QWi
 from engine.api import TrainingPoint
 
 CURVES = (("loss", "loss"), ("fvu", "FVU (batch)"), ("l0", "L0"), ("dead_frac", "dead %"))
+LOG_Y = ("loss", "fvu")  # they fall by orders of magnitude: a log axis keeps the late steps legible
 PEN = pg.mkPen("#1f77b4", width=1.5)
 FONT_PX = 10
 
@@ -83,6 +84,7 @@ class TrainingCurves(QWidget):
         for i, (key, title) in enumerate(CURVES):
             self.plots[key] = _plot(title)
             self.lines[key] = self.plots[key].plot([], [], pen=PEN)
+            self.plots[key].setLogMode(y=key in LOG_Y)
             grid.addWidget(self.plots[key], 0, i)
         head = QHBoxLayout()
         head.setSpacing(12)
@@ -129,7 +131,9 @@ class TrainingCurves(QWidget):
     def _redraw(self) -> None:
         for key, _ in CURVES:
             steps, values = self.series(key)
-            finite = np.isfinite(values)
+            finite = np.isfinite(values) & ((values > 0) if key in LOG_Y else True)
+            title = dict(CURVES)[key] if finite.any() or not len(values) else f"{key.upper()} not logged"
+            self.plots[key].setTitle(title, size=f"{FONT_PX + 1}px", color="#444")
             self.lines[key].setData(steps[finite], values[finite], symbol="o" if finite.sum() < 3 else None,
                                     symbolSize=4, symbolBrush=PEN.color(), symbolPen=None)
             if key == "dead_frac":  # a share from 0: a flat 0% sits on the axis, not mid-plot
