@@ -206,6 +206,7 @@ def _grow(ctx: JobContext, ws: Workspace, spec: DemoSpec, store: Path) -> bool:
     True when a copy was announced. An older one-hook store is continued with its hook."""
     from engine.capture import capture
     from engine.projection.layouts import project
+    _restart_if_broken(ws, store)
     hooks = _store_hooks(store) if store.is_file() else ()
     hooks = list(hooks) if spec.hook in hooks else spec.capture_hooks
     steps = growth_steps(spec.first_tokens, spec.max_tokens)
@@ -220,6 +221,29 @@ def _grow(ctx: JobContext, ws: Workspace, spec: DemoSpec, store: Path) -> bool:
         ctx.partial(project(ctx, copy, spec.hook, method="pca", what="rows", cache_dir=None))
         shown = True
     return shown
+
+
+def _restart_if_broken(ws: Workspace, store: Path) -> None:
+    """A store that cannot be opened to append (a writer killed while HDF5 had it open and
+    not yet in SWMR mode cannot be recovered) is replaced by its largest growing copy, a
+    clean file of committed rows, or removed: the capture goes on from there. A store a
+    live process writes is left alone (that error is raised)."""
+    if not store.is_file():
+        return
+    try:
+        ActivationStore.open_append(store).close()
+        return
+    except StoreError as exc:
+        if "being written by process" in str(exc):
+            raise
+    copies = sorted((ws.root / "stores" / GROWING).glob(f"{store.stem}-*{store.suffix}"),
+                    key=lambda p: int(p.stem.rsplit("-", 1)[1]))
+    if copies:
+        tmp = store.with_name(store.name + f".tmp{os.getpid()}")
+        shutil.copyfile(copies[-1], tmp)
+        os.replace(tmp, store)
+    else:
+        store.unlink()
 
 
 def _growing_copy(ws: Workspace, store: Path, rows: int) -> Path:

@@ -12,11 +12,12 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from engine.capture import capture
 from engine.demo import GROWING, Stage, build_demo, growth_steps, layers_store, needs_layers
-from engine.jobs import JobContext
+from engine.jobs import Cancelled, JobContext
 from engine.projection.layout import Layout
 from engine.sae.trainer import TrainingPoint
 from engine.store.activations import ActivationStore
@@ -119,3 +120,23 @@ def test_the_window_shows_the_first_slice_then_the_whole_store(window, qtbot, ti
     assert rows[0][1].parent.name == GROWING and 0 < rows[0][0] <= 500  # the first slice's picture
     assert rows[-1][1] == window.state.store == root / "stores" / "demo_llama.h5" and rows[-1][0] > 500
     assert len(scatter.colours()) == rows[-1][0] and not (root / "stores" / GROWING).exists()
+
+
+def test_a_demo_store_left_unreadable_by_a_kill_goes_on_from_its_growing_copy(tiny_llama, tmp_path):
+    spec = small_demo_spec(tiny_llama, hooks=HOOKS, first_tokens=500)
+
+    def stop_at_first_picture(obj) -> None:  # the app closed once the first scatter is up
+        if isinstance(obj, Layout):
+            raise Cancelled()
+    root = tmp_path / "demo"
+    with pytest.raises(Cancelled):
+        build_demo(JobContext(on_partial=stop_at_first_picture), root, spec)
+    copy = root / "stores" / GROWING / "demo_llama-500.h5"
+    _, first_tokens, _ = _read(copy)
+    store = root / "stores" / "demo_llama.h5"
+    store.write_bytes(b"not HDF5 any more")  # what no recovery can open
+    seen: list = []
+    ws = build_demo(_ctx(seen), root, spec)
+    assert next(o for o in seen if isinstance(o, Stage)).workspace.store == copy  # the picture at once
+    hooks, tokens, _ = _read(ws.store)
+    assert hooks == HOOKS and len(tokens) == 3000 and np.array_equal(tokens[:500], first_tokens)
