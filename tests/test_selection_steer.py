@@ -177,7 +177,7 @@ def test_selection_steer_delta_of_two_label_values_round_trips(steering, qtbot, 
 def digits_workspace(tmp_path_factory):
     """A tiny digits-zoo CNN (a workspace's models/) and its capture of digits:test (stores/)."""
     root = tmp_path_factory.mktemp("digits")
-    train_zoo(CPU, str(root / "models"), arch="cnn", widths=(4,), depths=(2,), seeds=(0,), epochs=4)
+    train_zoo(CPU, str(root / "models"), arch="cnn", widths=(4,), depths=(2,), seeds=(0,), epochs=2)
     (folder,) = (root / "models").iterdir()
     store = root / "stores" / "digits.h5"
     store.parent.mkdir()
