@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import select
 import shutil
 import signal
 import statistics
@@ -49,19 +50,21 @@ def launch(workspace: Path, cache: Path | None, config: Path, timeout: float) ->
         env.setdefault("QT_QPA_PLATFORM", "offscreen")
     t0 = time.time()
     proc = subprocess.Popen([sys.executable, str(ROOT / "main.py"), "--device", "cpu"], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                             start_new_session=True)  # its group: the app and any process it starts
     result = {"seconds": None, "points": None}
     try:
-        deadline = t0 + timeout
-        while time.time() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            if line.startswith(MARK):
-                words = line.split()
-                result = {"seconds": round(float(words[-1]) - t0, 2), "points": int(words[3])}
-                break
+        deadline, text = t0 + timeout, ""
+        while "\n" not in text.partition(MARK)[2] and time.time() < deadline:  # the whole line
+            ready, _, _ = select.select([proc.stdout], [], [], max(0.0, deadline - time.time()))
+            chunk = os.read(proc.stdout.fileno(), 65536) if ready else b""
+            if not chunk:
+                break  # ended, or no first scatter in time (result None)
+            text += chunk.decode(errors="replace")
+        line = next((x for x in text.splitlines() if x.startswith(MARK)), "")
+        if line:
+            words = line.split()
+            result = {"seconds": round(float(words[-1]) - t0, 2), "points": int(words[3])}
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
