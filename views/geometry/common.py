@@ -88,6 +88,14 @@ def resolve_zoo_folder(model_id: str, store: Path | None, workspace: Path | None
     return None
 
 
+def fill_paths(combo: QComboBox, paths: list[Path]) -> None:
+    """The combo's items become ``paths``: each shown by its name, the full path as data and tooltip."""
+    combo.clear()
+    for p in paths:
+        combo.addItem(p.name, str(p))
+        combo.setItemData(combo.count() - 1, str(p), Qt.ItemDataRole.ToolTipRole)
+
+
 # ---------------------------------------------------------------- jobs
 class StorePicker(QWidget):
     """One side of a comparison: a store (the workspace's or any browsed file), its model,
@@ -134,10 +142,7 @@ class StorePicker(QWidget):
         if current is not None and current not in paths:
             paths.insert(0, current)
         with QSignalBlocker(self.combo):
-            self.combo.clear()
-            for p in paths:
-                self.combo.addItem(p.name, str(p))
-                self.combo.setItemData(self.combo.count() - 1, str(p), Qt.ItemDataRole.ToolTipRole)
+            fill_paths(self.combo, paths)
             if not paths:
                 self.combo.addItem("(no stores: browse for one)", None)
             i = self.combo.findData(str(current)) if current is not None else 0

@@ -8,6 +8,7 @@ those rows, and the status line says so."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -67,6 +68,15 @@ class Sources(NamedTuple):
     rows: np.ndarray | None = None  # the selected rows it was restricted to (None: all)
 
 
+def layer_names(hooks: list[str]) -> tuple[list[str], str]:
+    """Axis labels for a side's hook points: the block numbers alone when every hook is
+    ``blocks.N.<the same point>`` (the point then goes into the axis title), else the hooks."""
+    found = [re.fullmatch(r"(?:model\.)?(?:blocks|layers|h)\.(\d+)\.(?:hook_)?(.+)", h) for h in hooks]
+    if len(hooks) < 2 or not all(found) or len({m.group(2) for m in found}) != 1:
+        return list(hooks), ""
+    return [m.group(1) for m in found], f" \u00b7 layer ({found[0].group(2)})"
+
+
 MATCH_ROWS = 20_000  # rows the neuron matching reads when no row cap is set
 
 
@@ -84,10 +94,15 @@ class CompareTab(QWidget):
         self.stitched: StitchResult | StoreStitchResult | None = None
         self.selection = Selection()
         split = QSplitter(Qt.Orientation.Horizontal)
-        split.addWidget(self._build_controls())
-        split.addWidget(self._build_heatmap())
+        main = QWidget()  # the pickers side by side above the heatmap: the matrix gets the width
+        col = QVBoxLayout(main)
+        col.setContentsMargins(0, 0, 0, 0)
+        col.addWidget(self._build_controls())
+        col.addWidget(self._build_heatmap(), 1)
+        split.addWidget(main)
         split.addWidget(self._build_detail())
-        split.setSizes([280, 520, 340])
+        split.setStretchFactor(0, 1)
+        split.setSizes([2000, 330])
         QVBoxLayout(self).addWidget(split)
         self.jobs = Requests(state, self.progress, self.status, self)
         self.cell_jobs = Requests(state, self.cell_progress, self.cell_status, self)
@@ -104,17 +119,22 @@ class CompareTab(QWidget):
         self.max_rows.setSpecialValueText("all rows")
         self.compute = QPushButton("Compute")
         self.compute.clicked.connect(self.compute_matrix)
+        for picker in (self.picker_a, self.picker_b):  # side by side: compact
+            picker.hook_list.setMaximumHeight(84)
+            picker.combo.setMinimumContentsLength(6)
         box = QWidget()
         col = QVBoxLayout(box)
-        col.addWidget(self.picker_a)
-        col.addWidget(self.picker_b)
+        col.setContentsMargins(0, 0, 0, 0)
+        sides = QHBoxLayout()
+        sides.addWidget(self.picker_a, 1)
+        sides.addWidget(self.picker_b, 1)
+        col.addLayout(sides)
+        row = QHBoxLayout()
         for label, widget in (("measure", self.measure), ("rows", self.max_rows)):
-            row = QHBoxLayout()
             row.addWidget(QLabel(label))
             row.addWidget(widget, 1)
-            col.addLayout(row)
-        col.addWidget(self.compute)
-        col.addStretch(1)
+        row.addWidget(self.compute)
+        col.addLayout(row)
         return box
 
     def _build_heatmap(self) -> QWidget:
@@ -272,8 +292,9 @@ class CompareTab(QWidget):
         self.hint.hide()
         src = self.sources
         model_a, model_b = (src.model_a, src.model_b) if src is not None else (None, None)
-        self.heatmap.set_matrix(result.values, list(result.hooks_a), list(result.hooks_b),
-                                result.measure, f"A: {model_a or 'A'}", f"B: {model_b or 'B'}")
+        (rows, note_a), (cols, note_b) = layer_names(result.hooks_a), layer_names(result.hooks_b)
+        self.heatmap.set_matrix(result.values, rows, cols, result.measure, f"A: {model_a or 'A'}{note_a}",
+                                f"B: {model_b or 'B'}{note_b}")
         n_nan = int(np.isnan(result.values).sum())
         rows = self.rows_text() or f"over {result.n_rows:,} rows"
         if src is not None and src.rows is not None and result.n_rows < len(src.rows):

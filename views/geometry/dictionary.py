@@ -37,6 +37,7 @@ from desktop_app.state import AppState
 from engine.api import LatentContexts, SAEMatch, Vocab, latent_contexts, match
 from views.common.plots import paint_hint, paint_plot, set_label, set_title, style_plot
 from views.common.requests import Requests
+from views.geometry.common import fill_paths
 
 SHADE = (255, 140, 0)
 N_CONTEXTS = 8
@@ -73,10 +74,7 @@ class SAEPicker(QWidget):
         if current is not None and current not in paths:
             paths.insert(0, current)
         with QSignalBlocker(self.combo):
-            self.combo.clear()
-            for p in paths:
-                self.combo.addItem(p.name, str(p))
-                self.combo.setItemData(self.combo.count() - 1, str(p), Qt.ItemDataRole.ToolTipRole)
+            fill_paths(self.combo, paths)
             if current is not None:
                 self.combo.setCurrentIndex(max(0, self.combo.findData(str(current))))
 
@@ -169,7 +167,7 @@ class DictionaryTab(QWidget):
         self.hist = pg.PlotWidget(background="w")
         style_plot(self.hist)
         self.hist.setMouseEnabled(x=False, y=False)
-        set_label(self.hist.getAxis("bottom"), "decoder cosine of the matched pair")
+        set_label(self.hist.getAxis("bottom"), "decoder cosine")
         set_label(self.hist.getAxis("left"), "pairs")
         set_title(self.hist, "matched pairs")
         self.summary = QLabel("Choose two SAEs of the same activation space and press Match")
@@ -223,9 +221,9 @@ class DictionaryTab(QWidget):
     def set_workspace(self, workspace: Path | None, active_sae: Path | None) -> None:
         """List the workspace's SAEs; A defaults to the active SAE, B to another one."""
         folders = workspace_saes(workspace)
-        others = [f for f in folders if f != active_sae]
         self.picker_a.set_folders(folders, active_sae or (folders[0] if folders else None))
-        self.picker_b.set_folders(folders, others[0] if others else active_sae)
+        others = [f for f in folders if f != self.picker_a.path()]
+        self.picker_b.set_folders(folders, others[0] if others else self.picker_a.path())
 
     def cancel_requests(self) -> None:
         self.jobs.forget_all()

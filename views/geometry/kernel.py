@@ -80,7 +80,8 @@ class KernelTab(QWidget):
         style_plot(self.plot)
         self.plot.setLogMode(x=True, y=False)
         self.plot.setMouseEnabled(x=False, y=False)
-        self.plot.getAxis("bottom").enableAutoSIPrefix(False)
+        for side in ("bottom", "left"):
+            self.plot.getAxis(side).enableAutoSIPrefix(False)
         set_label(self.plot.getAxis("bottom"), "kernel PCA components used (d)")
         set_label(self.plot.getAxis("left"), "read-out error (share of rows wrong)")
         set_title(self.plot, "kernel analysis")
@@ -172,7 +173,7 @@ class KernelTab(QWidget):
         plot = self.plot
         plot.clear()
         if plot.getPlotItem().legend is None:
-            plot.addLegend(offset=(-10, 10), labelTextSize="11px")
+            plot.addLegend(offset=(10, -10), labelTextSize="11px")  # bottom left: the curves fall to the right
         plot.getPlotItem().legend.clear()
         top = 1
         for k, (hook, curve) in enumerate(result.curves.items()):
@@ -180,11 +181,12 @@ class KernelTab(QWidget):
             plot.plot(curve.components, curve.errors, pen=pg.mkPen(colour, width=2), symbol="o",
                       symbolSize=5, symbolBrush=colour, symbolPen=None, name=tick_label(hook))
             top = max(top, max(curve.components))
+        doublings = [2 ** i for i in range(int(np.log2(top)) + 1)]  # log axis: ticks at log10 positions
+        plot.getAxis("bottom").setTicks([[(float(np.log10(d)), str(d)) for d in doublings], []])
         chance = pg.InfiniteLine(result.chance_error, angle=0, pen=pg.mkPen((120, 120, 120), style=Qt.PenStyle.DashLine))
         plot.addItem(chance)
         plot.setYRange(0, max(result.chance_error, *(float(np.max(c.errors)) for c in result.curves.values())) * 1.05)
-        set_title(plot, f"reading out {result.label!r} ({result.n_classes} classes) from the kernel's "
-                  f"leading components")
+        set_title(plot, f"read-out of {result.label!r} ({result.n_classes} classes)")
         self.status.setText(f"{result.n_rows:,} rows of {where or 'the store'}; chance error "
                             f"{result.chance_error:.2f}")
 

@@ -49,8 +49,7 @@ def _one_to_one(plot: pg.PlotWidget, r: NeuronMatch) -> None:
     tips = [f"A {a} \u2194 B {b}: r = {c:.3f}" for a, b, c in zip(r.a_units, r.b_units, corr, strict=True)]
     _ranked(plot, corr, tips, "correlation of the matched pair")
     finite = corr[np.isfinite(corr)]
-    set_title(plot, f"one-to-one: {len(corr)} matched units, mean r = {finite.mean():.3f}"
-              if finite.size else "one-to-one: no matched units")
+    set_title(plot, f"{len(corr)} pairs, mean r = {finite.mean():.2f}" if finite.size else "no matched units")
 
 
 def _one_to_many(plot: pg.PlotWidget, r: Any) -> None:
@@ -58,8 +57,7 @@ def _one_to_many(plot: pg.PlotWidget, r: Any) -> None:
     tips = [f"B {j}: held-out R\u00b2 {v:.3f} from {n} units of A"
             for j, (v, n) in enumerate(zip(r2, r.n_nonzero, strict=True))]
     _ranked(plot, r2, tips, "held-out R\u00b2 of B's unit")
-    set_title(plot, f"one-to-many: B's {len(r2)} units from A's, mean R\u00b2 {np.nanmean(r2):.3f} "
-              f"with {np.mean(r.n_nonzero):.1f} units of A each")
+    set_title(plot, f"mean R\u00b2 {np.nanmean(r2):.2f} from {np.mean(r.n_nonzero):.1f} units of A each")
 
 
 def _clusters(plot: pg.PlotWidget, r: Any) -> None:
@@ -72,11 +70,11 @@ def _clusters(plot: pg.PlotWidget, r: Any) -> None:
     plot.addItem(pg.BarGraphItem(x=x, y0=from_a[order], height=from_b[order], width=0.8,
                                  brush=pg.mkBrush(*ORANGE), name="B"))
     legend = plot.addLegend(offset=(-10, 10))
-    legend.addItem(pg.BarGraphItem(x=[0], height=[0], width=0, brush=pg.mkBrush(*BLUE)), "units of A")
-    legend.addItem(pg.BarGraphItem(x=[0], height=[0], width=0, brush=pg.mkBrush(*ORANGE)), "units of B")
+    legend.addItem(pg.BarGraphItem(x=[0], height=[0], width=0, brush=pg.mkBrush(*BLUE)), "A")
+    legend.addItem(pg.BarGraphItem(x=[0], height=[0], width=0, brush=pg.mkBrush(*ORANGE)), "B")
     set_label(plot.getAxis("bottom"), "cluster (largest first)")
     set_label(plot.getAxis("left"), "units")
     plot.setXRange(0.3, k + 0.7, padding=0)
     plot.setYRange(0, float((from_a + from_b).max(initial=1)) * 1.15, padding=0)
     mixed = int(((from_a > 0) & (from_b > 0)).sum())
-    set_title(plot, f"many-to-many: {k} clusters, {mixed} hold units of both models")
+    set_title(plot, f"{k} clusters, {mixed} with units of both")
