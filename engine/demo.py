@@ -206,7 +206,8 @@ def _grow(ctx: JobContext, ws: Workspace, spec: DemoSpec, store: Path) -> bool:
     True when a copy was announced. An older one-hook store is continued with its hook."""
     from engine.capture import capture
     from engine.projection.layouts import project
-    _restart_if_broken(ws, store)
+    _restart_if_broken(store, sorted((ws.root / "stores" / GROWING).glob(f"{store.stem}-*{store.suffix}"),
+                                     key=lambda p: int(p.stem.rsplit("-", 1)[1])))
     hooks = _store_hooks(store) if store.is_file() else ()
     hooks = list(hooks) if spec.hook in hooks else spec.capture_hooks
     steps = growth_steps(spec.first_tokens, spec.max_tokens)
@@ -223,11 +224,11 @@ def _grow(ctx: JobContext, ws: Workspace, spec: DemoSpec, store: Path) -> bool:
     return shown
 
 
-def _restart_if_broken(ws: Workspace, store: Path) -> None:
+def _restart_if_broken(store: Path, copies: Sequence[Path] = ()) -> None:
     """A store that cannot be opened to append (a writer killed while HDF5 had it open and
-    not yet in SWMR mode cannot be recovered) is replaced by its largest growing copy, a
-    clean file of committed rows, or removed: the capture goes on from there. A store a
-    live process writes is left alone (that error is raised)."""
+    not yet in SWMR mode cannot be recovered) is replaced by the last of ``copies`` (clean
+    files of its committed rows, smallest first), or removed: the capture goes on from
+    there. A store a live process writes is left alone (that error is raised)."""
     if not store.is_file():
         return
     try:
@@ -236,8 +237,6 @@ def _restart_if_broken(ws: Workspace, store: Path) -> None:
     except StoreError as exc:
         if "being written by process" in str(exc):
             raise
-    copies = sorted((ws.root / "stores" / GROWING).glob(f"{store.stem}-*{store.suffix}"),
-                    key=lambda p: int(p.stem.rsplit("-", 1)[1]))
     if copies:
         tmp = store.with_name(store.name + f".tmp{os.getpid()}")
         shutil.copyfile(copies[-1], tmp)
@@ -284,6 +283,7 @@ def demo_layers(ctx: JobContext, root: str | os.PathLike, spec: DemoSpec | None 
     if _store_complete(out, spec.capture_hooks, spec.max_tokens):
         return out
     part = out.with_name(out.name + ".part")
+    _restart_if_broken(part)
     capture(ctx, **spec.capture_spec(part, spec.capture_hooks).job_params())
     os.replace(part, out)
     return out
@@ -311,7 +311,10 @@ def start_demo_layers(root: str | os.PathLike, spec: DemoSpec) -> subprocess.Pop
 
 def _layers_main(argv: list[str]) -> None:
     """The ``start_demo_layers`` process: ``demo_layers`` of argv[0] with the spec argv[1]."""
+    import signal
+
     import torch
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # ended with the app: close the store first
     demo_layers(JobContext(device=torch.device("cpu")), argv[0], DemoSpec.parse(json.loads(argv[1])))
 
 
