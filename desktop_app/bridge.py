@@ -21,7 +21,7 @@ from PySide6.QtCore import QObject, QSocketNotifier, Qt, QThread, QTimer, Signal
 from PySide6.QtGui import QGuiApplication
 
 from desktop_app.view import LatestWins
-from engine.api import Cancelled, JobContext, resolve_device
+from engine.api import Cancelled, JobContext, is_quick_read, resolve_device
 from engine.errors import LatentLabError
 
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
@@ -63,9 +63,9 @@ def describe_error(exc: BaseException) -> tuple[str, str]:
 class _Worker(QThread):
     """The engine thread: pops jobs off a queue and runs them in order."""
 
-    def __init__(self, bridge: EngineBridge, device: str | None) -> None:
+    def __init__(self, bridge: EngineBridge, device: str | None, name: str = "latentlab-engine") -> None:
         super().__init__()
-        self.setObjectName("latentlab-engine")
+        self.setObjectName(name)
         self.bridge = bridge
         self.device = resolve_device(device)
         self.jobs: queue.Queue[Job | None] = queue.Queue()
@@ -128,6 +128,9 @@ class EngineBridge(QObject):
         self._latest = LatestWins(cancel=self.cancel)  # keyed jobs: the latest of each key wins
         self._inbox: queue.SimpleQueue[tuple[str, int, Any]] = queue.SimpleQueue()
         self._worker = _Worker(self, device)
+        # jobs marked engine.api.quick_read (a label column, a vocabulary) run on a second
+        # thread, so a view's colouring does not wait behind a capture or a training
+        self._reads = _Worker(self, device, "latentlab-reads")
         self.partial.connect(self._on_partial)
         self._wake_in, self._wake_out = socket.socketpair()  # engine thread -> GUI thread
         for end in (self._wake_in, self._wake_out):
@@ -145,6 +148,7 @@ class EngineBridge(QObject):
         self._button_held = False  # a mouse button was down at the last timer tick
         self._gc_timer.start()
         self._worker.start()
+        self._reads.start()
 
     @property
     def device(self) -> str:
@@ -155,14 +159,15 @@ class EngineBridge(QObject):
                on_partial: Callable[[Any], None] | None = None,
                on_error: Callable[[str, str], None] | None = None,
                **params: Any) -> int:
-        """Queue ``fn(ctx, **params)`` on the engine thread; returns the job id."""
+        """Queue ``fn(ctx, **params)`` on the engine thread (a ``quick_read`` job on the reads
+        thread); returns the job id."""
         serial = self._latest.begin(key) if key is not None else 0  # cancels the stale one
         job = Job(next(self._ids), title, fn, params, key, serial, on_result, on_partial, on_error)
         self.jobs[job.id] = job
         if key is not None:
             self._latest.started(key, serial, job.id)
         self.submitted.emit(job.id)
-        self._worker.jobs.put(job)
+        (self._reads if is_quick_read(fn) else self._worker).jobs.put(job)
         return job.id
 
     def cancel(self, job_id: int) -> None:
@@ -191,8 +196,10 @@ class EngineBridge(QObject):
     def shutdown(self, timeout: float = 10.0) -> None:
         """Cancel everything and stop the engine thread."""
         self.cancel_all()
-        self._worker.jobs.put(None)
-        self._worker.wait(int(timeout * 1000))
+        for worker in (self._worker, self._reads):
+            worker.jobs.put(None)
+        for worker in (self._worker, self._reads):
+            worker.wait(int(timeout * 1000))
         self._notifier.setEnabled(False)
         self._drain()  # deliver the last reports (cancellations) before the bridge goes
         self._wake_in.close()

@@ -29,7 +29,7 @@ from engine.features import (
 )
 from engine.geometry import *  # noqa: F403
 from engine.hooks import check_hooks
-from engine.jobs import Cancelled, JobContext, resolve_device, run_cli
+from engine.jobs import Cancelled, JobContext, is_quick_read, quick_read, resolve_device, run_cli
 from engine.models import *  # noqa: F403
 from engine.models import Vocab, cached_model, load_vocab
 from engine.models.registry import ModelSpec
@@ -86,6 +86,7 @@ def _has_images(store: ActivationStore) -> bool:
     return True
 
 
+@quick_read
 def index_values(ctx: JobContext, store_path: str | os.PathLike, field: str, ids: np.ndarray) -> np.ndarray:
     """Job: values of one index column (tokens, position, a label) at the given store rows
     (-1 for ids outside the store)."""
@@ -107,6 +108,7 @@ def hook_points(ctx: JobContext, model: str) -> list[str]:
     return cached_model(model).hook_points()
 
 
+@quick_read
 def vocab(ctx: JobContext, model_id: str) -> Vocab | None:
     """Job: the vocabulary of a store's model (None for image models), off the GUI thread."""
     return load_vocab(model_id)
@@ -139,6 +141,7 @@ def load_browser(ctx: JobContext, store_path: str | os.PathLike, stats_id: str) 
     return make_browser_data(stats, load_vocab(model_id), ctx)
 
 
+@quick_read
 def latent_stats(ctx: JobContext, store_path: str | os.PathLike, sae_id: str) -> dict[str, Any]:
     """Job: density and most promoted tokens of every latent, from the store's statistics."""
     ctx.check_cancelled()
@@ -169,8 +172,8 @@ __all__ = [
     "BrowserData", "Cancelled", "CaptureResult", "DemoSpec", "JobContext", "LatentLabError", "Stage",
     "StoreSummary", "TEXT_SUFFIXES", "Workspace",
     "build_demo", "capture", "capture_distributed", "check_hooks", "default_workspace",
-    "focused_values", "hook_points", "index_values", "latent_stats", "load_browser", "make_browser_data",
-    "open_comparison",
+    "focused_values", "hook_points", "index_values", "is_quick_read", "latent_stats", "load_browser", "make_browser_data",
+    "open_comparison", "quick_read",
     "resolve_device", "run_cli", "store_summary", "vocab",
     # typed specs (engine.specs, engine.models.registry) and the recipe's short form
     "CaptureSpec", "ConceptSets", "ModelSpec", "RecipeItem", "Spec", "SpecError", "SpecFile",

@@ -93,6 +93,19 @@ class TerminalProgress:
             self._drawn = False
 
 
+def quick_read(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Mark a job that only reads small parts of finished files and returns within a second
+    or so: the app may run it beside a long job (a capture, a training) instead of behind
+    it, so a view's colouring or vocabulary does not wait minutes."""
+    fn.quick_read = True  # type: ignore[attr-defined]
+    return fn
+
+
+def is_quick_read(fn: Callable[..., Any]) -> bool:
+    """Whether ``fn`` was marked with ``quick_read``."""
+    return bool(getattr(fn, "quick_read", False))
+
+
 def _print_note(obj: Any) -> None:
     """A job's text partials are notes for the user (``note: ...``); other partials are for views."""
     if isinstance(obj, str):

@@ -12,6 +12,7 @@ import pytest
 from desktop_app.bridge import CANCELLED, DONE, FAILED, EngineBridge
 from desktop_app.state import LATENTS, ROWS, AppState, Selection, and_not_mode, or_mode
 from engine.errors import StoreError
+from engine.jobs import quick_read
 from engine.projection.layouts import Layout
 
 
@@ -93,6 +94,29 @@ def test_jobs_run_in_order_on_the_engine_thread(bridge):
     assert bridge.wait_idle(10)
     assert results[0] == results[1] != threading.get_ident()  # one thread, not the GUI's
     assert partials == [0, 1, 2]
+
+
+def _wait_for(ctx, event: threading.Event) -> int:
+    while not event.wait(0.01):
+        ctx.check_cancelled()
+    return threading.get_ident()
+
+
+@quick_read
+def _read(ctx) -> int:
+    return threading.get_ident()
+
+
+def test_a_quick_read_runs_beside_a_long_job_not_behind_it(bridge, qtbot):
+    release, results = threading.Event(), {}
+    long_job = bridge.submit("long", _wait_for, event=release, on_result=lambda r: results.update(long=r))
+    bridge.submit("read", _read, on_result=lambda r: results.update(read=r))
+    qtbot.waitUntil(lambda: "read" in results, timeout=10_000)
+    assert bridge.jobs[long_job].state == "running" and "long" not in results
+    release.set()
+    assert bridge.wait_idle(10)
+    assert results["long"] != results["read"]  # two engine threads, neither the GUI's
+    assert threading.get_ident() not in results.values()
 
 
 def test_a_keyed_job_replaces_the_stale_one(bridge):
