@@ -88,6 +88,12 @@ def resolve_zoo_folder(model_id: str, store: Path | None, workspace: Path | None
     return None
 
 
+def compact(combo: QComboBox, chars: int) -> None:
+    """Let a combo shrink to ``chars`` characters (its longest item no longer sets the view's width)."""
+    combo.setMinimumContentsLength(chars)
+    combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+
+
 def fill_paths(combo: QComboBox, paths: list[Path]) -> None:
     """The combo's items become ``paths``: each shown by its name, the full path as data and tooltip."""
     combo.clear()

@@ -53,7 +53,7 @@ from views.common.plots import (
     style_plot,
 )
 from views.common.requests import Requests
-from views.geometry.common import StorePicker, resolve_zoo_folder
+from views.geometry.common import StorePicker, compact, resolve_zoo_folder
 from views.geometry.matching import METHODS, draw_match
 
 
@@ -113,6 +113,7 @@ class CompareTab(QWidget):
         self.picker_a, self.picker_b = StorePicker("A"), StorePicker("B")
         self.measure = QComboBox()
         self.measure.addItems(list(MEASURES))
+        compact(self.measure, 9)
         self.max_rows = QSpinBox()
         self.max_rows.setRange(0, 100_000_000)
         self.max_rows.setSingleStep(1000)
@@ -172,6 +173,7 @@ class CompareTab(QWidget):
         for key, text in METHODS.items():
             self.method.addItem(text, key)
         self.method.setToolTip("How units of A are matched to units of B on the cell's rows")
+        compact(self.method, 11)
         self.method.currentIndexChanged.connect(lambda _i: self.run_match())
         self.n_clusters = QSpinBox()
         self.n_clusters.setRange(2, 64)

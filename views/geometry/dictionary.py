@@ -191,7 +191,8 @@ class DictionaryTab(QWidget):
 
     def _build_table(self) -> QWidget:
         self.table = QTableWidget(0, 3)
-        self.table.setHorizontalHeaderLabels(["latent A", "latent B", "cosine"])
+        self.table.setHorizontalHeaderLabels(["A", "B", "cosine"])
+        self.table.setToolTip("Matched latents of SAE A and SAE B and the cosine of their decoder rows")
         self.table.verticalHeader().hide()
         self.table.verticalHeader().setDefaultSectionSize(20)
         self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)

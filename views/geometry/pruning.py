@@ -46,7 +46,7 @@ from views.common.plots import (
     style_plot,
 )
 from views.common.requests import Requests
-from views.geometry.common import is_pruned, workspace_models, zoo_info
+from views.geometry.common import compact, is_pruned, workspace_models, zoo_info
 
 QUANTITIES = {"norm": "norm", "angle to class weight (rad)": "angle_weight",
               "angle to centroid (rad)": "angle_centroid", "margin (logit)": "margin",
@@ -125,6 +125,7 @@ class PruningTab(QWidget):
     def _build_results(self) -> QWidget:
         self.hint = QLabel("Choose a dense model and its pruned variants, then Compare")
         self.hint.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.hint.setWordWrap(True)
         self.accuracy = QTableWidget(0, 0)
         self.accuracy.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.accuracy.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
@@ -134,6 +135,7 @@ class PruningTab(QWidget):
         self.quantity.addItems(list(QUANTITIES))
         for combo in (self.model_combo, self.corruption_combo, self.quantity):
             combo.currentIndexChanged.connect(self._show_pair)
+            compact(combo, 5)
         self.hist = pg.PlotWidget(background="w")
         self.hist.setMinimumHeight(180)
         style_plot(self.hist)
