@@ -1,12 +1,12 @@
-"""Screenshots of every view of the real app on the demo workspace, at the screen's size, as
-a researcher sees them at the default layout: the window fills the screen, each view's dock
-is raised in turn, and the window is grabbed once the engine is idle. Run under Xvfb at each
-size the README shows:
+"""Screenshots of every view of the real app on the demo workspace as a researcher sees them
+on a screen of a given size: the window at the size the app gives it there, each view's
+dock raised in turn, grabbed once the engine is idle. Run under Xvfb at each screen size
+the README shows:
 
     xvfb-run -a -s "-screen 0 1600x1000x24" python docs/app_screens.py
     xvfb-run -a -s "-screen 0 1366x768x24" python docs/app_screens.py
 
-Writes docs/screenshots/app_<view>_<W>x<H>.png (view in lower case)."""
+Writes docs/screenshots/app_<view>_<screen W>x<screen H>.png (view in lower case)."""
 
 from __future__ import annotations
 
@@ -39,10 +39,9 @@ def main() -> int:
     app = QApplication(sys.argv[:1])
     settings = QSettings(str(OUT / ".screens.ini"), QSettings.Format.IniFormat)  # not the user's
     win = make_window(gui_views(), device="cpu", settings=settings)
-    screen = win.screen().availableGeometry()
+    screen = win.screen().geometry()
     size = f"{screen.width()}x{screen.height()}"
     win.show()
-    win.setGeometry(screen)
     win.open_workspace(default_workspace(), demo=DemoSpec())
     assert win.bridge.wait_idle(1800), "the demo workspace did not finish building"
     _settle(app, 2.0)

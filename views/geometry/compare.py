@@ -19,11 +19,13 @@ from PySide6.QtGui import QPainter
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QComboBox,
+    QFrame,
     QHBoxLayout,
     QHeaderView,
     QLabel,
     QProgressBar,
     QPushButton,
+    QScrollArea,
     QSpinBox,
     QSplitter,
     QTableWidget,
@@ -103,7 +105,15 @@ class CompareTab(QWidget):
         split.addWidget(self._build_detail())
         split.setStretchFactor(0, 1)
         split.setSizes([2000, 330])
-        QVBoxLayout(self).addWidget(split)
+        # the tab never widens the window past the screen: below its comfortable width
+        # (two pickers side by side and the cell's detail) it scrolls instead
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QFrame.Shape.NoFrame)
+        scroll.setWidget(split)
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        outer.addWidget(scroll)
         self.jobs = Requests(state, self.progress, self.status, self)
         self.cell_jobs = Requests(state, self.cell_progress, self.cell_status, self)
         self._show_cell()
