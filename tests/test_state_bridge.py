@@ -180,6 +180,12 @@ def test_garbage_is_collected_on_the_gui_thread_only(qapp, qtbot):
     """Collecting Qt wrappers on the engine thread deadlocks PySide6: while a bridge lives,
     automatic collection is off and the GUI thread collects on a timer."""
     import gc
+
+    from PySide6.QtCore import QCoreApplication, QEvent
+    # an earlier test's windows, freed while this one runs, would lower the allocation count
+    # the collector's trigger reads (deallocations count down): free them first
+    QCoreApplication.sendPostedEvents(None, QEvent.Type.DeferredDelete)
+    gc.collect()
     bridge = EngineBridge("cpu")
     try:
         assert not gc.isenabled()
