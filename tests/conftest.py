@@ -141,6 +141,15 @@ def wait_until(qtbot, predicate, timeout: float = 60.0) -> None:
 
 
 @pytest.fixture
+def bridge(qapp):
+    """An engine bridge on the CPU (the app's engine thread), stopped afterwards."""
+    from desktop_app.bridge import EngineBridge
+    b = EngineBridge(device="cpu")
+    yield b
+    b.shutdown()
+
+
+@pytest.fixture
 def open_window(qtbot, tmp_path):
     """A factory of real main windows (``views``: default every view, as ``main.py``) with
     their own settings file; each is closed and its engine stopped afterwards."""

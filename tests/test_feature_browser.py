@@ -17,7 +17,6 @@ import torch
 from PySide6.QtCore import QRectF, Qt
 from PySide6.QtGui import QColor, QImage, QPainter
 
-from desktop_app.bridge import EngineBridge
 from desktop_app.state import LATENTS, ROWS, AppState, Selection
 from engine.api import make_browser_data as browser_data
 from engine.features.one_pass import feature_pass
@@ -63,13 +62,6 @@ def variant(ws, tmp_path_factory):
     folder = save_sae(sae, root / "dead")
     feature_stats(JobContext(device=torch.device("cpu")), store, sae, ws.hook, "plain")
     return store, folder
-
-
-@pytest.fixture
-def bridge():
-    b = EngineBridge(device="cpu")
-    yield b
-    b.shutdown()
 
 
 def _open(qtbot, bridge, ws, store=None, sae=None, stats_id=None) -> tuple[AppState, FeatureBrowser]:

@@ -14,7 +14,6 @@ import pytest
 import torch
 from PySide6.QtCore import Qt, QUrl
 
-from desktop_app.bridge import EngineBridge
 from desktop_app.state import AppState
 from engine.api import sae_quality, text_latents
 from engine.features.stats import label_association, load_feature_stats
@@ -52,13 +51,6 @@ def reference(ws, tiny_llama):
         hidden = model(ids, output_hidden_states=True).hidden_states[2][0, 1:]  # blocks.1.hook_resid_post
         codes = load_sae(ws.sae).encode(hidden).numpy()
     return ids[0, 1:].numpy(), codes
-
-
-@pytest.fixture
-def bridge():
-    b = EngineBridge(device="cpu")
-    yield b
-    b.shutdown()
 
 
 @pytest.fixture

@@ -15,7 +15,6 @@ import torch
 from PySide6.QtCore import Qt
 from PySide6.QtTest import QTest
 
-from desktop_app.bridge import EngineBridge
 from desktop_app.state import ROWS, AppState, Selection
 from engine.capture import capture
 from engine.geometry import kernel_curves, layer_matrix
@@ -38,13 +37,6 @@ def llama_ws(tiny_llama, tmp_path_factory) -> Path:
             max_tokens=1200, ctx_len=64, dtype="float32")
     write_store(root / "stores" / "unlabelled.h5", {"x": np.random.default_rng(0).normal(size=(40, 4))})
     return root
-
-
-@pytest.fixture
-def bridge(qapp):
-    b = EngineBridge(device="cpu")
-    yield b
-    b.shutdown()
 
 
 def test_kernel_view_draws_the_engines_curve_per_hook(qtbot, bridge, llama_ws) -> None:

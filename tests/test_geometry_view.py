@@ -69,13 +69,6 @@ def ws(tmp_path_factory) -> Path:
     return root
 
 
-@pytest.fixture
-def bridge(qapp):
-    b = EngineBridge(device="cpu")
-    yield b
-    b.shutdown()
-
-
 def open_view(qtbot, bridge, workspace: Path | None) -> tuple[AppState, GeometryView]:
     state = AppState(bridge)
     if workspace is not None:

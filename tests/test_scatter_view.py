@@ -15,7 +15,6 @@ from PySide6.QtCore import QPoint, QPointF, QRectF, Qt
 from PySide6.QtGui import QImage, QPainter
 from PySide6.QtTest import QTest
 
-from desktop_app.bridge import EngineBridge
 from desktop_app.state import LATENTS, ROWS, AppState, Selection, and_not_mode, or_mode
 from engine.features.stats import load_feature_stats
 from engine.jobs import JobContext
@@ -54,13 +53,6 @@ def star(cx: float, cy: float, r: float, n: int = 40, seed: int = 0) -> np.ndarr
 
 
 # ---------------------------------------------------------------- fixtures
-@pytest.fixture
-def bridge(qapp):
-    b = EngineBridge(device="cpu")
-    yield b
-    b.shutdown()
-
-
 @pytest.fixture
 def state(bridge):
     return AppState(engine=bridge)

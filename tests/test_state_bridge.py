@@ -7,20 +7,12 @@ import threading
 import time
 
 import numpy as np
-import pytest
 
 from desktop_app.bridge import CANCELLED, DONE, FAILED, EngineBridge
 from desktop_app.state import LATENTS, ROWS, AppState, Selection, and_not_mode, or_mode
 from engine.errors import StoreError
 from engine.jobs import quick_read
 from engine.projection.layouts import Layout
-
-
-@pytest.fixture
-def bridge(qapp):
-    b = EngineBridge("cpu")
-    yield b
-    b.shutdown()
 
 
 def test_setters_emit_once_and_only_on_change(qapp):
