@@ -52,6 +52,11 @@ def main() -> int:
         dock.raise_()
         _settle(app, 1.0)
         assert win.bridge.wait_idle(600), f"{name}: jobs still running"
+        compare = getattr(view, "compare", None)  # Geometry: its first-shown matrix and a cell
+        if compare is not None and compare.matrix is not None and min(compare.matrix.values.shape) > 1:
+            compare.select_cell(1, compare.matrix.values.shape[1] - 1)
+            _settle(app, 0.5)
+            assert win.bridge.wait_idle(600), f"{name}: the cell's jobs still running"
         _settle(app, 1.5)
         path = OUT / f"app_{name.lower()}_{size}.png"
         win.grab().save(str(path))

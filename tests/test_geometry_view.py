@@ -78,6 +78,7 @@ def open_view(qtbot, bridge, workspace: Path | None) -> tuple[AppState, Geometry
     view.resize(1300, 800)
     view.show()
     qtbot.waitExposed(view)
+    assert bridge.wait_idle(60)  # the matrix Compare computes when first shown
     return state, view
 
 
@@ -176,6 +177,16 @@ def test_clicking_a_cell_fills_every_measure_matching_and_stitching(qtbot, bridg
     assert tab.cell == (0, 0) and tab.stitched is None
 
 
+def test_compare_computes_its_matrix_when_first_shown(qtbot, bridge, ws) -> None:
+    """A store with several hook points in A and B: the layer matrix is there without a click."""
+    _, view = open_view(qtbot, bridge, ws)
+    tab = view.compare
+    hooks = tab.picker_a.hooks()
+    assert len(hooks) > 1 and tab.matrix is not None
+    assert tab.matrix.hooks_a == hooks and tab.matrix.values.shape == (len(hooks), len(tab.picker_b.hooks()))
+    assert tab.sources.store_a == tab.picker_a.path() and tab.sources.store_b == tab.picker_b.path()
+
+
 def test_nan_cells_are_grey_and_a_one_hook_store_gives_one_cell(qtbot, bridge, ws) -> None:
     state, view = open_view(qtbot, bridge, ws)
     tab = view.compare
@@ -223,6 +234,7 @@ def test_failing_job_shows_its_sentence(qtbot, bridge, ws, tmp_path) -> None:
 def test_choices_survive_a_new_active_store_and_outside_cancelling(qtbot, bridge, ws) -> None:
     state, view = open_view(qtbot, bridge, ws)
     tab = view.compare
+    shown, sources = tab.matrix, tab.sources  # computed when the tab was first shown
     tab.picker_a.set_path(ws / "stores" / "b_other.h5", HOOKS[:1])
     state.set_store(ws / "stores" / "c_one_hook.h5")
     assert tab.picker_a.path() == ws / "stores" / "b_other.h5" and tab.picker_a.hooks() == HOOKS[:1]
@@ -234,7 +246,7 @@ def test_choices_survive_a_new_active_store_and_outside_cancelling(qtbot, bridge
     gate.set()
     assert bridge.wait_idle(30)
     assert not tab.progress.isVisibleTo(view) and tab.status.text() == "Cancelled."
-    assert tab.matrix is None
+    assert tab.matrix is shown and tab.sources is sources  # the last matrix stays, with its own stores
 
 
 def test_no_workspace(qtbot, bridge) -> None:

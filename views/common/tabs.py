@@ -1,13 +1,14 @@
 """A view made of named tabs: its session is every tab's plus the open one, its figure is
-the open tab's, and cancelling its requests cancels every tab's."""
+the open tab's, and cancelling its requests cancels every tab's. Below its tabs' minimum
+width the view scrolls instead of widening the window past the screen."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from PySide6.QtCore import QRectF
-from PySide6.QtGui import QPainter
-from PySide6.QtWidgets import QTabWidget, QVBoxLayout, QWidget
+from PySide6.QtGui import QGuiApplication, QPainter
+from PySide6.QtWidgets import QFrame, QScrollArea, QTabWidget, QVBoxLayout, QWidget
 
 
 class TabbedView(QWidget):
@@ -21,9 +22,18 @@ class TabbedView(QWidget):
         self.tabs = QTabWidget()
         for _, label, widget in tabs:
             self.tabs.addTab(widget, label)
+        scroll = QScrollArea()  # a dock as wide as its content's minimum would push the
+        scroll.setWidgetResizable(True)  # window past a small screen's edge
+        scroll.setFrameShape(QFrame.Shape.NoFrame)
+        scroll.setWidget(self.tabs)
+        # but no narrower than the content needs, up to a share of the screen (a dock tabbed
+        # behind others would otherwise shrink to nothing when the docks are sized)
+        screen = QGuiApplication.primaryScreen()
+        cap = int(0.55 * screen.availableGeometry().width()) if screen is not None else 800
+        scroll.setMinimumWidth(min(self.tabs.minimumSizeHint().width() + 4, cap))
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
-        layout.addWidget(self.tabs)
+        layout.addWidget(scroll)
 
     def current(self) -> Any:
         return self.tabs.currentWidget()

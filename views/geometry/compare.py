@@ -19,13 +19,11 @@ from PySide6.QtGui import QPainter
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QComboBox,
-    QFrame,
     QHBoxLayout,
     QHeaderView,
     QLabel,
     QProgressBar,
     QPushButton,
-    QScrollArea,
     QSpinBox,
     QSplitter,
     QTableWidget,
@@ -95,6 +93,7 @@ class CompareTab(QWidget):
         self.match: Any = None  # NeuronMatch, SparsePrediction or UnitClusters
         self.stitched: StitchResult | StoreStitchResult | None = None
         self.selection = Selection()
+        self._shown = False  # the matrix is computed by itself the first time the tab is seen
         split = QSplitter(Qt.Orientation.Horizontal)
         main = QWidget()  # the pickers side by side above the heatmap: the matrix gets the width
         col = QVBoxLayout(main)
@@ -105,15 +104,7 @@ class CompareTab(QWidget):
         split.addWidget(self._build_detail())
         split.setStretchFactor(0, 1)
         split.setSizes([2000, 330])
-        # the tab never widens the window past the screen: below its comfortable width
-        # (two pickers side by side and the cell's detail) it scrolls instead
-        scroll = QScrollArea()
-        scroll.setWidgetResizable(True)
-        scroll.setFrameShape(QFrame.Shape.NoFrame)
-        scroll.setWidget(split)
-        outer = QVBoxLayout(self)
-        outer.setContentsMargins(0, 0, 0, 0)
-        outer.addWidget(scroll)
+        QVBoxLayout(self).addWidget(split)  # below its minimum width the view scrolls (TabbedView)
         self.jobs = Requests(state, self.progress, self.status, self)
         self.cell_jobs = Requests(state, self.cell_progress, self.cell_status, self)
         self._show_cell()
@@ -245,6 +236,16 @@ class CompareTab(QWidget):
         self.n_clusters.setValue(int(data.get("n_clusters", 8) or 8))
 
     # ------------------------------------------------------------ the matrix
+    def showEvent(self, event) -> None:  # noqa: N802 - Qt's name
+        """The first time the tab comes into view with a store of several hook points in A
+        and B (the active one by default), its matrix is computed: the demo's four layers
+        show their CKA matrix without a click."""
+        super().showEvent(event)
+        if not self._shown and self.matrix is None and self.picker_a.path() and self.picker_b.path():
+            self._shown = True
+            if len(self.picker_a.hooks()) > 1 or len(self.picker_b.hooks()) > 1:
+                self.compute_matrix()
+
     def compute_matrix(self) -> None:
         """Submit ``layer_matrix`` for the chosen stores, hook points and measure."""
         pa, pb = self.picker_a.path(), self.picker_b.path()
@@ -260,11 +261,15 @@ class CompareTab(QWidget):
 
     def _submit_matrix(self, src: Sources, ha: list[str], hb: list[str], measure: str) -> None:
         """``layer_matrix`` of ``src``'s stores, on the selected rows when they apply."""
-        self.sources = src._replace(rows=self.selected_rows(src.store_a, src.store_b))
-        self.jobs.submit("matrix", f"{measure}: {len(ha)} x {len(hb)} layers", layer_matrix, self.set_matrix,
+        src = src._replace(rows=self.selected_rows(src.store_a, src.store_b))
+
+        def drawn(result: LayerMatrix) -> None:  # the shown matrix and its sources change together
+            self.sources = src  # (a cancelled request leaves the last matrix with its own)
+            self.set_matrix(result)
+        self.jobs.submit("matrix", f"{measure}: {len(ha)} x {len(hb)} layers", layer_matrix, drawn,
                          lambda _s: self._clear_matrix(), store_a=src.store_a, hooks_a=ha,
                          store_b=src.store_b, hooks_b=hb, measure=measure, max_rows=src.max_rows,
-                         rows=self.sources.rows)
+                         rows=src.rows)
 
     # ------------------------------------------------------------ the selection
     def selected_rows(self, pa: Path, pb: Path) -> np.ndarray | None:
