@@ -11,7 +11,6 @@ from engine.features.encode import (
 )
 from engine.features.one_pass import feature_pass
 from engine.features.probe import TextLatents, text_latents
-from engine.features.quality import SAEQuality, sae_quality
 from engine.features.search import LatentSearch, search_latents
 from engine.features.stats import (
            FeatureStats,
@@ -26,6 +25,6 @@ from engine.features.stats import (
 )
 
 __all__ = ["Context", "FeatureStats", "FeatureStatsResult", "LatentSearch", "LatentTable", "RowLatents",
-           "SAEQuality", "TextLatents", "cached_sae", "feature_pass", "feature_stats", "latent_table",
+           "TextLatents", "cached_sae", "feature_pass", "feature_stats", "latent_table",
            "latent_values", "latents_on_rows", "load_feature_stats", "logit_model", "sae_feature_stats",
-           "sae_quality", "search_latents", "shaded_contexts", "suggest_latent", "text_latents"]
+           "search_latents", "shaded_contexts", "suggest_latent", "text_latents"]

@@ -9,8 +9,9 @@ from engine.sae.base import (
            takes_k,
 )
 from engine.sae.io import load_sae
+from engine.sae.quality import SAEQuality, sae_quality
 from engine.sae.train_job import load_training_curves, train_sae, train_sae_distributed
 from engine.sae.trainer import TrainingPoint
 
-__all__ = ["train_sae", "train_sae_distributed", "TrainingPoint", "load_training_curves", "load_sae", "SAEConfig", "SparseAutoencoder", "build_sae",
+__all__ = ["SAEQuality", "sae_quality", "train_sae", "train_sae_distributed", "TrainingPoint", "load_training_curves", "load_sae", "SAEConfig", "SparseAutoencoder", "build_sae",
            "architecture", "architectures", "takes_k"]

@@ -18,6 +18,7 @@ import torch
 from engine.errors import LatentLabError, StoreError
 from engine.jobs import JobContext
 from engine.sae.base import SAEConfig, SparseAutoencoder, TrainState, build_sae
+from engine.sae.quality import METRICS_FILE
 from engine.sae.trainer import TrainConfig, TrainingPoint, fit, init_b_dec, make_optimizer
 from engine.store.activations import ActivationStore
 
@@ -105,8 +106,8 @@ def train_sae(ctx: JobContext, store: str | os.PathLike, hook: str, out: str | o
     measured, carrying metrics.json's figures in ``heldout``."""
     out = Path(out)
     world, rank = _dist_info()
-    if resume and (out / "metrics.json").is_file() and not (out / CHECKPOINT).exists():
-        metrics = json.loads((out / "metrics.json").read_text())  # finished already
+    if resume and (out / METRICS_FILE).is_file() and not (out / CHECKPOINT).exists():
+        metrics = json.loads((out / METRICS_FILE).read_text())  # finished already
         for point in load_training_curves(out):
             ctx.partial(point)
         return TrainResult(str(out), int(metrics.get("steps", 0)), metrics)
@@ -164,7 +165,7 @@ def load_training_curves(sae_dir: str | os.PathLike) -> list[TrainingPoint]:
     """A trained SAE's curves as its training_log.json recorded them, the last point with
     metrics.json's held-out figures; none for a folder without a log (an SAE from elsewhere)."""
     folder = Path(sae_dir)
-    log, metrics = folder / "training_log.json", folder / "metrics.json"
+    log, metrics = folder / "training_log.json", folder / METRICS_FILE
     try:
         rows = json.loads(log.read_text()) if log.is_file() else []
         heldout = json.loads(metrics.read_text()) if metrics.is_file() else None
@@ -210,7 +211,7 @@ def _finish(ctx, st, hook, out: Path, sae, history, n_train, eval_model) -> dict
         metrics.update(spliced_loss(sae, adapter, st, hook, start=n_train, ctx=ctx))
     metrics = {k: float(v) for k, v in metrics.items()}
     metrics["steps"] = float(history[-1]["step"]) if history else 0.0
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
     shutil.rmtree(out / CHECKPOINT, ignore_errors=True)
     return metrics
 

@@ -1,5 +1,5 @@
-"""How good the SAE the browser shows is, as its training measured it on held-out rows:
-``train_sae`` writes ``metrics.json`` beside the weights (``engine.sae.metrics``: FVU,
+"""How good an SAE is, as its training measured it on held-out rows: ``train_sae`` writes
+``metrics.json`` (METRICS_FILE) beside the weights (``engine.sae.metrics``: FVU,
 L0, dead and dense fractions; loss recovered only when trained with an eval model)."""
 
 from __future__ import annotations
