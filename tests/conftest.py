@@ -135,6 +135,37 @@ def small_workspace(tiny_llama, tmp_path_factory):
     return build_demo(JobContext(device=torch.device("cpu")), root, small_demo_spec(tiny_llama))
 
 
+@pytest.fixture(scope="session")
+def small_stats(small_workspace):
+    """The small workspace's feature statistics (its SAE over its store)."""
+    from engine.features.stats import load_feature_stats
+    from engine.store.activations import ActivationStore
+    with ActivationStore.open(small_workspace.store) as store:
+        return load_feature_stats(store, small_workspace.sae_id)
+
+
+def open_browser(qtbot, bridge, ws, store=None, sae=None, stats_id=None, model=None,
+                 size: tuple[int, int] = (1200, 800)):
+    """A feature browser on its own, on ``ws``'s store, hook point, SAE and statistics (or
+    the given ones), once its statistics are loaded; returns (AppState, FeatureBrowser)."""
+    from desktop_app.state import AppState
+    from views.features.view import FeatureBrowser
+    state = AppState(bridge)
+    browser = FeatureBrowser(state)
+    qtbot.addWidget(browser)
+    browser.resize(*size)
+    browser.show()
+    with state.batch():
+        if model is not None:
+            state.set_model(model)
+        state.set_store(store or ws.store)
+        state.set_hook(ws.hook)
+        state.set_sae(sae or ws.sae)
+        state.set_stats(stats_id or ws.sae_id)
+    qtbot.waitUntil(lambda: browser.data_ is not None, timeout=30000)
+    return state, browser
+
+
 def wait_until(qtbot, predicate, timeout: float = 60.0) -> None:
     """Process Qt events until ``predicate()`` holds (``timeout`` seconds at most)."""
     qtbot.waitUntil(predicate, timeout=int(timeout * 1000))

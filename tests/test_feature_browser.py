@@ -20,11 +20,12 @@ from PySide6.QtGui import QColor, QImage, QPainter
 from desktop_app.state import LATENTS, ROWS, AppState, Selection
 from engine.api import make_browser_data as browser_data
 from engine.features.one_pass import feature_pass
-from engine.features.stats import feature_stats, load_feature_stats
+from engine.features.stats import feature_stats
 from engine.jobs import JobContext
 from engine.models.tokens import load_vocab
 from engine.sae.io import load_sae, save_sae
 from engine.store.activations import ActivationStore
+from tests.conftest import open_browser
 from views.features.view import (
     COLUMNS,
     SORT_ROLE,
@@ -44,12 +45,6 @@ def ws(small_workspace):
 
 
 @pytest.fixture(scope="module")
-def stats(ws):
-    with ActivationStore.open(ws.store) as store:
-        return load_feature_stats(store, ws.sae_id)
-
-
-@pytest.fixture(scope="module")
 def variant(ws, tmp_path_factory):
     """A copy of the store with statistics "plain" (no logits) of the workspace SAE with
     latent DEAD switched off (its encoder column zero, its bias negative)."""
@@ -64,24 +59,9 @@ def variant(ws, tmp_path_factory):
     return store, folder
 
 
-def _open(qtbot, bridge, ws, store=None, sae=None, stats_id=None) -> tuple[AppState, FeatureBrowser]:
-    state = AppState(bridge)
-    browser = FeatureBrowser(state)
-    qtbot.addWidget(browser)
-    browser.resize(1200, 800)
-    browser.show()
-    with state.batch():
-        state.set_store(store or ws.store)
-        state.set_hook(ws.hook)
-        state.set_sae(sae or ws.sae)
-        state.set_stats(stats_id or ws.sae_id)
-    qtbot.waitUntil(lambda: browser.data_ is not None, timeout=30000)
-    return state, browser
-
-
 @pytest.fixture
 def opened(qtbot, bridge, ws):
-    return _open(qtbot, bridge, ws)
+    return open_browser(qtbot, bridge, ws)
 
 
 def _column(browser: FeatureBrowser, col: int, role=SORT_ROLE) -> list:
@@ -89,26 +69,26 @@ def _column(browser: FeatureBrowser, col: int, role=SORT_ROLE) -> list:
     return [p.data(p.index(r, col), role) for r in range(p.rowCount())]
 
 
-def test_table_has_every_latent_and_sorts_numerically(opened, stats):
+def test_table_has_every_latent_and_sorts_numerically(opened, small_stats):
     _, browser = opened
-    d_sae = len(stats.count)
+    d_sae = len(small_stats.count)
     assert browser.proxy.rowCount() == d_sae and browser.proxy.columnCount() == len(COLUMNS)
     assert browser.stack.currentIndex() == 1
     assert _column(browser, 0) == list(range(d_sae))
     browser.table.sortByColumn(1, Qt.SortOrder.DescendingOrder)
     density = _column(browser, 1)
-    assert density == sorted(stats.density.tolist(), reverse=True)
+    assert density == sorted(small_stats.density.tolist(), reverse=True)
     assert all(isinstance(v, float) for v in density)
     browser.table.sortByColumn(2, Qt.SortOrder.AscendingOrder)
-    assert _column(browser, 2) == sorted(stats.max.tolist())
+    assert _column(browser, 2) == sorted(small_stats.max.tolist())
     text = _column(browser, 2, Qt.ItemDataRole.DisplayRole)  # shown as text, sorted as numbers
-    assert text[0] == f"{stats.max.min():.4g}"
+    assert text[0] == f"{small_stats.max.min():.4g}"
 
 
-def test_search_filters_by_id_and_label_text(opened, stats):
+def test_search_filters_by_id_and_label_text(opened, small_stats):
     state, browser = opened
     labels = browser.data_.table.labels
-    live = int(np.flatnonzero(stats.count > 0)[0])
+    live = int(np.flatnonzero(small_stats.count > 0)[0])
     word = labels[live].split(", ")[0].removeprefix("\u2192 ")
     browser.search.setText("label:" + word.upper())  # case-insensitive
     shown = _column(browser, 0)
@@ -123,7 +103,7 @@ def test_search_filters_by_id_and_label_text(opened, stats):
     browser.search.setText("no such label \u00a7")
     assert browser.proxy.rowCount() == 0 and browser.empty_label.isVisible()
     browser.search.clear()
-    assert browser.proxy.rowCount() == len(stats.count) and not browser.empty_label.isVisible()
+    assert browser.proxy.rowCount() == len(small_stats.count) and not browser.empty_label.isVisible()
 
 
 def test_focus_follows_the_table_and_the_table_follows_focus(opened, qtbot):
@@ -145,9 +125,9 @@ def test_focus_follows_the_table_and_the_table_follows_focus(opened, qtbot):
     assert browser.table.visualRect(current).intersects(browser.table.viewport().rect())
 
 
-def test_row_selection_lists_the_latent_that_fires_only_there(opened, qtbot, ws, stats):
+def test_row_selection_lists_the_latent_that_fires_only_there(opened, qtbot, ws, small_stats):
     state, browser = opened
-    latent = int(np.flatnonzero((stats.count >= 5) & (stats.count <= 200))[0])
+    latent = int(np.flatnonzero((small_stats.count >= 5) & (small_stats.count <= 200))[0])
     sae = load_sae(ws.sae)
     with ActivationStore.open(ws.store) as store, torch.no_grad():
         codes = sae.encode(torch.from_numpy(store.acts(ws.hook).astype(np.float32)))[:, latent]
@@ -175,26 +155,26 @@ def test_latent_selection_filters_the_table(opened):
     assert browser.proxy.rowCount() == browser.model.rowCount()
 
 
-def test_detail_pane_shows_shaded_top_contexts(opened, qtbot, ws, stats):
+def test_detail_pane_shows_shaded_top_contexts(opened, qtbot, ws, small_stats):
     state, browser = opened
-    latent = int(np.argmax(stats.count))
+    latent = int(np.argmax(small_stats.count))
     state.set_focus(latent)
     qtbot.waitUntil(lambda: len(browser.contexts) > 0, timeout=30000)
     top = browser.contexts[0]
-    assert top.row == stats.top_rows[latent, 0]
-    assert top.values is not None and top.values[top.at] == pytest.approx(stats.top_values[latent, 0], rel=1e-4)
-    assert top.values.max() <= stats.max[latent] * (1 + 1e-4)
+    assert top.row == small_stats.top_rows[latent, 0]
+    assert top.values is not None and top.values[top.at] == pytest.approx(small_stats.top_values[latent, 0], rel=1e-4)
+    assert top.values.max() <= small_stats.max[latent] * (1 + 1e-4)
     vocab = load_vocab(ws.model)
     token = vocab.token(int(top.tokens[top.at])).replace("\n", "\u21b5").replace("\t", "\u21e5")
     assert token.strip() in browser.detail.context_view.toPlainText()
     assert f"Latent {latent}" in browser.detail.title.text()
     assert browser.detail.logit_table.rowCount() == 10 and browser.detail.no_logits.isHidden()
     hist = browser.detail.hist.getPlotItem().listDataItems()
-    assert len(hist) == 1 and hist[0].yData.sum() == stats.count[latent]
+    assert len(hist) == 1 and hist[0].yData.sum() == small_stats.count[latent]
     neighbour = browser.detail.neighbours.item(0, 0)
-    assert neighbour.data(Qt.ItemDataRole.UserRole) == stats.neighbours[latent, 0]
+    assert neighbour.data(Qt.ItemDataRole.UserRole) == small_stats.neighbours[latent, 0]
     browser.detail.neighbours.itemClicked.emit(browser.detail.neighbours.item(0, 2))
-    assert state.focus == (int(stats.neighbours[latent, 0]),)
+    assert state.focus == (int(small_stats.neighbours[latent, 0]),)
 
 
 def _sections(text: str) -> list[str]:
@@ -202,17 +182,17 @@ def _sections(text: str) -> list[str]:
     return text.split(" of firing rows")[1:]
 
 
-def test_quantile_intervals_show_their_example_rows(opened, qtbot, ws, stats):
+def test_quantile_intervals_show_their_example_rows(opened, qtbot, ws, small_stats):
     state, browser = opened
-    latent = int(np.argmax(stats.count))
+    latent = int(np.argmax(small_stats.count))
     state.set_focus(latent)
     qtbot.waitUntil(lambda: len(browser.intervals) > 0, timeout=30000)
     assert browser.detail.tabs.tabText(1) == "Intervals"
-    rows, values, q = stats.interval_rows[latent], stats.interval_values[latent], stats.quantiles[latent]
+    rows, values, q = small_stats.interval_rows[latent], small_stats.interval_values[latent], small_stats.quantiles[latent]
     filled = [i for i in range(len(rows)) if (rows[i] >= 0).any()]
     assert len(filled) >= 5
     assert [iv.index for iv in browser.intervals] == filled[::-1]  # the highest interval first
-    assert [c.row for c in browser.contexts] == [r for r in stats.top_rows[latent, :12] if r >= 0]
+    assert [c.row for c in browser.contexts] == [r for r in small_stats.top_rows[latent, :12] if r >= 0]
     vocab = load_vocab(ws.model)
     sections = _sections(browser.detail.interval_view.toPlainText())
     assert len(sections) == len(filled)
@@ -227,18 +207,18 @@ def test_quantile_intervals_show_their_example_rows(opened, qtbot, ws, stats):
             assert c.values is not None and c.values[c.at] == pytest.approx(want, rel=1e-4)
             token = vocab.token(int(c.tokens[c.at])).replace("\n", "\u21b5").replace("\t", "\u21e5")
             assert token.strip() in text
-    top_level = f"{stats.quantile_levels[filled[-1]]:.0%}\u2013{stats.quantile_levels[filled[-1] + 1]:.0%}"
+    top_level = f"{small_stats.quantile_levels[filled[-1]]:.0%}\u2013{small_stats.quantile_levels[filled[-1] + 1]:.0%}"
     assert browser.detail.interval_view.toPlainText().lstrip().startswith(top_level)
 
 
-def test_empty_intervals_get_no_heading_and_stats_without_intervals(stats):
-    latent = int(np.argmax(stats.count))
-    cells = stats.interval_rows.copy()
+def test_empty_intervals_get_no_heading_and_stats_without_intervals(small_stats):
+    latent = int(np.argmax(small_stats.count))
+    cells = small_stats.interval_rows.copy()
     cells[latent, 2:5] = -1  # as a latent firing on few rows has empty intervals
-    sparse = dataclasses.replace(stats, interval_rows=cells)
+    sparse = dataclasses.replace(small_stats, interval_rows=cells)
     from engine.features.encode import Context
     kept = cells[latent][cells[latent] >= 0]
-    top = [Context(int(r), np.array([1]), 0, None, 1.0) for r in stats.top_rows[latent, :12] if r >= 0]
+    top = [Context(int(r), np.array([1]), 0, None, 1.0) for r in small_stats.top_rows[latent, :12] if r >= 0]
     examples = [Context(int(r), np.array([1, 2]), 0, None, 1.0) for r in kept]
     got_top, intervals = split_intervals(sparse, latent, top + examples)
     assert got_top == top and [c.row for iv in intervals for c in iv.contexts] == [
@@ -246,7 +226,7 @@ def test_empty_intervals_get_no_heading_and_stats_without_intervals(stats):
     assert {iv.index for iv in intervals} == set(range(cells.shape[1])) - {2, 3, 4}
     text = intervals_html(intervals, None, 1.0).replace("<p", "\n<p")
     assert len(_sections(text)) == len(intervals)
-    bare = dataclasses.replace(stats, interval_rows=None, interval_values=None)
+    bare = dataclasses.replace(small_stats, interval_rows=None, interval_values=None)
     assert split_intervals(bare, latent, top) == (top, [])
     assert "no quantile-interval examples" in intervals_html(None, None, 1.0)
 
@@ -257,7 +237,7 @@ def test_a_store_without_activation_rows_shades_from_its_codes(qtbot, bridge, ws
     out = tmp_path / "codes.h5"
     feature_pass(JobContext(device=torch.device("cpu")), ws.model, "demo", load_sae(ws.sae), ws.hook,
                  ws.sae_id, out, max_tokens=1200, ctx_len=64, write_acts=False)
-    state, browser = _open(qtbot, bridge, ws, store=out)
+    state, browser = open_browser(qtbot, bridge, ws, store=out)
     s = browser.data_.stats
     latent = int(np.argmax(s.count))
     state.set_focus(latent)
@@ -275,7 +255,7 @@ def test_a_store_without_activation_rows_shades_from_its_codes(qtbot, bridge, ws
 
 def test_dead_latent_and_stats_without_logits(qtbot, bridge, ws, variant):
     store, folder = variant
-    state, browser = _open(qtbot, bridge, ws, store=store, sae=folder, stats_id="plain")
+    state, browser = open_browser(qtbot, bridge, ws, store=store, sae=folder, stats_id="plain")
     assert browser.data_.stats.count[DEAD] == 0 and browser.data_.table.labels[DEAD] == "dead"
     state.set_focus(DEAD)
     assert "never fires" in browser.detail.context_view.toPlainText()
@@ -298,7 +278,7 @@ def test_missing_stats_show_a_placeholder(qtbot, bridge, ws):
     state.set_focus(4)
     state.set_selection(Selection(ROWS, [1, 2, 3]))
     assert browser.stack.currentIndex() == 0 and browser.data_ is None
-    state.set_stats("no-such-stats")
+    state.set_stats("no-such-small_stats")
     qtbot.waitUntil(lambda: browser.status.text() != "", timeout=30000)
     assert "no statistics named" in browser.status.text() and browser.stack.currentIndex() == 0
     assert "no statistics named" in browser.placeholder.text()
@@ -309,9 +289,9 @@ def test_missing_stats_show_a_placeholder(qtbot, bridge, ws):
     painter.end()
 
 
-def test_paint_figure_paints_the_detail_pane(opened, qtbot, stats):
+def test_paint_figure_paints_the_detail_pane(opened, qtbot, small_stats):
     state, browser = opened
-    state.set_focus(int(np.argmax(stats.count)))
+    state.set_focus(int(np.argmax(small_stats.count)))
     qtbot.waitUntil(lambda: len(browser.contexts) > 0, timeout=30000)
     image = QImage(900, 700, QImage.Format.Format_ARGB32)
     image.fill(QColor("white"))
@@ -373,8 +353,8 @@ def _synthetic_stats(d_sae: int, count: np.ndarray, rng: np.random.Generator):
         label_counts=counts, label_totals=np.full(classes, n // classes))
 
 
-def test_no_label_fields_and_images_do_not_break_labels(stats):
-    bare = dataclasses.replace(stats, label_counts=None, label_totals=None, logit_top_ids=None)
+def test_no_label_fields_and_images_do_not_break_labels(small_stats):
+    bare = dataclasses.replace(small_stats, label_counts=None, label_totals=None, logit_top_ids=None)
     data = browser_data(bare, None)
     assert (data.table.best == -1).all() and all(a == "" for a in data.table.association)
     assert all(label for label in data.table.labels)

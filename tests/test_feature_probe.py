@@ -16,12 +16,11 @@ from PySide6.QtCore import Qt, QUrl
 
 from desktop_app.state import AppState
 from engine.api import sae_quality, text_latents
-from engine.features.stats import label_association, load_feature_stats
+from engine.features.stats import label_association
 from engine.jobs import JobContext
 from engine.models.tokens import load_vocab
 from engine.sae.io import load_sae
-from engine.store.activations import ActivationStore
-from tests.conftest import wait_until
+from tests.conftest import open_browser, wait_until
 from views.features.view import FeatureBrowser
 
 TEXT = "The for statement iterates over the items of any sequence, such as a list or a string."
@@ -30,12 +29,6 @@ TEXT = "The for statement iterates over the items of any sequence, such as a lis
 @pytest.fixture(scope="module")
 def ws(small_workspace):
     return small_workspace
-
-
-@pytest.fixture(scope="module")
-def stats(ws):
-    with ActivationStore.open(ws.store) as store:
-        return load_feature_stats(store, ws.sae_id)
 
 
 @pytest.fixture(scope="module")
@@ -55,18 +48,7 @@ def reference(ws, tiny_llama):
 
 @pytest.fixture
 def opened(qtbot, bridge, ws):
-    state = AppState(bridge)
-    browser = FeatureBrowser(state)
-    qtbot.addWidget(browser)
-    browser.resize(700, 900)
-    browser.show()
-    with state.batch():
-        state.set_model(ws.model)
-        state.set_store(ws.store)
-        state.set_hook(ws.hook)
-        state.set_sae(ws.sae)
-        state.set_stats(ws.sae_id)
-    wait_until(qtbot, lambda: browser.data_ is not None, 30)
+    state, browser = open_browser(qtbot, bridge, ws, model=ws.model, size=(700, 900))
     yield state, browser
     bridge.wait_idle(30)
 
@@ -101,7 +83,7 @@ def test_text_probe_codes_equal_an_independent_encode(ws, reference):
         text_latents(JobContext(), model=ws.model, hook=ws.hook, sae_path=ws.sae, text="  \n")
 
 
-def test_text_probe_through_the_view_focuses_a_latent(opened, qtbot, reference, stats):
+def test_text_probe_through_the_view_focuses_a_latent(opened, qtbot, reference, small_stats):
     state, browser = opened
     ids, codes = reference
     probe = browser.probe
@@ -127,10 +109,10 @@ def test_text_probe_through_the_view_focuses_a_latent(opened, qtbot, reference, 
     latent = listed[1]
     assert state.focus == (latent,) and f"Latent {latent}" in browser.detail.title.text()
     shades = probe.shades()  # shaded by the focused latent, relative to its maximum over the store
-    np.testing.assert_allclose(shades, np.clip(codes[:, latent] / stats.max[latent], 0, 1), rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(shades, np.clip(codes[:, latent] / small_stats.max[latent], 0, 1), rtol=1e-3, atol=1e-4)
     probe.by_focus.setChecked(False)
     strongest = codes.argmax(1)
-    want_shades = np.where(codes.max(1) > 0, codes.max(1) / stats.max[strongest], 0)
+    want_shades = np.where(codes.max(1) > 0, codes.max(1) / small_stats.max[strongest], 0)
     np.testing.assert_allclose(probe.shades(), np.clip(want_shades, 0, 1), rtol=1e-3, atol=1e-4)
 
 
@@ -149,20 +131,20 @@ def _shown(browser: FeatureBrowser) -> list[int]:
     return sorted(int(p.data(p.index(r, 0))) for r in range(p.rowCount()))
 
 
-def test_search_by_token_finds_top_rows_and_logit_effects(opened, ws, stats):
+def test_search_by_token_finds_top_rows_and_logit_effects(opened, ws, small_stats):
     _, browser = opened
     vocab = load_vocab(ws.model)
-    tokens, counts = np.unique(stats.top_tokens[stats.top_tokens >= 0], return_counts=True)
+    tokens, counts = np.unique(small_stats.top_tokens[small_stats.top_tokens >= 0], return_counts=True)
     word = next(vocab.token(int(t)).strip() for t in tokens[np.argsort(-counts)]
                 if vocab.token(int(t)).strip().isalpha())
     forms = {f"{s}{w}" for w in (word, word.lower(), word.capitalize()) for s in ("", " ")}
     ids = [i for i in range(len(vocab.tokenizer.get_vocab())) if vocab.token(i) in forms]
-    want = [j for j in range(len(stats.count))
-            if set(stats.top_tokens[j]) & set(ids) or set(stats.logit_top_ids[j]) & set(ids)
-            or set(stats.logit_bottom_ids[j]) & set(ids)]
+    want = [j for j in range(len(small_stats.count))
+            if set(small_stats.top_tokens[j]) & set(ids) or set(small_stats.logit_top_ids[j]) & set(ids)
+            or set(small_stats.logit_bottom_ids[j]) & set(ids)]
     browser.search.setText(f"token:{word}")
     assert _shown(browser) == want and want
-    fires = sum(bool(set(stats.top_tokens[j]) & set(ids)) for j in range(len(stats.count)))
+    fires = sum(bool(set(small_stats.top_tokens[j]) & set(ids)) for j in range(len(small_stats.count)))
     assert f"fire on it {fires}" in browser.matched.text() and browser.matched.isVisible()
     browser.search.setText(word)  # plain: label text or token
     assert set(want) <= set(_shown(browser))
@@ -170,21 +152,21 @@ def test_search_by_token_finds_top_rows_and_logit_effects(opened, ws, stats):
     assert _shown(browser) == [] and "not one token" in browser.matched.text()
 
 
-def test_search_by_label_association_and_label_text(opened, stats):
+def test_search_by_label_association_and_label_text(opened, small_stats):
     _, browser = opened
-    fired = stats.label_counts.sum(1)
-    best = np.where(fired > 0, stats.label_counts.argmax(1), -1)
-    assert np.array_equal(best, label_association(stats)[0])
+    fired = small_stats.label_counts.sum(1)
+    best = np.where(fired > 0, small_stats.label_counts.argmax(1), -1)
+    assert np.array_equal(best, label_association(small_stats)[0])
     cls = int(np.bincount(best[best >= 0]).argmax())
-    name = stats.label_classes[cls]
+    name = small_stats.label_classes[cls]
     want = np.flatnonzero(best == cls).tolist()
-    for query in (f"{stats.label_name}={name.upper()}", f"={name}"):
+    for query in (f"{small_stats.label_name}={name.upper()}", f"={name}"):
         browser.search.setText(query)
         assert _shown(browser) == want
-        assert f"{stats.label_name}={name} {len(want)}" in browser.matched.text()
+        assert f"{small_stats.label_name}={name} {len(want)}" in browser.matched.text()
     browser.search.setText(f"colour={name}")
     assert _shown(browser) == [] and "no label field" in browser.matched.text()
-    browser.search.setText(f"{stats.label_name}=no-such-class")
+    browser.search.setText(f"{small_stats.label_name}=no-such-class")
     assert _shown(browser) == [] and "has no class" in browser.matched.text()
     browser.search.setText(f"label:{name}")  # label text: the association column names the class
     labels = browser.data_.table
@@ -192,7 +174,7 @@ def test_search_by_label_association_and_label_text(opened, stats):
                                if name.lower() in (labels.association[j] + "\t" + labels.labels[j]).lower()]
     assert browser.matched.text().startswith("Matched: ") and "label text" in browser.matched.text()
     browser.search.clear()
-    assert browser.proxy.rowCount() == len(stats.count) and not browser.matched.isVisible()
+    assert browser.proxy.rowCount() == len(small_stats.count) and not browser.matched.isVisible()
 
 
 # ---------------------------------------------------------------- the SAE's metrics
@@ -231,13 +213,13 @@ def _elided(table) -> list[str]:
 
 
 @pytest.mark.parametrize("size", [(1366, 768), (1500, 950)])  # 1500x950: the window a 1600x1000 screen gets
-def test_browser_legible_in_the_main_window(open_window, qtbot, small_workspace, stats, size):
+def test_browser_legible_in_the_main_window(open_window, qtbot, small_workspace, small_stats, size):
     window = open_window(size=size)
     assert window.open_workspace(small_workspace.root)
     wait_until(qtbot, lambda: window.state.stats and not window.bridge.busy(), 60)
     browser = window.views["Features"]
     window.docks["Features"].raise_()
-    latent = int(np.argmax(stats.count))
+    latent = int(np.argmax(small_stats.count))
     window.state.set_focus(latent)
     browser.probe.set_text(TEXT)
     browser.run_probe()
