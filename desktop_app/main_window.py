@@ -479,8 +479,7 @@ class MainWindow(Opening, QMainWindow):
     def _size_docks(self) -> None:
         self._size_jobs(self.jobs.expanded())
         first = next(iter(self.docks.values()))
-        share = 0.45 if self.width() >= 1500 else 0.4  # a laptop's width goes to the tabbed views
-        self.resizeDocks([first], [int(self.width() * share)], Qt.Orientation.Horizontal)
+        self.resizeDocks([first], [int(self.width() * 0.45)], Qt.Orientation.Horizontal)
         self._default_layout = self.saveState()
 
     def _size_jobs(self, expanded: bool) -> None:
