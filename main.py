@@ -772,8 +772,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _start_demo_first_slice(argv: list[str]) -> None:
+    """On a plain launch (the app on the demo workspace), start capturing the demo's first
+    rows in a process now, before the parser's and the window's imports (seconds), so that
+    the model loads on the second core meanwhile (engine.startup)."""
+    early = argparse.ArgumentParser(add_help=False)
+    early.add_argument("--device", default="auto")
+    known, rest = early.parse_known_args(argv)
+    if not rest:  # no sub-command and no --workspace
+        from engine.startup import start_first_slice
+        start_first_slice(device=known.device)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(_glue_number_lists(sys.argv[1:] if argv is None else argv))
+    argv = sys.argv[1:] if argv is None else argv
+    _start_demo_first_slice(argv)
+    args = build_parser().parse_args(_glue_number_lists(argv))
     from engine.api import Cancelled
     from engine.errors import LatentLabError
     try:

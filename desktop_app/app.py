@@ -13,6 +13,7 @@ from PySide6.QtCore import QSettings
 
 from desktop_app.main_window import MainWindow, ViewFactory
 from engine.api import DemoSpec, default_workspace, warm_in_background
+from engine.startup import first_slice_running
 
 
 def make_window(views: Sequence[tuple[str, ViewFactory]], device: str | None = None,
@@ -45,7 +46,8 @@ def run_app(views: Sequence[tuple[str, ViewFactory]], workspace: str | os.PathLi
     window.launched = launched
     window.show()
     app.processEvents()  # paint the window before the warm-up's imports compete for the GIL
-    warming = warm_in_background()  # umap's import and kernels for the first UMAP, off this thread
+    # umap's import and kernels for the first UMAP, off this thread and after the demo's first slice
+    warming = warm_in_background(after=first_slice_running())
     window.ask_on_close = quit_after is None  # a timed run (tests, benchmarks) quits without asking
     if workspace is None:
         window.open_workspace(default_workspace(), demo=DemoSpec(layers="background"), restore=True)

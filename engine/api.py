@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from engine import features, geometry, models, projection, sae, steering, store
+from engine.cache import default_workspace
 from engine.capture import CaptureResult, capture, capture_distributed
 from engine.demo import DemoSpec, Stage, build_demo
 from engine.errors import LatentLabError
@@ -50,7 +51,7 @@ from engine.steering import *  # noqa: F403
 from engine.steering.recipe import SHORT_FORMS, short_form_items
 from engine.store import *  # noqa: F403
 from engine.store import ActivationStore
-from engine.workspace import Workspace, default_workspace
+from engine.workspace import Workspace
 
 
 # ---------------------------------------------------------------- stores

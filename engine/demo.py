@@ -29,6 +29,7 @@ from engine.jobs import JobContext
 from engine.models.registry import ModelSpec
 from engine.projection.layouts import UMAP_ROWS
 from engine.specs import CaptureSpec, Count, Name, PositiveInt, Spec, TrainSpec
+from engine.startup import wait_first_slice
 from engine.store.activations import ActivationStore
 from engine.workspace import Workspace
 
@@ -206,6 +207,8 @@ def _grow(ctx: JobContext, ws: Workspace, spec: DemoSpec, store: Path) -> bool:
     True when a copy was announced. An older one-hook store is continued with its hook."""
     from engine.capture import capture
     from engine.projection.layouts import project
+    if wait_first_slice(ws.root, ctx.check_cancelled) == 0:  # its rows are in the store now
+        ctx.progress(0, 1, "first slice captured by the start-up process")
     _restart_if_broken(store, sorted((ws.root / "stores" / GROWING).glob(f"{store.stem}-*{store.suffix}"),
                                      key=lambda p: int(p.stem.rsplit("-", 1)[1])))
     hooks = _store_hooks(store) if store.is_file() else ()
@@ -316,6 +319,25 @@ def _layers_main(argv: list[str]) -> None:
     import torch
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # ended with the app: close the store first
     demo_layers(JobContext(device=torch.device("cpu")), argv[0], DemoSpec.parse(json.loads(argv[1])))
+
+
+def first_slice_main(argv: list[str]) -> None:
+    """The ``engine.startup.start_first_slice`` process: capture the first ``first_tokens`` rows of the
+    demo store of workspace argv[0] on device argv[1] (the spec: the JSON argv[2], else
+    DemoSpec()), unless that store exists. It touches nothing else in the workspace."""
+    import signal
+
+    from engine.capture import capture
+    from engine.jobs import resolve_device
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # ended with the app: close the store first
+    root, device, spec_json = (argv + ["", ""])[:3]
+    spec = DemoSpec.parse(json.loads(spec_json)) if spec_json else DemoSpec()
+    store = demo_store(Workspace(root=Path(root)), spec)
+    if store.exists() or not 0 < spec.first_tokens < spec.max_tokens:
+        return
+    store.parent.mkdir(parents=True, exist_ok=True)
+    capture(JobContext(device=resolve_device(device or None)),
+            **spec.capture_spec(store, spec.capture_hooks, spec.first_tokens).job_params())
 
 
 # ------------------------------------------------------------------ digits zoo, statistics

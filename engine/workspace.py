@@ -22,12 +22,6 @@ LIST_FIELDS = {"stores": "opened_stores", "saes": "opened_saes", "models": "open
 MAX_OPENED = 32  # entries kept per list, newest first
 
 
-def default_workspace() -> Path:
-    """$LATENTLAB_WORKSPACE, else ``demo`` in the user data folder."""
-    from platformdirs import user_data_dir
-    return Path(os.environ.get("LATENTLAB_WORKSPACE") or Path(user_data_dir("latentlab")) / "demo")
-
-
 class Workspace(SpecFile):
     """A workspace folder, its active model, store, hook point and SAE, and what was opened
     or trained in it. Format 1 still: the lists are optional fields an older reader skips."""

@@ -140,3 +140,35 @@ def test_a_demo_store_left_unreadable_by_a_kill_goes_on_from_its_growing_copy(ti
     assert next(o for o in seen if isinstance(o, Stage)).workspace.store == copy  # the picture at once
     hooks, tokens, _ = _read(ws.store)
     assert hooks == HOOKS and len(tokens) == 3000 and np.array_equal(tokens[:500], first_tokens)
+
+
+def test_a_first_slice_started_before_the_window_is_where_the_demo_goes_on_from(tiny_llama, tmp_path):
+    """main.py starts the first slice's capture in a process before the window's imports;
+    the demo job waits for it, shows that slice and captures the rest after it: the same
+    store as one capture in one go."""
+    from engine.startup import first_slice_running, start_first_slice, wait_first_slice
+    spec = small_demo_spec(tiny_llama, hooks=HOOKS, first_tokens=500, sae_epochs=1, umap=False)
+    root = tmp_path / "demo"
+    process = start_first_slice(root, "cpu", spec.model_dump_json())
+    assert process is not None and first_slice_running() is process
+    assert start_first_slice(root, "cpu", spec.model_dump_json()) is None  # one at a time
+    assert wait_first_slice(tmp_path / "other", lambda: None) is None  # another workspace's: not waited for
+    seen: list = []
+    messages: list[str] = []
+    ctx = JobContext(device=torch.device("cpu"), on_partial=seen.append,
+                     on_progress=lambda done, total, message: messages.append(message))
+    ws = build_demo(ctx, root, spec)
+    assert process.returncode == 0 and first_slice_running() is None
+    assert any("first slice captured by the start-up process" in m for m in messages)
+    first = next(o for o in seen if isinstance(o, Stage))
+    assert first.workspace.store.parent.name == GROWING
+    assert len(next(o for o in seen if isinstance(o, Layout)).ids) == 500  # the process's rows, shown
+    hooks, tokens, acts = _read(ws.store)
+    once = tmp_path / "once.h5"
+    capture(JobContext(), model=spec.model, source="demo", hooks=HOOKS, out=once, max_tokens=3000,
+            batch_size=spec.capture_batch, ctx_len=spec.ctx_len)
+    _, tokens1, acts1 = _read(once)
+    assert hooks == HOOKS and np.array_equal(tokens, tokens1)
+    for h in HOOKS:
+        np.testing.assert_allclose(acts[h].astype(np.float32), acts1[h].astype(np.float32), atol=2e-2, rtol=1e-2)
+    assert start_first_slice(root, "cpu", spec.model_dump_json()) is None  # a second launch: the store is there

@@ -61,13 +61,15 @@ def _load_kernels() -> None:
 _warming: subprocess.Popen | None = None  # the first launch's compiling process, if running
 
 
-def warm_in_background() -> subprocess.Popen | None:
+def warm_in_background(after: subprocess.Popen | None = None) -> subprocess.Popen | None:
     """At start-up, off the caller's thread, so that a UMAP request pays neither umap's
     import (2-5 s) nor its kernels' compilation (~40 s) or loading (~1 s): on a first launch
     (no marker) the kernels are compiled in a separate, low-priority process (numba holds
     the GIL while compiling, which would freeze a GUI), which a request waits for rather
     than compile them again; on every launch a thread imports umap and loads the
-    cached kernels. Returns that process, or None when the cache was warm."""
+    cached kernels, once the process ``after`` (one the first picture waits for, which
+    should have the cores) has ended. Returns the compiling process, or None when the
+    cache was warm."""
     global _warming
     _warming = None
     if not _warm_marker().exists():
@@ -75,16 +77,19 @@ def warm_in_background() -> subprocess.Popen | None:
         root = Path(__file__).resolve().parents[2]
         _warming = subprocess.Popen([sys.executable, "-c", code], cwd=root, stdout=subprocess.DEVNULL,
                                     stderr=subprocess.DEVNULL, env=dict(os.environ, PYTHONPATH=str(root)))
-    threading.Thread(target=preload_kernels, args=(_warming,), name="umap-preload").start()  # joined at exit
+    threading.Thread(target=preload_kernels, args=(_warming, after), name="umap-preload").start()  # joined at exit
     return _warming
 
 
-def preload_kernels(warming: subprocess.Popen | None) -> None:
+def preload_kernels(warming: subprocess.Popen | None, after: subprocess.Popen | None = None) -> None:
     """The start-up thread: once any compiling process is done (importing umap before would
-    compile pynndescent's eagerly typed functions here, ~30 s holding the GIL), load the
-    kernels, importing umap, whose compiled functions then load from the cache."""
+    compile pynndescent's eagerly typed functions here, ~30 s holding the GIL), and the
+    process ``after`` has ended, load the kernels, importing umap, whose compiled functions
+    then load from the cache."""
     if warming is not None and warming.wait() != 0:
         return  # stopped or failed: a request compiles what it needs
+    if after is not None:
+        after.wait()
     _load_kernels()
 
 
