@@ -58,3 +58,38 @@ def test_capture_5000_tokens(smollm2, tmp_path):
         assert acts.astype(np.float32).std() > 0.1
         ids, at = store.context(100)
         assert ids[at] == store.index("tokens", 100, 101)[0]
+
+
+def test_gguf_conversion_matches_transformers_own_gguf_loading(tmp_path):
+    """convert_gguf_llama (one read of the file) gives transformers' GGUF loader's weights bit
+    for bit, its config's fields and a tokenizer that encodes, decodes and templates alike."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from engine.models.gguf_llama import convert_gguf_llama
+    from engine.models.smollm2 import gguf_path
+    src = gguf_path()
+    folder = convert_gguf_llama(src, tmp_path / "converted")
+    ours = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).state_dict()
+    theirs = AutoModelForCausalLM.from_pretrained(src.parent, gguf_file=src.name, dtype=torch.float32).state_dict()
+    assert ours.keys() == theirs.keys()
+    for name, w in theirs.items():
+        assert ours[name].dtype == w.dtype and torch.equal(ours[name].view(torch.int32), w.view(torch.int32)), name
+    ours_cfg = AutoConfig.from_pretrained(folder).to_dict()
+    theirs_cfg = AutoConfig.from_pretrained(src.parent, gguf_file=src.name).to_dict()
+    for key in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+                "head_dim", "max_position_embeddings", "rms_norm_eps", "rope_parameters", "vocab_size",
+                "tie_word_embeddings", "bos_token_id", "eos_token_id", "pad_token_id", "hidden_act"):
+        assert ours_cfg[key] == theirs_cfg[key], key
+    ours_tok = AutoTokenizer.from_pretrained(folder)
+    theirs_tok = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)
+    from engine.sources.text import DemoCorpus
+    texts = [example.text for example in DemoCorpus()]
+    texts += ["<|im_start|>user\nhi<|im_end|>", "  two  spaces\tand\nlines ", "émoji 🤖 ünïcode", "<|endoftext|>x"]
+    for text in texts:
+        ids = theirs_tok(text)["input_ids"]
+        assert ours_tok(text)["input_ids"] == ids, text
+        assert ours_tok.decode(ids) == theirs_tok.decode(ids)
+    chat = [{"role": "user", "content": "What is the capital of France?"}]
+    assert ours_tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True) == \
+        theirs_tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+    assert ours_tok.all_special_tokens == theirs_tok.all_special_tokens

