@@ -48,12 +48,20 @@ LOADING = "loading hook points\u2026"
 
 
 def workspace_models(root: Path | None) -> list[str]:
-    """Model folders under ``root/models`` (a digits-zoo or Hugging Face folder, two levels deep)."""
-    if root is None or not (Path(root) / "models").is_dir():
+    """The models the workspace ``root`` recorded as opened (File > Open Model), newest first,
+    then the model folders under ``root/models`` (a digits-zoo or Hugging Face folder, two
+    levels deep)."""
+    if root is None:
         return []
+    opened: list[str] = []
+    if (Path(root) / "workspace.json").is_file():
+        try:
+            opened = api.Workspace.open(root).opened("models")
+        except LatentLabError:
+            pass  # an unreadable manifest: the folders are still offered
     found = [p.parent for pattern in ("*/", "*/*/") for name in ("latentlab_model.json", "config.json")
-             for p in (Path(root) / "models").glob(pattern + name)]
-    return sorted(str(p) for p in set(found))
+             for p in (Path(root) / "models").glob(pattern + name)] if (Path(root) / "models").is_dir() else []
+    return list(dict.fromkeys([*opened, *sorted(str(p) for p in set(found))]))
 
 
 def default_out(root: Path, spec: str, hook: str | None) -> Path:

@@ -15,6 +15,7 @@ from PySide6.QtWidgets import QDialogButtonBox
 from desktop_app.bridge import DONE
 from desktop_app.capture_dialog import LOADING, CaptureDialog
 from engine.store.activations import COSINE_ATTR, ActivationStore
+from engine.workspace import Workspace
 from tests.conftest import wait_until
 
 HOOK = "blocks.1.hook_resid_post"
@@ -98,11 +99,16 @@ def test_ticked_hooks_and_a_workspace_models_are_offered(window, qtbot, tiny_lla
     for sub in ("cnn-a", "pruned/cnn-a-magnitude-0.5"):
         (models / sub).mkdir(parents=True)
         (models / sub / "latentlab_model.json").write_text("{}")
+    ws = Workspace.create(tmp_path / "ws")  # File > Open Model records what it opened here
+    ws.remember("models", "hf:gpt2")
+    ws.remember("models", "./net.py:make")
+    ws.save()
     window.state.set_hook(HOOK)  # the active hook point starts ticked
     dlg = window.capture_dialog(model=str(tiny_llama))
     items = [dlg.model.itemText(i) for i in range(dlg.model.count())]
     assert items[:2] == ["smollm2", str(tiny_llama)]
     assert str(models / "cnn-a") in items and str(models / "pruned" / "cnn-a-magnitude-0.5") in items
+    assert items.index(f"{tmp_path / 'ws'}/net.py:make") < items.index("hf:gpt2") < items.index(str(models / "cnn-a"))
     wait_until(qtbot, dlg.hooks_loaded)
     assert dlg.checked_hooks() == [HOOK]
 
