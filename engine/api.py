@@ -35,6 +35,15 @@ from engine.models import *  # noqa: F403
 from engine.models import Vocab, cached_model, load_vocab
 from engine.models.registry import ModelSpec
 from engine.projection import *  # noqa: F403
+from engine.provenance import (
+    ProvenanceError,
+    check_inputs,
+    file_digest,
+    input_problems,
+    input_record,
+    portable_path,
+    resolve_path,
+)
 from engine.sae import *  # noqa: F403
 from engine.sources.text import TEXT_SUFFIXES
 from engine.specs import (
@@ -176,6 +185,9 @@ __all__ = [
     "focused_values", "hook_points", "index_values", "is_quick_read", "latent_stats", "load_browser", "make_browser_data",
     "open_comparison", "quick_read",
     "resolve_device", "run_cli", "store_summary", "vocab",
+    # provenance: input hashes, portable paths, checks (engine.provenance)
+    "ProvenanceError", "check_inputs", "file_digest", "input_problems", "input_record", "portable_path",
+    "resolve_path",
     # typed specs (engine.specs, engine.models.registry) and the recipe's short form
     "CaptureSpec", "ConceptSets", "ModelSpec", "RecipeItem", "Spec", "SpecError", "SpecFile",
     "SteeringRecipe", "TrainSpec", "SHORT_FORMS", "short_form_items",
