@@ -355,6 +355,91 @@ def cmd_steer(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_probe_text(args: argparse.Namespace) -> int:
+    """Which SAE latents fire on each token of a text (the browser's text probe)."""
+    from engine.api import run_cli, text_latents
+    from engine.errors import LatentLabError
+    if (args.text is None) == (args.file is None):
+        raise LatentLabError("give the text to probe with --text or --file (one of them)")
+    text = args.text if args.text is not None else _read_text(args.file)
+    r = run_cli(text_latents, device=args.device, quiet=True, model=args.model, hook=args.hook,
+                sae_path=args.sae, text=text)
+    for t, piece in enumerate(r.texts):
+        latents, values = r.top(t, args.top)
+        fired = ", ".join(f"{int(j)}={float(v):.3g}" for j, v in zip(latents, values, strict=True))
+        print(f"{t:4d} {piece!r:>16}  {fired or '-'}")
+    if r.truncated:
+        print(f"(only the first {len(r.tokens)} tokens were probed)")
+    return 0
+
+
+def _read_text(path: str) -> str:
+    from engine.errors import LatentLabError
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise LatentLabError(f"--file {path}: cannot read it as UTF-8 text ({exc})") from None
+
+
+def _group(flag: str, text: str, store: str):
+    """A delta group from its flag: LABEL=VALUE (a value index or class name), a .json/.npy
+    file of row ids, or ``rest`` (B only)."""
+    import numpy as np
+
+    from engine.api import REST, JobContext, LabelValue, store_groups
+    from engine.errors import LatentLabError
+    if text == REST:
+        return REST
+    if "=" in text:
+        label, _, value = text.partition("=")
+        classes = store_groups(JobContext(), store).labels
+        if label not in classes:
+            raise LatentLabError(f"{flag} {text!r}: the store has no label {label!r} "
+                                 f"(it has {', '.join(classes) or 'none'})")
+        for v, name, _ in classes[label]:
+            if value in (str(v), name):
+                return LabelValue(label, v)
+        raise LatentLabError(f"{flag} {text!r}: label {label} has no value {value!r} "
+                             f"(values: {', '.join(n for _, n, _ in classes[label][:12])})")
+    path = Path(text)
+    if path.suffix in (".json", ".npy") and path.is_file():
+        ids = np.load(path) if path.suffix == ".npy" else np.asarray(json.loads(path.read_text()))
+        return np.asarray(ids, np.int64).ravel()
+    raise LatentLabError(f"{flag} {text!r}: expected LABEL=VALUE, a .json or .npy file of row ids, or 'rest'")
+
+
+def cmd_delta(args: argparse.Namespace) -> int:
+    """mean(A) - mean(B) at a hook point of a store, written as a steering recipe item."""
+    from engine.api import SteeringRecipe, delta_item, delta_vector, run_cli
+    a, b = _group("--a", args.a, args.store), _group("--b", args.b, args.store)
+    d = run_cli(delta_vector, device=args.device, quiet=args.quiet, store_path=args.store, hook=args.hook, a=a, b=b)
+    item = delta_item(d, args.name or f"{args.a} - {args.b}", args.a, args.b, args.strength)
+    items = SteeringRecipe.load(args.out, f"--out {args.out}").dicts() if Path(args.out).is_file() else []
+    SteeringRecipe.parse({"items": [*items, item]}).write(args.out)
+    print(f"{args.out}: direction {item['name']!r} at {d.hook} (A {d.n_a} rows, B {d.n_b} rows, norm {d.norm:.4g}), "
+          f"item {len(items) + 1} of the recipe; use it with: main.py steer --recipe {args.out}")
+    return 0
+
+
+def cmd_steer_predict(args: argparse.Namespace) -> int:
+    """A classifier's predictions on a store's images before and after a steering recipe."""
+    from engine.api import classifier_spec, run_cli, steer_predictions
+    from engine.errors import LatentLabError
+    recipe = _steering_recipe(args)
+    if not recipe:
+        raise LatentLabError("no interventions: give --recipe FILE (e.g. one `main.py delta` wrote) or --intervention")
+    model = classifier_spec(args.model, getattr(args, "workspace", None), args.store) or args.model
+    r = run_cli(steer_predictions, device=args.device, quiet=True, model=model, recipe=recipe,
+                store=args.store, label=args.label)
+    print(f"{r.model_id}: {r.n} images of {args.store}; {r.changed} change their predicted class")
+    if r.label is not None:
+        print(f"accuracy against {r.label}: {r.accuracy_before:.1%} -> {r.accuracy_after:.1%}")
+    print(f"{'class':>12} {'before':>7} {'after':>7} {'p before':>9} {'p after':>8}")
+    for c, name in enumerate(r.classes):
+        print(f"{name:>12} {int(r.before[c]):7d} {int(r.after[c]):7d} {r.prob_before[c]:9.3f} {r.prob_after[c]:8.3f}")
+    return 0
+
+
 def _numbers(flag: str, text: str, kind: type = float) -> list:
     """A comma-separated number list of a flag; LatentLabError naming the flag when bad or empty."""
     from engine.errors import LatentLabError
@@ -709,6 +794,40 @@ def _steer_parser(sub) -> None:
     sr.add_argument("--temperature", type=float, default=1.0)
 
 
+def _probe_text_parser(sub) -> None:
+    pt = _command(sub, "probe-text", cmd_probe_text, "which SAE latents fire on each token of a text")
+    pt.add_argument("--model", default="smollm2")
+    pt.add_argument("--hook", required=True)
+    pt.add_argument("--sae", required=True, help="an SAE folder (any format load_sae reads)")
+    pt.add_argument("--text", help="the text to probe")
+    pt.add_argument("--file", help="a UTF-8 text file to probe instead")
+    pt.add_argument("--top", type=int, default=5, help="latents shown per token")
+
+
+def _delta_parser(sub) -> None:
+    de = _command(sub, "delta", cmd_delta, "a delta vector mean(A) - mean(B) of a store's rows, "
+                  "added to a steering recipe file")
+    de.add_argument("--store", required=True)
+    de.add_argument("--hook", required=True)
+    de.add_argument("--a", required=True, help="group A: LABEL=VALUE (value index or class name) or a "
+                    ".json/.npy file of row ids")
+    de.add_argument("--b", default="rest", help="group B: like --a, or 'rest' (every row not in A; default)")
+    de.add_argument("--name", default=None, help="the item's name (default: 'A - B')")
+    de.add_argument("--strength", type=float, default=1.0, help="1 moves B's mean onto A's")
+    de.add_argument("--out", required=True, help="the recipe JSON to write (an existing one gets the item appended)")
+    de.add_argument("--quiet", action="store_true")
+
+
+def _steer_predict_parser(sub) -> None:
+    sp = _command(sub, "steer-predict", cmd_steer_predict, "a classifier's predictions on a store's images "
+                  "with and without a steering recipe")
+    sp.add_argument("--model", required=True, help="a digits-zoo folder (or the store's digits-zoo:NAME)")
+    sp.add_argument("--store", required=True, help="a store of the model's images")
+    sp.add_argument("--recipe", default=None, help="a steering recipe JSON file (e.g. from `delta`)")
+    sp.add_argument("--intervention", action="append", default=[], help="repeatable, as for steer")
+    sp.add_argument("--label", default=None, help="the label accuracy is measured against (default: the first)")
+
+
 CONCEPT_HELP = ("SETS.json: {\"positive\": [texts], \"negative\": [texts], optional \"words\": [concept "
                 "words]}; the direction is mean(positive) - mean(negative) at each hook")
 
@@ -758,7 +877,7 @@ def _gui_parser(sub) -> None:
 SUBCOMMANDS = (_capture_parser, _store_info_parser, _hooks_parser, _zoo_train_parser, _zoo_prune_parser,
                _train_sae_parser, _feature_stats_parser, _demo_parser, _project_parser, _compare_pruned_parser,
                _compare_parser, _kernel_analysis_parser, _match_parser, _stitch_parser, _stitch_stores_parser,
-               _steer_parser,
+               _steer_parser, _probe_text_parser, _delta_parser, _steer_predict_parser,
                _sweep_parser, _inject_parser, _gui_parser)
 
 
