@@ -220,3 +220,22 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if perf:
         config.hook.pytest_deselected(items=perf)
         items[:] = [item for item in items if not item.get_closest_marker("perf")]
+
+
+@pytest.fixture(scope="session")
+def digits_workspace(tmp_path_factory):
+    """A tiny digits-zoo CNN (a workspace's models/) and its capture of digits:test (stores/,
+    hook blocks.1.hook_post, label 'digit')."""
+    import torch
+
+    from engine.capture import capture
+    from engine.jobs import JobContext
+    from engine.models.digits_zoo import train_zoo
+    cpu = JobContext(device=torch.device("cpu"))
+    root = tmp_path_factory.mktemp("digits")
+    train_zoo(cpu, str(root / "models"), arch="cnn", widths=(4,), depths=(2,), seeds=(0,), epochs=2)
+    (folder,) = (root / "models").iterdir()
+    store = root / "stores" / "digits.h5"
+    store.parent.mkdir()
+    capture(cpu, model=str(folder), source="digits:test", hooks=["blocks.1.hook_post"], out=store)
+    return folder, store

@@ -7,13 +7,10 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pytest
 import torch
 
 import main
-from engine.capture import capture
 from engine.jobs import JobContext
-from engine.models.digits_zoo import train_zoo
 from engine.specs import SteeringRecipe
 from engine.store.activations import ActivationStore
 
@@ -49,19 +46,8 @@ def test_delta_writes_a_recipe_item_equal_to_the_means_of_the_groups(small_works
     assert "the store has no label 'colour' (it has topic)" in capsys.readouterr().err
 
 
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory):
-    root = tmp_path_factory.mktemp("digits")
-    train_zoo(CPU, str(root / "models"), arch="cnn", widths=(4,), depths=(2,), seeds=(0,), epochs=2)
-    (folder,) = (root / "models").iterdir()
-    store = root / "stores" / "digits.h5"
-    store.parent.mkdir()
-    capture(CPU, model=str(folder), source="digits:test", hooks=["blocks.1.hook_post"], out=store)
-    return folder, store
-
-
-def test_steer_predict_shows_the_delta_moving_predictions_to_a_class(digits, tmp_path, capsys):
-    folder, store = digits
+def test_steer_predict_shows_the_delta_moving_predictions_to_a_class(digits_workspace, tmp_path, capsys):
+    folder, store = digits_workspace
     recipe = tmp_path / "r.json"
     assert main.main(["delta", "--store", str(store), "--hook", "blocks.1.hook_post", "--a", "digit=3",
                       "--b", "digit=5", "--strength", "3", "--out", str(recipe), "--quiet"]) == 0

@@ -17,10 +17,9 @@ from PySide6.QtCore import Qt
 import main
 from desktop_app.state import LATENTS, ROWS
 from engine.api import SteeringRecipe, generate_stream
-from engine.capture import capture
 from engine.features.stats import load_feature_stats
 from engine.jobs import JobContext
-from engine.models.digits_zoo import DigitsZooModel, train_zoo
+from engine.models.digits_zoo import DigitsZooModel
 from engine.store.activations import ActivationStore
 from tests.conftest import wait_until
 
@@ -171,18 +170,6 @@ def test_selection_steer_delta_of_two_label_values_round_trips(steering, qtbot, 
     assert main.main(["steer", "--model", small_workspace.model, "--recipe", str(bad), "--prompt", "The",
                       "--max-new-tokens", "2", "--device", "cpu"]) == 2
     assert "has 2 values but" in capsys.readouterr().err
-
-
-@pytest.fixture(scope="module")
-def digits_workspace(tmp_path_factory):
-    """A tiny digits-zoo CNN (a workspace's models/) and its capture of digits:test (stores/)."""
-    root = tmp_path_factory.mktemp("digits")
-    train_zoo(CPU, str(root / "models"), arch="cnn", widths=(4,), depths=(2,), seeds=(0,), epochs=2)
-    (folder,) = (root / "models").iterdir()
-    store = root / "stores" / "digits.h5"
-    store.parent.mkdir()
-    capture(CPU, model=str(folder), source="digits:test", hooks=["blocks.1.hook_post"], out=store)
-    return folder, store
 
 
 def test_selection_steer_delta_changes_a_classifier_s_predictions(open_window, qtbot, digits_workspace):
