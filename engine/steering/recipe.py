@@ -37,6 +37,7 @@ from engine.steering.steer import (
     steered,
 )
 from engine.steering.sweep import SweepResult, concept_token_ids, load_concept_sets, sweep
+from engine.steering.trails import Trail, run_trail, strength_trails
 
 CONCEPT_CACHE_SIZE = 64
 
@@ -168,6 +169,7 @@ class Generation(NamedTuple):
     kl: float = float("nan")  # KL(steered || baseline) of the token after the prompt
     gained: list[TokenShift] = []
     lost: list[TokenShift] = []
+    trail: Trail | None = None  # the run's activations at a hook point, when asked (trail_hook)
 
 
 class _TokenStream:
@@ -207,10 +209,12 @@ def _ready_model(model: str | ModelAdapter, device: torch.device) -> ModelAdapte
 def generate_stream(ctx: JobContext, model: str | ModelAdapter, prompt: str,
                     recipe: Sequence[Mapping[str, Any]] = (), max_new_tokens: int = 20, seed: int = 0,
                     sample: bool = False, temperature: float = 1.0, which: str = "steered",
-                    compare: bool = True, top: int = 8) -> Generation:
+                    compare: bool = True, top: int = 8, trail_hook: str | None = None) -> Generation:
     """Job: the continuation of ``prompt`` under ``recipe`` (``which="baseline"`` ignores
     the recipe), streamed token by token as partials; a steered run then compares its first
-    next-token distribution with the unsteered one (``compare``)."""
+    next-token distribution with the unsteered one (``compare``). With ``trail_hook`` the
+    result also holds the run's activations there (prompt and generated tokens, under the
+    same interventions: engine.steering.trails), for the map's trails."""
     if not prompt:
         raise LatentLabError("the prompt is empty")
     adapter = _ready_model(model, ctx.device)
@@ -220,6 +224,9 @@ def generate_stream(ctx: JobContext, model: str | ModelAdapter, prompt: str,
     with steered(adapter, interventions), checking(adapter.blocks(), ctx.check_cancelled):
         _, first = generate_first(adapter, inputs, max_new_tokens, seed, sample, temperature, streamer=stream)
     result = Generation(which, stream.tokens, stream.texts, True)
+    if trail_hook is not None:
+        ctx.check_cancelled()
+        result = result._replace(trail=run_trail(adapter, prompt, stream.tokens, trail_hook, interventions, which))
     if which != "steered":
         _remember_baseline(adapter, inputs, first)
         return result
@@ -347,6 +354,19 @@ def sweep_item(ctx: JobContext, model: str | ModelAdapter, item: Mapping[str, An
         directions[hook] = item_direction(adapter, item, hook)
     tokens = concept_token_ids(adapter, words)
     return sweep(ctx, adapter, list(prompts), directions, list(strengths), tokens, max_new_tokens, seed)
+
+
+def sweep_trails(ctx: JobContext, model: str | ModelAdapter, item: Mapping[str, Any],
+                 strengths: Sequence[float], prompt: str, hook: str, max_new_tokens: int = 8,
+                 seed: int = 0) -> list[Trail]:
+    """Job: the baseline trail and one trail per strength of a recipe item's direction at its
+    hook point, read at ``hook`` (engine.steering.trails.strength_trails): a sweep in the map."""
+    adapter = _ready_model(model, ctx.device)
+    item = check_item(item)
+    ctx.progress(0, 1, "direction")
+    direction = item_direction(adapter, item)
+    return strength_trails(ctx, adapter, prompt, item["hook"], direction, strengths, hook,
+                           max_new_tokens, seed)
 
 
 def inject_item(ctx: JobContext, model: str | ModelAdapter, item: Mapping[str, Any],

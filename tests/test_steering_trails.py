@@ -1,0 +1,168 @@
+"""Steering in the map (issue 19, item 1): a steered run's activations placed in the scatter's
+layout as trails, and the latents whose activation steering changed most."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from engine.api import (
+    OCEAN_TEXTS,
+    OTHER_TEXTS,
+    JobContext,
+    Layout,
+    generate_stream,
+    latent_changes,
+    layout_placer,
+    place_in_layout,
+    place_rows,
+    project,
+    rank_latent_changes,
+    sweep_trails,
+)
+from engine.errors import LatentLabError
+from engine.projection.placement import knn_place, make_placer, membership
+
+CPU = JobContext(device=torch.device("cpu"))
+PROMPT = "The weather today is"
+
+
+def _concept(hook: str, strength: float = 4.0) -> dict:
+    return {"kind": "concept", "hook": hook, "strength": strength, "name": "ocean",
+            "positive": OCEAN_TEXTS[:2], "negative": OTHER_TEXTS[:2]}
+
+
+@pytest.fixture(scope="module")
+def rows_pca(small_workspace):
+    """The small workspace's row PCA layout and its rows, read back in the layout's order."""
+    from engine.store.activations import ActivationStore
+    ws = small_workspace
+    layout = project(CPU, ws.store, ws.hook, "pca", "rows", cache_dir=ws.projections_dir)
+    with ActivationStore.open(ws.store) as store:
+        rows = store.rows(ws.hook, layout.ids).astype(np.float32)
+    return layout, rows
+
+
+# ---------------------------------------------------------------- placement
+def test_trail_pca_placement_of_layout_rows_is_their_coordinates(small_workspace, rows_pca):
+    """A PCA placement of rows already in the layout returns their layout coordinates (the
+    basis is recomputed from the same rows in the same order), for a scattered subset."""
+    layout, rows = rows_pca
+    placer = layout_placer(CPU, small_workspace.store, small_workspace.hook, layout)
+    pick = np.random.default_rng(0).choice(len(rows), 50, replace=False)
+    np.testing.assert_allclose(place_in_layout(placer, rows[pick]), layout.xy[pick], rtol=0, atol=1e-5)
+    again = layout_placer(CPU, small_workspace.store, small_workspace.hook, layout)
+    assert again is placer  # kept: a slider move reads no rows
+
+
+def test_trail_pca_placement_of_new_rows_matches_scikit_learn(rows_pca):
+    """New rows land where scikit-learn's PCA of the layout's rows puts them (each axis's
+    sign matched on the layout's points)."""
+    from sklearn.decomposition import PCA
+    layout, rows = rows_pca
+    placer = make_placer(layout, rows)
+    new = rows[:20] + np.random.default_rng(1).normal(0, 1, rows[:20].shape).astype(np.float32)
+    ref = PCA(2, svd_solver="full").fit(rows.astype(np.float64))
+    sign = np.sign((ref.transform(rows[:200].astype(np.float64)) * layout.xy[:200]).sum(0))
+    np.testing.assert_allclose(place_in_layout(placer, new), ref.transform(new.astype(np.float64)) * sign,
+                               rtol=1e-4, atol=1e-3)
+
+
+def test_trail_knn_placement_is_exact_on_layout_rows_and_weights_sum_to_log2k():
+    """The UMAP placement (k-NN weighted as umap's transform starts a point): a layout row
+    gets its coordinates exactly; a new row lands inside its neighbours' hull, and the
+    membership weights sum to log2(k) as umap's smooth_knn_dist makes them."""
+    rng = np.random.default_rng(2)
+    rows = rng.normal(size=(300, 16)).astype(np.float32)
+    xy = rng.normal(size=(300, 2)).astype(np.float32)
+    layout = Layout("rows/umap", xy, np.arange(300))
+    placer = make_placer(layout, rows)
+    np.testing.assert_array_equal(place_in_layout(placer, rows[::7]), xy[::7])
+    new = rows[:5] + 0.01 * rng.normal(size=(5, 16)).astype(np.float32)
+    placed = knn_place(rows, xy.astype(np.float64), new, k=1)
+    np.testing.assert_allclose(placed, xy[:5], atol=1e-6)  # one neighbour: its coordinates
+    dist = np.sort(rng.uniform(0.5, 3.0, size=(10, 15)), axis=1)
+    np.testing.assert_allclose(membership(dist).sum(1), np.log2(15), rtol=1e-9)
+    placed = place_in_layout(placer, new)
+    assert np.isfinite(placed).all() and (np.abs(placed) <= np.abs(xy).max()).all()
+
+
+def test_trail_placement_refuses_latent_layouts_and_other_widths(small_workspace, rows_pca):
+    layout, rows = rows_pca
+    with pytest.raises(LatentLabError, match="latents"):
+        layout_placer(CPU, small_workspace.store, small_workspace.hook, layout._replace(name="latents/pca"))
+    with pytest.raises(LatentLabError, match="width"):
+        place_in_layout(make_placer(layout, rows), np.zeros((2, rows.shape[1] + 1), np.float32))
+
+
+# ---------------------------------------------------------------- runs and strengths
+def test_trail_generation_returns_the_runs_activations(tiny_llama, small_workspace):
+    """A generation asked for its trail returns one row per prompt and generated token; the
+    plain run's rows are the model's own; steered at the read hook point, the prompt's rows
+    move by exactly strength x the concept vector."""
+    from engine.models.registry import cached_model
+    from engine.steering.recipe import cached_concept
+    hook = small_workspace.hook
+    base = generate_stream(CPU, str(tiny_llama), PROMPT, max_new_tokens=4, which="baseline", trail_hook=hook)
+    item = _concept(hook, 3.0)
+    steer = generate_stream(CPU, str(tiny_llama), PROMPT, [item], max_new_tokens=4, trail_hook=hook)
+    adapter = cached_model(str(tiny_llama))
+    doc = adapter.tokenize(PROMPT)
+    t = base.trail
+    assert (t.which, t.hook, t.n_prompt, len(t.texts)) == ("baseline", hook, len(doc), len(doc) + 4)
+    own = adapter.forward(adapter.make_batch([doc + base.tokens]), [hook])[hook].float().numpy()
+    np.testing.assert_allclose(t.acts, own, atol=1e-5)
+    vec = cached_concept(adapter, hook, item["positive"], item["negative"]).float().numpy()
+    n = t.n_prompt
+    np.testing.assert_allclose(steer.trail.acts[:n] - t.acts[:n], np.broadcast_to(3.0 * vec, (n, len(vec))),
+                               atol=1e-4)
+
+
+def test_trail_moves_monotonically_away_with_the_concept_strength(tiny_llama, small_workspace, rows_pca):
+    """Five strengths of a concept vector: each steered trail, placed in the row PCA, lies
+    further from the baseline trail than the one before (mean distance over the tokens both
+    runs share), and strength 0 lies on it."""
+    layout, _ = rows_pca
+    ws = small_workspace
+    strengths = [0.0, 1.0, 2.0, 4.0, 8.0]
+    trails = sweep_trails(CPU, str(tiny_llama), _concept(ws.hook), strengths, PROMPT, ws.hook, max_new_tokens=4)
+    assert [t.label for t in trails] == ["baseline", *(f"strength {s:g}" for s in strengths)]
+    placed = place_rows(CPU, ws.store, ws.hook, layout, [t.acts for t in trails])
+    base = placed[0]
+    gaps = []
+    for xy in placed[1:]:
+        n = min(len(xy), len(base))
+        gaps.append(float(np.linalg.norm(xy[:n] - base[:n], axis=1).mean()))
+    assert gaps[0] == pytest.approx(0.0, abs=1e-6)
+    assert all(b > a for a, b in zip(gaps, gaps[1:], strict=False)), gaps
+
+
+# ---------------------------------------------------------------- changed latents
+def test_trail_latent_changes_match_numpy(small_workspace, rows_pca):
+    """The ranking equals a direct computation: the SAE's codes of both runs, their means,
+    ordered by |steered - baseline| (ties by id), unchanged latents left out."""
+    from engine.sae.io import load_sae
+    _, rows = rows_pca
+    sae = load_sae(small_workspace.sae).eval()
+    base, steer = rows[:40], rows[100:160] * 1.5
+    got = latent_changes(sae, base, steer, top=12)
+    with torch.no_grad():
+        mb = sae.encode(torch.as_tensor(base)).double().numpy().mean(0)
+        ms = sae.encode(torch.as_tensor(steer)).double().numpy().mean(0)
+    d = ms - mb
+    want = sorted(range(len(d)), key=lambda j: (-abs(d[j]), j))[:12]
+    want = [j for j in want if d[j] != 0]
+    assert got.latents.tolist() == want
+    np.testing.assert_allclose(got.change, d[want], atol=1e-9)
+    np.testing.assert_allclose(got.baseline, mb[want], atol=1e-9)
+    assert latent_changes(sae, base, base).latents.size == 0
+
+
+def test_trail_rank_job_refuses_runs_at_two_hooks(small_workspace, rows_pca):
+    from engine.api import Trail
+    _, rows = rows_pca
+    a = Trail("baseline", "baseline", "blocks.0.hook_resid_post", [], 0, rows[:3])
+    b = a._replace(which="steered", hook=small_workspace.hook)
+    with pytest.raises(LatentLabError, match="two hook points"):
+        rank_latent_changes(CPU, small_workspace.sae, a, b)
