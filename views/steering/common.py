@@ -31,9 +31,26 @@ def printable(text: str) -> str:
     return "".join(Vocab.visible(ch) if (ch < " " and ch not in "\n\t") or ch == "\x7f" else ch for ch in text)
 
 
+def short_hook(hook: str) -> str:
+    """A hook point as the lists show it: ``blocks.15.hook_resid_post`` as ``L15 resid_post``."""
+    return re.sub(r"^blocks\.(\d+)\.hook_", r"L\1 ", hook)
+
+
+def resid_hooks(hooks: list[str]) -> list[str]:
+    """The residual-stream hook points in layer order (what the layer slider walks)."""
+    found = [(int(m.group(1)), h) for h in hooks if (m := re.match(r"^blocks\.(\d+)\.hook_resid_post$", h))]
+    return [h for _, h in sorted(found)] or list(hooks)
+
+
+def default_layer(hooks: list[str]) -> str | None:
+    """A middle-early residual layer (30% of the depth): concept vectors there steer text
+    without swamping it (see the SmolLM2 tests)."""
+    return hooks[(len(hooks) * 3) // 10] if hooks else None
+
+
 def item_label(item: dict[str, Any]) -> str:
     """How an intervention is listed: name, layer and what it does at which strength."""
-    hook = re.sub(r"^blocks\.(\d+)\.hook_", r"L\1 ", str(item.get("hook", "")))
+    hook = short_hook(str(item.get("hook", "")))
     if item.get("kind") == "latent" and item.get("mode") in ("ablate", "mean-ablate"):
         how = str(item["mode"])
     else:

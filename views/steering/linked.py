@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from PySide6.QtWidgets import QCheckBox, QHBoxLayout, QPushButton
+from PySide6.QtWidgets import QCheckBox, QPushButton
 
 from desktop_app.state import LATENTS, AppState, Selection
 from engine.api import latent_item, latent_items
@@ -18,13 +18,15 @@ FOLLOWS = "follows_focus"  # the recipe item's key marking the row that follows 
 
 
 class LatentLinks:
-    """The button and the check box, and what they do to the tab's recipe (``tab`` is the
-    GenerateTab: its ``state``, ``jobs``, ``recipe()``, ``items`` list and ``add_items``)."""
+    """The button and the check box (the tab lays them out), and what they do to the tab's
+    recipe (``tab`` is the GenerateTab: its ``state``, ``jobs``, ``recipe()``, ``items`` list
+    and ``add_items``)."""
 
     def __init__(self, tab: Any) -> None:
         self.tab, self.state = tab, tab.state
-        self.steer_selected = QPushButton("Steer with selected latents")
-        self.steer_selected.clicked.connect(self.add_selected)
+        self.steer_selected = QPushButton(f"Steer with {MAX_SELECTED} selected latents")
+        self.steer_selected.setMinimumWidth(self.steer_selected.sizeHint().width())  # the view's width is
+        self.steer_selected.clicked.connect(self.add_selected)  # set at start: a longer count must not widen it
         self.follow = QCheckBox("Follow focused latent")
         self.follow.setToolTip("A \u201cfocused latent\u201d row whose latent is the one focused in the "
                                "feature browser or the scatter (its slider keeps its place)")
@@ -35,12 +37,6 @@ class LatentLinks:
         state.sae_changed.connect(lambda *_: self._on_selection_changed(state.selection))
         state.focus_changed.connect(self._on_focus_changed)
         self._on_selection_changed(state.selection)
-
-    def row(self) -> QHBoxLayout:
-        row = QHBoxLayout()
-        row.addWidget(self.steer_selected, 1)
-        row.addWidget(self.follow)
-        return row
 
     # ------------------------------------------------------------ selected latents
     def selected(self) -> list[int]:

@@ -100,8 +100,12 @@ class DeltaBox(QWidget):
         self.last: DeltaVector | None = None
         self.a, self.b = _Group("A", A_KINDS, state), _Group("B", B_KINDS, state)
         self.hook, self.label = QComboBox(), QComboBox()
+        for combo in (self.hook, self.label):  # their names come later: they must not widen the view
+            combo.setMinimumContentsLength(12)
+            combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
         self.label.currentTextChanged.connect(self._fill_values)
-        self.add_button = QPushButton("Add delta vector (mean A \u2212 mean B)")
+        self.add_button = QPushButton("Add delta vector")
+        self.add_button.setToolTip("mean(A) \u2212 mean(B) at the hook point, as an intervention")
         self.add_button.clicked.connect(self.add_delta)
         self.info = QLabel("")
         self.info.setWordWrap(True)
