@@ -539,6 +539,13 @@ def gui_views() -> list:
             ("Steering", SteeringView)]
 
 
+def cmd_render(args: argparse.Namespace) -> int:
+    from desktop_app.render import render_figure
+    out = render_figure(args.figure, args.out, gui_views())
+    print(f"{out}: rendered from {args.figure}")
+    return 0
+
+
 def cmd_gui(args: argparse.Namespace) -> int:
     from desktop_app.app import run_app
     return run_app(gui_views(), workspace=args.workspace, device=args.device,
@@ -869,6 +876,13 @@ def _inject_parser(sub) -> None:
     ij.add_argument("--out", default=None, help="write the result as JSON")
 
 
+def _render_parser(sub) -> None:
+    r = _command(sub, "render", cmd_render, "draw an exported figure again, headless, from its F.json "
+                 "(refused when an input is missing or changed)")
+    r.add_argument("figure", help="the figure's record (F.json, written beside every export)")
+    r.add_argument("--out", required=True, help="the image to write: .png, .svg or .pdf")
+
+
 def _gui_parser(sub) -> None:
     g = _command(sub, "gui", cmd_gui, "open the app (the default with no sub-command)")
     g.add_argument("--quit-after", type=float, default=None, help=argparse.SUPPRESS)
@@ -878,7 +892,7 @@ SUBCOMMANDS = (_capture_parser, _store_info_parser, _hooks_parser, _zoo_train_pa
                _train_sae_parser, _feature_stats_parser, _demo_parser, _project_parser, _compare_pruned_parser,
                _compare_parser, _kernel_analysis_parser, _match_parser, _stitch_parser, _stitch_stores_parser,
                _steer_parser, _probe_text_parser, _delta_parser, _steer_predict_parser,
-               _sweep_parser, _inject_parser, _gui_parser)
+               _sweep_parser, _inject_parser, _render_parser, _gui_parser)
 
 
 def build_parser() -> argparse.ArgumentParser:

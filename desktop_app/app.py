@@ -16,14 +16,18 @@ from engine.api import DemoSpec, default_workspace, warm_in_background
 from engine.startup import first_slice_running
 
 
+def configure_plots() -> None:
+    """pyqtgraph's options for every plot of the app (the window's and a headless render's)."""
+    import pyqtgraph as pg
+    pg.setConfigOptions(antialias=False, background="w", foreground="k", imageAxisOrder="row-major")
+
+
 def make_window(views: Sequence[tuple[str, ViewFactory]], device: str | None = None,
                 settings: QSettings | None = None) -> MainWindow:
     """AppState + engine bridge + main window (a QApplication must exist)."""
-    import pyqtgraph as pg
-
     from desktop_app.bridge import EngineBridge
     from desktop_app.state import AppState
-    pg.setConfigOptions(antialias=False, background="w", foreground="k", imageAxisOrder="row-major")
+    configure_plots()
     bridge = EngineBridge(device)
     state = AppState(engine=bridge)
     window = MainWindow(state, bridge, list(views), settings)

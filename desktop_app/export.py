@@ -1,16 +1,24 @@
 """Figure export: any view to PNG, SVG or PDF at a chosen size (pixels) and resolution,
-painted by the view's own ``paint_figure(painter, rect)`` (vector where it can)."""
+painted by the view's own ``paint_figure(painter, rect)`` (vector where it can). Every export
+carries its record (``desktop_app.figure``): embedded (a PNG text chunk, the SVG's
+``<desc>``, the PDF's XMP metadata and creator) and written beside the image as ``F.json``,
+which ``main.py render`` draws again."""
 
 from __future__ import annotations
 
+import json
 import os
+from html import escape
 from pathlib import Path
+from typing import Any
 
 from PySide6.QtCore import QMarginsF, QRectF, QSize, QSizeF, Qt
 from PySide6.QtGui import QColor, QImage, QPageLayout, QPageSize, QPainter, QPdfWriter
 from PySide6.QtSvg import QSvgGenerator
 
+from desktop_app.figure import TEXT_KEY, figure_record, sidecar
 from desktop_app.view import View
+from engine.api import latentlab_version, record_json
 from engine.errors import LatentLabError
 
 FORMATS = ("png", "svg", "pdf")
@@ -22,9 +30,11 @@ def _paint(view: View, painter: QPainter, rect: QRectF) -> None:
 
 
 def export_figure(view: View, path: str | os.PathLike, width: int = 1200, height: int = 900,
-                  dpi: int = 150) -> Path:
+                  dpi: int = 150, record: dict[str, Any] | None = None) -> Path:
     """Write ``view`` to ``path``; the suffix picks the format (png, svg, pdf).
-    ``width`` x ``height`` are pixels at ``dpi`` (the printed size is their ratio)."""
+    ``width`` x ``height`` are pixels at ``dpi`` (the printed size is their ratio). The
+    figure's record (``record``, else built from the view and its AppState) is embedded and
+    written beside it as ``F.json``."""
     path = Path(path)
     fmt = path.suffix.lower().lstrip(".")
     if fmt not in FORMATS:
@@ -35,6 +45,9 @@ def export_figure(view: View, path: str | os.PathLike, width: int = 1200, height
                              "(at least 16x16 pixels, 30 to 2400 dpi)")
     if not path.parent.is_dir():
         raise LatentLabError(f"cannot write {path}: folder {path.parent} does not exist")
+    if record is None:
+        record = figure_record(view, getattr(view, "state", None), width, height, dpi, path.parent)
+    text = record_json(record)
     rect = QRectF(0, 0, width, height)
     painter = QPainter()
     if fmt == "png":
@@ -47,6 +60,7 @@ def export_figure(view: View, path: str | os.PathLike, width: int = 1200, height
         painter.setRenderHint(QPainter.RenderHint.Antialiasing)
         _paint(view, painter, rect)
         painter.end()
+        image.setText(TEXT_KEY, text)
         if not image.save(str(path), "PNG"):
             raise LatentLabError(f"cannot write {path}")
     elif fmt == "svg":
@@ -56,12 +70,16 @@ def export_figure(view: View, path: str | os.PathLike, width: int = 1200, height
         gen.setViewBox(rect)
         gen.setResolution(dpi)
         gen.setTitle(type(view).__name__)
+        gen.setDescription(text)
         painter.begin(gen)
         _paint(view, painter, rect)
         painter.end()
     else:
         writer = QPdfWriter(str(path))
         writer.setResolution(dpi)
+        writer.setCreator(f"LatentLab {latentlab_version()}")
+        writer.setTitle(type(view).__name__)
+        writer.setDocumentXmpMetadata(_xmp(text))
         points = QSizeF(width * 72.0 / dpi, height * 72.0 / dpi)
         writer.setPageLayout(QPageLayout(QPageSize(points, QPageSize.Unit.Point),
                                          QPageLayout.Orientation.Portrait, QMarginsF(0, 0, 0, 0)))
@@ -70,4 +88,17 @@ def export_figure(view: View, path: str | os.PathLike, width: int = 1200, height
         painter.end()
     if not path.is_file() or path.stat().st_size == 0:
         raise LatentLabError(f"cannot write {path}")
+    try:
+        sidecar(path).write_text(json.dumps(record, indent=2) + "\n")
+    except OSError as exc:
+        raise LatentLabError(f"cannot write {sidecar(path)} ({exc.strerror})") from None
     return path
+
+
+def _xmp(text: str) -> bytes:
+    """An XMP packet holding the record as the document's description."""
+    return ('<?xpacket begin="" id="W5M0MpCehiHzreSzNTczkc9d"?>'
+            '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+            '<rdf:Description rdf:about="" xmlns:dc="http://purl.org/dc/elements/1.1/">'
+            f'<dc:description><rdf:Alt><rdf:li xml:lang="x-default">{escape(text)}</rdf:li></rdf:Alt>'
+            '</dc:description></rdf:Description></rdf:RDF></x:xmpmeta><?xpacket end="w"?>').encode()

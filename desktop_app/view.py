@@ -41,6 +41,52 @@ class View(Protocol):
         ...
 
 
+class FigureView(Protocol):
+    """What a view may add so that its exported figure can be drawn again headless
+    (``main.py render``); each method is optional (see the functions below for the defaults)."""
+
+    def figure_state(self) -> dict[str, Any]:
+        """The session state plus what the figure shows beyond it (a view range, a clicked
+        cell, whether a matrix was computed), as JSON-able values."""
+        ...
+
+    def restore_figure(self, state: dict[str, Any], /) -> None:
+        """Apply ``figure_state`` and start what draws the figure (its jobs)."""
+        ...
+
+    def figure_inputs(self) -> list[tuple[str, str]]:
+        """``(role, path)`` of the files the figure reads beyond AppState's store and SAE."""
+        ...
+
+    def figure_projections(self) -> list[str]:
+        """Names of the ``state.projections`` the figure draws."""
+        ...
+
+
+def figure_state(view: Any) -> dict[str, Any]:
+    """``view.figure_state()``, else its session state."""
+    fn = getattr(view, "figure_state", None)
+    return dict(fn() if fn is not None else view.session_state())
+
+
+def restore_figure(view: Any, state: dict[str, Any]) -> None:
+    """``view.restore_figure(state)``, else its ``restore_session``."""
+    fn = getattr(view, "restore_figure", None)
+    (fn or view.restore_session)(state)
+
+
+def figure_inputs(view: Any) -> list[tuple[str, str]]:
+    """``view.figure_inputs()``, else none."""
+    fn = getattr(view, "figure_inputs", None)
+    return [] if fn is None else [(str(role), str(path)) for role, path in fn()]
+
+
+def figure_projections(view: Any) -> list[str]:
+    """``view.figure_projections()``, else none."""
+    fn = getattr(view, "figure_projections", None)
+    return [] if fn is None else [str(n) for n in fn() if n]
+
+
 _numbers = itertools.count(1)  # request numbers, unique across helpers (a reopened view's too)
 
 

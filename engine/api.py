@@ -38,11 +38,17 @@ from engine.projection import *  # noqa: F403
 from engine.provenance import (
     ProvenanceError,
     check_inputs,
+    describe_record,
     file_digest,
     input_problems,
     input_record,
+    known_record,
+    latentlab_version,
     portable_path,
+    provenance_record,
+    record_json,
     resolve_path,
+    sae_identity,
 )
 from engine.sae import *  # noqa: F403
 from engine.sources.text import TEXT_SUFFIXES
@@ -186,8 +192,9 @@ __all__ = [
     "open_comparison", "quick_read",
     "resolve_device", "run_cli", "store_summary", "vocab",
     # provenance: input hashes, portable paths, checks (engine.provenance)
-    "ProvenanceError", "check_inputs", "file_digest", "input_problems", "input_record", "portable_path",
-    "resolve_path",
+    "ProvenanceError", "check_inputs", "describe_record", "file_digest", "input_problems", "input_record",
+    "known_record", "latentlab_version", "portable_path", "provenance_record", "record_json", "resolve_path",
+    "sae_identity",
     # typed specs (engine.specs, engine.models.registry) and the recipe's short form
     "CaptureSpec", "ConceptSets", "ModelSpec", "RecipeItem", "Spec", "SpecError", "SpecFile",
     "SteeringRecipe", "TrainSpec", "SHORT_FORMS", "short_form_items",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -14,3 +14,4 @@ class Layout(NamedTuple):
     xy: np.ndarray  # (n, 2) float32
     ids: np.ndarray  # (n,) int64 store rows or latent indices the points stand for
     final: bool = True  # False while a progressive layout (UMAP) is still moving
+    provenance: dict[str, Any] | None = None  # engine.provenance record of a final layout (project)

@@ -46,6 +46,7 @@ from engine.projection.umap_kernels import (
     umap_moments,
 )
 from engine.projection.umap_warm import await_warming
+from engine.provenance import provenance_record
 from engine.store.activations import ActivationStore
 
 METHODS = ("pca", "umap")
@@ -176,20 +177,34 @@ def project(ctx: JobContext, store_path: str | os.PathLike | None, hook: str, me
     if what == "rows":
         with ActivationStore.open(store_path) as store:
             key = {**_store_key(store, hook, max_rows), "params": params}
+            record = _record(store_path, hook, what, max_rows, params, store.meta)
             cached = _cache_load(cache_dir, name, key)
             if cached is not None:
-                return cached
+                return cached._replace(provenance=record)
             x, ids, _ = row_matrix(store, hook, max_rows, seed, ctx=ctx)
     else:
         key = {**_sae_key(Path(sae_path)), "params": params}
+        record = _record(sae_path, hook, what, max_rows, params, None)
         cached = _cache_load(cache_dir, name, key)
         if cached is not None:
-            return cached
+            return cached._replace(provenance=record)
         from engine.sae.io import load_sae
         x, ids = latent_matrix(load_sae(sae_path))
     layout = _compute(ctx, x, ids, name, method, seed, umap_params)
     _cache_save(cache_dir, name, key, layout)
-    return layout
+    return layout._replace(provenance=record)
+
+
+def _record(source: Any, hook: str, what: str, max_rows: int | None, params: dict[str, Any],
+            meta: Any) -> dict[str, Any]:
+    """The layout's provenance: its store (rows) or SAE (latents), the model, and the
+    arguments ``project`` takes again to lay it out anew (``main.py render`` does)."""
+    rows = what == "rows"
+    return provenance_record(
+        "projection", inputs=[("store" if rows else "sae", source)],
+        model_id=meta.model_id if rows else None, model_hash=meta.model_hash if rows else None,
+        sae=None if rows else source, seed=params["seed"],
+        params={"what": what, "hook": hook, "max_rows": max_rows, **params})
 
 
 def _check_args(method: str, what: str, sae_path: Any, umap_params: dict[str, Any]) -> None:

@@ -10,6 +10,8 @@ from PySide6.QtCore import QRectF
 from PySide6.QtGui import QGuiApplication, QPainter
 from PySide6.QtWidgets import QFrame, QScrollArea, QTabWidget, QVBoxLayout, QWidget
 
+from desktop_app.view import figure_inputs, figure_projections, figure_state, restore_figure
+
 
 class TabbedView(QWidget):
     """Tabs (``(key, label, widget)``), each with ``session_state``, ``restore_session``,
@@ -52,6 +54,23 @@ class TabbedView(QWidget):
                 widget.restore_session(data[key])
         if data.get("tab") in self.pages:
             self.tabs.setCurrentIndex(list(self.pages).index(data["tab"]))
+
+    def figure_state(self) -> dict[str, Any]:
+        """The open tab and its figure state (desktop_app.view.figure_state)."""
+        key = list(self.pages)[self.tabs.currentIndex()]
+        return {"tab": key, key: figure_state(self.current())}
+
+    def restore_figure(self, data: dict[str, Any], /) -> None:
+        """Open the saved tab and draw its figure again."""
+        if data.get("tab") in self.pages:
+            self.tabs.setCurrentIndex(list(self.pages).index(data["tab"]))
+            restore_figure(self.current(), data.get(data["tab"]) or {})
+
+    def figure_inputs(self) -> list[tuple[str, str]]:
+        return figure_inputs(self.current())
+
+    def figure_projections(self) -> list[str]:
+        return figure_projections(self.current())
 
     def cancel_requests(self) -> None:
         for widget in self.pages.values():

@@ -235,6 +235,29 @@ class CompareTab(QWidget):
             self.method.setCurrentIndex(i)
         self.n_clusters.setValue(int(data.get("n_clusters", 8) or 8))
 
+    def figure_state(self) -> dict[str, Any]:
+        """The session state with the shown matrix's sources, and its clicked cell."""
+        state = self.session_state()
+        src, m = self.sources, self.matrix
+        if src is not None and m is not None:
+            state.update(a={"path": str(src.store_a), "hooks": list(m.hooks_a)}, measure=m.measure,
+                         b={"path": str(src.store_b), "hooks": list(m.hooks_b)},
+                         max_rows=src.max_rows or 0, matrix=True, cell=None if self.cell is None else list(self.cell))
+        return state
+
+    def restore_figure(self, data: dict[str, Any]) -> None:
+        """Restore the settings, compute the matrix and click the cell the figure showed."""
+        self.restore_session(data)
+        if data.get("matrix"):
+            self._shown = True
+            self.compute_matrix()
+        if data.get("cell") and self.matrix is not None:
+            self.select_cell(*data["cell"])
+
+    def figure_inputs(self) -> list[tuple[str, str]]:
+        src = self.sources
+        return [] if src is None else [("store A", str(src.store_a)), ("store B", str(src.store_b))]
+
     # ------------------------------------------------------------ the matrix
     def showEvent(self, event) -> None:  # noqa: N802 - Qt's name
         """The first time the tab comes into view with a store of several hook points in A

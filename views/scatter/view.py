@@ -249,6 +249,23 @@ class ScatterView(ColourModes, QWidget):
         self._saved = dict(saved)
         self._apply_saved()
 
+    def figure_state(self) -> dict[str, Any]:
+        """The session state plus the view range and plot size (the figure keeps both)."""
+        size = self.plot.widget.size()
+        return {**self.session_state(), "view_range": [float(v) for v in self.plot.view_range()],
+                "plot_size": [size.width(), size.height()]}
+
+    def restore_figure(self, saved: dict[str, Any]) -> None:
+        """Show the saved projection and colouring at the saved plot size and view range."""
+        self.restore_session(saved)
+        if saved.get("plot_size"):
+            self.plot.widget.setFixedSize(*saved["plot_size"])
+        if saved.get("view_range") and self._layout is not None:
+            self.plot.set_view_range(*saved["view_range"])
+
+    def figure_projections(self) -> list[str]:
+        return [self._name() or ""]
+
     def _apply_saved(self) -> None:
         saved = getattr(self, "_saved", None)
         if not saved or saved.get("projection") not in self.state.projections:
