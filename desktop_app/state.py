@@ -13,7 +13,7 @@ from typing import Any, Protocol
 import numpy as np
 from PySide6.QtCore import QObject, Signal
 
-from engine.api import Layout
+from engine.api import Layout, Trail
 
 ROWS = "rows"  # selection ids are activation-store rows (tokens, images)
 LATENTS = "latents"  # selection ids are SAE latents
@@ -95,8 +95,8 @@ class JobRunner(Protocol):
 
 
 class AppState(QObject):
-    """Workspace, active model/store/hook/SAE, projections, selection, focused latents and
-    the steering recipe. ``engine`` is the job runner views submit work to."""
+    """Workspace, active model/store/hook/SAE, projections, selection, focused latents, the
+    steering recipe and its runs' trails. ``engine`` is the job runner views submit work to."""
 
     workspace_changed = Signal(object)  # Path | None
     model_changed = Signal(object)  # model spec str | None
@@ -108,6 +108,7 @@ class AppState(QObject):
     selection_changed = Signal(object)  # Selection
     focus_changed = Signal(object)  # tuple[int, ...] focused latents
     steering_changed = Signal(object)  # tuple of intervention dicts
+    trails_changed = Signal(object)  # tuple[Trail, ...]: steered runs' activations, for the map
 
     def __init__(self, engine: JobRunner | None = None, parent: QObject | None = None) -> None:
         super().__init__(parent)
@@ -122,6 +123,7 @@ class AppState(QObject):
         self.selection = Selection()
         self.focus: tuple[int, ...] = ()
         self.steering: tuple[dict[str, Any], ...] = ()
+        self.trails: tuple[Trail, ...] = ()  # baseline first, then the steered run(s)
         self._held: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ batching
@@ -155,7 +157,12 @@ class AppState(QObject):
         self._set("workspace", None if path is None else Path(path))
 
     def set_model(self, spec: str | None) -> None:
-        self._set("model", spec)
+        """A new model clears the trails (runs of the old one)."""
+        if spec == self.model:
+            return
+        with self.batch():
+            self._set("model", spec)
+            self._set("trails", ())
 
     def set_store(self, path: str | Path | None) -> None:
         """A new store clears what was tied to the old one: its projections and selection."""
@@ -206,6 +213,11 @@ class AppState(QObject):
 
     def set_steering(self, recipe: tuple[dict[str, Any], ...] | list[dict[str, Any]]) -> None:
         self._set("steering", tuple(recipe))
+
+    def set_trails(self, trails: tuple[Trail, ...] | list[Trail]) -> None:
+        """The steering view's latest runs (baseline first) read at a hook point: the scatter
+        places them in its layout, the feature browser ranks the latents they changed."""
+        self._set("trails", tuple(trails))
 
 
 def _equal(a: Any, b: Any) -> bool:

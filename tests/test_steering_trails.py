@@ -6,6 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from PySide6.QtCore import Qt
+from PySide6.QtGui import QImage
 
 from engine.api import (
     OCEAN_TEXTS,
@@ -166,3 +168,75 @@ def test_trail_rank_job_refuses_runs_at_two_hooks(small_workspace, rows_pca):
     b = a._replace(which="steered", hook=small_workspace.hook)
     with pytest.raises(LatentLabError, match="two hook points"):
         rank_latent_changes(CPU, small_workspace.sae, a, b)
+
+
+# ---------------------------------------------------------------- the views
+def _trails(rows: np.ndarray, hook: str):
+    from engine.api import Trail
+    base = Trail("baseline", "baseline", hook, [f"t{i}" for i in range(6)], 3, rows[:6])
+    return base, Trail("steered", "steered", hook, [f"s{i}" for i in range(6)], 3, rows[200:206])
+
+
+def _plot_image(view):
+    """The plot area as drawn on screen: (h, w, 3) uint8."""
+    if view.backend == "vispy":
+        return np.asarray(view.plot.canvas.render(alpha=False))[:, :, :3]
+    img = view.plot.widget.grab().toImage().convertToFormat(QImage.Format.Format_RGB888)
+    return np.frombuffer(img.constBits(), np.uint8).reshape(img.height(), img.bytesPerLine())[:, :3 * img.width()] \
+        .reshape(img.height(), img.width(), 3).copy()
+
+
+@pytest.mark.parametrize("backend", ["pyqtgraph", "vispy"])
+def test_trail_scatter_draws_placed_trails_with_a_legend(qtbot, bridge, small_workspace, rows_pca, backend):
+    """AppState's trails are placed in the shown row layout and drawn over the cloud on either
+    path: the steered run's points are red where the placement puts them; the legend names
+    both runs; trails read at another hook point are not drawn; clearing them clears the plot."""
+    from desktop_app.state import AppState
+    from views.scatter.view import ScatterView
+    layout, rows = rows_pca
+    ws = small_workspace
+    state = AppState(engine=bridge)
+    view = ScatterView(state, backend=backend)
+    qtbot.addWidget(view)
+    view.resize(700, 500)
+    view.show()
+    qtbot.waitExposed(view)
+    with state.batch():
+        state.set_store(ws.store)
+        state.set_hook(ws.hook)
+    state.set_projection(layout)
+    base, steer = _trails(rows, ws.hook)
+    state.set_trails((base, steer))
+    qtbot.waitUntil(lambda: len(view.trails.drawn) == 2, timeout=30000)
+    placer = make_placer(layout, rows)
+    np.testing.assert_allclose(view.trails.drawn[1].xy, place_in_layout(placer, steer.acts), atol=1e-6)
+    assert view.trail_legend.isVisible() and [t.label for t in view.trail_legend.drawn] == ["baseline", "steered"]
+    qtbot.wait(50)
+    img = _plot_image(view)
+    scale = img.shape[1] / view.plot.viewport().width()
+    p = view.plot.data_to_widget(*map(float, view.trails.drawn[1].xy[-1]))
+    r, g, b = (int(v) for v in img[round(p.y() * scale), round(p.x() * scale)])
+    assert r > 150 and g < 80 and b < 80, (r, g, b)
+    state.set_trails((base._replace(hook="blocks.0.hook_resid_post"), steer._replace(hook="blocks.0.hook_resid_post")))
+    assert view.trails.drawn == [] and "blocks.0" in view.trails.note and not view.trail_legend.isVisible()
+
+
+def test_trail_feature_browser_lists_the_latents_steering_changed(qtbot, bridge, small_workspace, rows_pca):
+    """The browser ranks the latents by their change between the runs (the engine's ranking)
+    and a click focuses one."""
+    from engine.sae.io import load_sae
+    from tests.conftest import open_browser
+    _, rows = rows_pca
+    state, browser = open_browser(qtbot, bridge, small_workspace)
+    base, steer = _trails(rows, small_workspace.hook)
+    state.set_trails((base, steer))
+    want = latent_changes(load_sae(small_workspace.sae).eval(), base.acts, steer.acts)
+    lst = browser.changed.list
+    qtbot.waitUntil(lambda: lst.count() > 0 and lst.item(0).data(Qt.ItemDataRole.UserRole) is not None,
+                    timeout=30000)
+    shown = [lst.item(i).data(Qt.ItemDataRole.UserRole) for i in range(lst.count())]
+    assert shown == want.latents[:len(shown)].tolist()
+    lst.itemClicked.emit(lst.item(1))
+    assert state.focus == (shown[1],)
+    state.set_trails(())
+    assert not browser.changed.isVisible()

@@ -42,11 +42,13 @@ from engine.api import (
     SAEQuality,
     TextLatents,
     latents_on_rows,
+    rank_latent_changes,
     sae_quality,
     search_latents,
     shaded_contexts,
     text_latents,
 )
+from views.features.changed import ChangedLatents, compared_runs
 from views.features.contexts import (  # noqa: F401  (context_html, N_TOP: part of this view's API)
     N_TOP,
     Interval,
@@ -109,6 +111,8 @@ class FeatureBrowser(QWidget):
             changed.connect(self._forget_probe)
         state.focus_changed.connect(self._on_focus_changed)
         state.selection_changed.connect(self._on_selection_changed)
+        state.trails_changed.connect(self._on_trails_changed)
+        state.sae_changed.connect(self._on_trails_changed)
         self._on_sae_changed()
         self._on_stats_changed()
 
@@ -142,6 +146,8 @@ class FeatureBrowser(QWidget):
         self.active_list.setWordWrap(True)  # a long label wraps instead of scrolling sideways
         self.active_list.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.active_list.itemClicked.connect(self._on_item_clicked)
+        self.changed = ChangedLatents()
+        self.changed.latent_clicked.connect(self.state.set_focus)
         self.empty_label = QLabel()
         self.model = LatentTableModel(self)
         self.proxy = LatentFilterProxy(self)
@@ -150,7 +156,8 @@ class FeatureBrowser(QWidget):
         latents = QWidget()
         col = QVBoxLayout(latents)
         col.setContentsMargins(0, 0, 0, 0)
-        for w in (self.search, self.matched, self.active_title, self.active_list, self.table, self.empty_label):
+        for w in (self.search, self.matched, self.active_title, self.active_list, self.changed, self.table,
+                  self.empty_label):
             col.addWidget(w)
         self._show_active(None)
         self.matched.hide()
@@ -235,6 +242,26 @@ class FeatureBrowser(QWidget):
         self._submit("selection", "latents on the selection", latents_on_rows, self._show_active,
                      store_path=self.state.store, hook=hook, sae_path=self.state.sae,
                      rows=selection.ids, stats_id=self.state.stats if self.data_ else None)
+
+    def _on_trails_changed(self, *_: Any) -> None:
+        """The steering view's runs changed: rank the latents they changed most (the active
+        SAE must read the hook point the runs were read at)."""
+        runs = compared_runs(self.state.trails)
+        sae = self.state.sae
+        hook = self.data_.stats.hook if self.data_ is not None else self.state.hook
+        if runs is None or sae is None or self.state.engine is None or runs[0].hook != hook:
+            self.requests.forget("changed")
+            self.changed.set_changes(None)
+            return
+        base, steered = runs
+        self.changed.computing(steered.label)
+        self._submit("changed", "latents changed by steering", rank_latent_changes,
+                     lambda found: self._show_changed(found, steered.label),
+                     sae_path=sae, baseline=base, steered_trail=steered)
+
+    def _show_changed(self, found: Any, label: str) -> None:
+        labels = self.data_.table.labels if self.data_ is not None else ()
+        self.changed.set_changes(found, label, labels)
 
     # ------------------------------------------------------------ widget handlers
     def _on_table_current(self, current: QModelIndex, _previous: QModelIndex) -> None:

@@ -52,6 +52,7 @@ from views.scatter.geom import ids_mask, points_in_polygon
 from views.scatter.legend import WIDTH as LEGEND_WIDTH
 from views.scatter.legend import HoverTip, LegendWidget, paint_legend
 from views.scatter.modes import ColourModes
+from views.scatter.trails import TrailLayer, TrailLegend
 
 SOFTWARE_GL = ("llvmpipe", "softpipe", "swrast", "software")
 HOVER_PX = 8.0  # the hover tip names the nearest point within this many pixels
@@ -180,6 +181,9 @@ class ScatterView(ColourModes, QWidget):
         plot_area = QGridLayout()
         plot_area.addWidget(self.plot.widget, 0, 0)
         plot_area.addWidget(self.hint, 0, 0)
+        self.trail_legend = TrailLegend()
+        plot_area.addWidget(self.trail_legend, 0, 0, Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignLeft)
+        self.trails = TrailLayer(self.state, self.plot, self._submit, self.trail_legend)
         self.legend = LegendWidget()
         body = QHBoxLayout()
         body.addLayout(plot_area, 1)
@@ -335,6 +339,7 @@ class ScatterView(ColourModes, QWidget):
             if old is None or len(old.ids) != len(layout.ids):
                 self._scheme = colour.uniform(len(layout.ids))
         self.update_coordinates(keep_view=not first and old is not None and len(self._xy) > 0)
+        self.trails.set_layout(layout)
         if not same_ids:
             self._sel = self._selection_mask()
             if not first:
@@ -348,6 +353,7 @@ class ScatterView(ColourModes, QWidget):
         self._sel = np.zeros(0, bool)
         self.update_coordinates(keep_view=False)
         self.update_colors()
+        self.trails.set_layout(None)
 
     # ------------------------------------------------------------------ drawing steps
     def update_coordinates(self, keep_view: bool = True) -> None:
@@ -537,6 +543,7 @@ class ScatterView(ColourModes, QWidget):
         else:
             painter.setPen(QColor(136, 136, 136))
             painter.drawText(plot_rect, Qt.AlignmentFlag.AlignCenter, self.hint.text())
+        self.trails.paint_legend(painter, plot_rect)
         if has_legend:
             paint_legend(painter, QRectF(plot_rect.right(), rect.top(), width, rect.height()),
                          legend)
