@@ -75,6 +75,15 @@ def cmd_store_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sae_info(args: argparse.Namespace) -> int:
+    from engine.api import sae_info
+    info = sae_info(args.sae)
+    width = max(map(len, info))
+    for name, value in info.items():
+        print(f"{name + ':':<{width + 1}} {value}")
+    return 0
+
+
 def cmd_hooks(args: argparse.Namespace) -> int:
     from engine.api import load_model
     model = load_model(args.model)
@@ -610,6 +619,13 @@ def _store_info_parser(sub) -> None:
     s.add_argument("--decode", action="store_true", help="decode the context with the store's model")
 
 
+def _sae_info_parser(sub) -> None:
+    s = _command(sub, "sae-info", cmd_sae_info, "print an SAE's format, architecture, sizes, k or threshold, "
+                 "hook point and normalisation (any format load_sae reads)", common=False)
+    s.add_argument("sae", help="an SAE folder or checkpoint (LatentLab, SAELens, sparsify, dictionary_learning, "
+                   "overcomplete), or saelens:RELEASE/SAE_ID / hf:OWNER/REPO/PATH from the local HF cache")
+
+
 def _hooks_parser(sub) -> None:
     h = _command(sub, "hooks", cmd_hooks, "list a model's hook points", common=False)
     h.add_argument("--model", required=True)
@@ -888,7 +904,7 @@ def _gui_parser(sub) -> None:
     g.add_argument("--quit-after", type=float, default=None, help=argparse.SUPPRESS)
 
 
-SUBCOMMANDS = (_capture_parser, _store_info_parser, _hooks_parser, _zoo_train_parser, _zoo_prune_parser,
+SUBCOMMANDS = (_capture_parser, _store_info_parser, _sae_info_parser, _hooks_parser, _zoo_train_parser, _zoo_prune_parser,
                _train_sae_parser, _feature_stats_parser, _demo_parser, _project_parser, _compare_pruned_parser,
                _compare_parser, _kernel_analysis_parser, _match_parser, _stitch_parser, _stitch_stores_parser,
                _steer_parser, _probe_text_parser, _delta_parser, _steer_predict_parser,

@@ -19,6 +19,7 @@ apply_b_dec_to_input=False and rescale_acts_by_decoder_norm=True are folded into
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,11 @@ from engine.sae.base import (
     architectures,
     load_architectures,
 )
+from engine.sae.formats.detect import detect_sae_format
+from engine.sae.formats.dictionary_learning import read_dictionary_learning
+from engine.sae.formats.hub import resolve_sae_path
+from engine.sae.formats.overcomplete import read_overcomplete
+from engine.sae.formats.sparsify import read_sparsify
 from engine.sae.saelens import CFG_FILENAME, WEIGHTS_FILENAME, SAEFileError, SAELensFile
 
 SAELENS_LAYOUT_VERSION = "6.54.12"  # the SAELens release whose cfg.json layout we write
@@ -71,24 +77,41 @@ def _saelens_cfg(sae: SparseAutoencoder) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------ loading
+READERS: dict[str, Callable[[Path], tuple[SAEConfig, dict[str, torch.Tensor]]]] = {
+    "sparsify": read_sparsify, "dictionary_learning": read_dictionary_learning, "overcomplete": read_overcomplete}
+
+
 def load_sae(folder: str | Path) -> SparseAutoencoder:
-    """The SAE in ``folder``, saved by LatentLab (exact class) or by SAELens (mapped)."""
-    folder = Path(folder)
+    """The SAE in ``folder``, whichever library wrote it (``detect_sae_format``): LatentLab
+    (exact class), SAELens, EleutherAI sparsify, dictionary_learning or overcomplete (mapped
+    onto the LatentLab architecture computing the same codes); ``saelens:RELEASE/SAE_ID`` and
+    ``hf:REPO/PATH`` name a folder in the local Hugging Face cache."""
+    folder = resolve_sae_path(folder)
+    fmt = detect_sae_format(folder)
+    if fmt in READERS:
+        cfg, tensors = READERS[fmt](folder)
+        return _build(cfg, tensors, folder, folder, "the file's layout")
     raw = _read_cfg(folder)
     tensors = _read_weights(folder)
     if LATENTLAB_KEY in raw:
         cfg = _latentlab_config(raw, folder)
     else:
         cfg, tensors = _from_saelens(raw, tensors, folder)
-    cls = _architecture(cfg, folder, f"{LATENTLAB_KEY}.config.arch" if LATENTLAB_KEY in raw else "architecture")
+    field = f"{LATENTLAB_KEY}.config.arch" if LATENTLAB_KEY in raw else "architecture"
+    return _build(cfg, tensors, folder, folder / WEIGHTS_FILENAME, f"cfg.json field {field!r}")
+
+
+def _build(cfg: SAEConfig, tensors: dict[str, torch.Tensor], folder: Path, weights: Path,
+           says: str) -> SparseAutoencoder:
+    """The SAE of ``cfg`` holding ``tensors`` (LatentLab's file convention, shape-checked)."""
+    cls = _architecture(cfg, folder, says)
     _check_shapes(tensors, cfg, cls.file_shapes(cfg), folder)
     sae = cls(cfg)
     try:
-        sae.load_state_dict(cls.state_from_file(cfg, tensors, folder / WEIGHTS_FILENAME))
+        sae.load_state_dict(cls.state_from_file(cfg, tensors, weights))
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0]
-        raise SAEFileError(f"{folder / WEIGHTS_FILENAME}: tensors do not fit LatentLab's {cfg.arch!r} SAE "
-                           f"(cfg.json field 'architecture'): {first}") from exc
+        raise SAEFileError(f"{weights}: tensors do not fit LatentLab's {cfg.arch!r} SAE ({says}): {first}") from exc
     if cfg.dtype != "float32":
         sae.to(_torch_dtype(cfg.dtype, folder))
     return sae
@@ -137,11 +160,11 @@ def _latentlab_config(raw: dict[str, Any], folder: Path) -> SAEConfig:
         raise SAEFileError(f"{path}: field '{LATENTLAB_KEY}.config' is malformed ({exc})") from exc
 
 
-def _architecture(cfg: SAEConfig, folder: Path, field: str) -> type[SparseAutoencoder]:
+def _architecture(cfg: SAEConfig, folder: Path, says: str) -> type[SparseAutoencoder]:
     known = architectures()
     if cfg.arch not in known:
-        raise SAEFileError(f"{folder / CFG_FILENAME}: field {field!r} is {cfg.arch!r}, an architecture unknown "
-                           f"to this LatentLab; known: {', '.join(known)}")
+        raise SAEFileError(f"{folder}: {says} names architecture {cfg.arch!r}, unknown to this LatentLab; "
+                           f"known: {', '.join(known)}")
     return ARCHITECTURES[cfg.arch]
 
 
