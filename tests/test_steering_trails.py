@@ -240,3 +240,45 @@ def test_trail_feature_browser_lists_the_latents_steering_changed(qtbot, bridge,
     assert state.focus == (shown[1],)
     state.set_trails(())
     assert not browser.changed.isVisible()
+
+
+def test_trail_steering_view_publishes_trails_that_follow_the_strength(qtbot, bridge, small_workspace):
+    """The Generate tab asks each run for its activations at the map's hook point and puts
+    the baseline and steered trails into AppState; moving the strength replaces the steered
+    trail; a sweep publishes one trail per strength after the baseline."""
+    from desktop_app.state import AppState
+    from views.steering import SteeringView
+    ws = small_workspace
+    state = AppState(bridge)
+    view = SteeringView(state)
+    qtbot.addWidget(view)
+    view.resize(1200, 700)
+    view.show()
+    with state.batch():
+        state.set_workspace(ws.root)
+        state.set_store(ws.store)
+        state.set_hook(ws.hook)
+        state.set_model(ws.model)
+    gen = view.generate
+    gen.max_tokens.setValue(4)
+    state.set_steering([_concept(ws.hook, 2.0)])
+    assert bridge.wait_idle(120)
+    base, steer = state.trails
+    assert (base.which, steer.which, base.hook) == ("baseline", "steered", ws.hook)
+    want = generate_stream(CPU, ws.model, gen.prompt.text(), state.steering, max_new_tokens=4, trail_hook=ws.hook)
+    np.testing.assert_allclose(steer.acts, want.trail.acts, atol=1e-5)
+    gen.set_strength(6.0)
+    assert bridge.wait_idle(120)
+    assert state.trails[0] is base and state.trails[1] is not steer
+    n = base.n_prompt
+    np.testing.assert_allclose(state.trails[1].acts[:n] - base.acts[:n], 3 * (steer.acts[:n] - base.acts[:n]),
+                               atol=1e-4)  # the concept added at the read hook: 6 = 3 x 2
+    sweep = view.sweep
+    view.tabs.setCurrentWidget(sweep)
+    sweep.layers.setText(ws.hook.split(".")[1])
+    sweep.strengths.setText("0, 4")
+    sweep.prompts.setPlainText(PROMPT)
+    sweep.tokens.setValue(2)
+    sweep.run_button.click()
+    assert bridge.wait_idle(120)
+    assert [t.label for t in state.trails] == ["baseline", "strength 0", "strength 4"]

@@ -4,7 +4,8 @@ prompt sets; a delta vector from two groups of store rows), the chosen one's edi
 (editor.py), and the baseline and steered continuations with their divergence marked
 (texts.py; for a classifier: its predictions per class before and after). Moving a slider
 replaces the running steered generation (the engine cancels the stale one between tokens)
-and streams the new text in token by token."""
+and streams the new text in token by token. Each finished run is also read at the map's hook
+point, and the two runs become AppState's trails, which the scatter draws."""
 
 from __future__ import annotations
 
@@ -79,6 +80,7 @@ class GenerateTab(QWidget):
         self._build(status)  # whole before the view reads its minimum width (views/common/tabs.py)
         state.steering_changed.connect(self._on_recipe_changed)
         state.model_changed.connect(self._on_model_changed)
+        state.hook_changed.connect(self._on_map_hook_changed)
         self._on_recipe_changed(state.steering)
         self._on_model_changed(state.model)
 
@@ -284,6 +286,33 @@ class GenerateTab(QWidget):
         self.hooks = list(hooks)
         self._show_item(self.current_index())
         self.hooks_ready.emit(self.hooks)
+        if self._trail_missing():
+            self.regenerate()  # the runs asked before the hook points were known carry no trail
+
+    def _on_map_hook_changed(self, *_: Any) -> None:
+        """The map shows another hook point: read the runs there again."""
+        if self._trail_missing() and self.isVisible():
+            self.regenerate()
+
+    def _trail_missing(self) -> bool:
+        """Whether the map's hook point is the model's but the baseline has no trail there."""
+        hook = self.trail_hook()
+        trail = self.baseline.trail if self.baseline is not None else None
+        return hook is not None and not self.classifier and (trail is None or trail.hook != hook)
+
+    def trail_hook(self) -> str | None:
+        """The map's hook point, where each run's activations are read for its trail (once
+        the model is known to have it)."""
+        hook = self.state.hook
+        return hook if hook is not None and hook in self.hooks else None
+
+    def _publish_trails(self) -> None:
+        """Both runs done at the map's hook point: they become AppState's trails."""
+        base, steer = self.baseline, self.steered
+        if base is None or steer is None or not (base.done and steer.done):
+            return
+        if base.trail is not None and steer.trail is not None and base.trail.hook == steer.trail.hook:
+            self.state.set_trails((base.trail, steer.trail))
 
     # ------------------------------------------------------------ generation
     def settings(self) -> dict[str, Any]:
@@ -300,7 +329,7 @@ class GenerateTab(QWidget):
         self.baseline = None
         self.jobs.submit("baseline", "baseline continuation", generate_stream, self._on_baseline,
                          on_partial=self._on_baseline, model=self.state.model, which="baseline",
-                         **self.settings())
+                         trail_hook=self.trail_hook(), **self.settings())
         self.generate_steered(force=True)
 
     def generate_steered(self, force: bool = False) -> None:
@@ -321,7 +350,7 @@ class GenerateTab(QWidget):
             return
         self.jobs.submit("steered", "steered continuation", generate_stream, self._on_steered,
                          on_partial=self._on_steered, model=self.state.model, recipe=self.recipe(),
-                         which="steered", **self.settings())
+                         which="steered", trail_hook=self.trail_hook(), **self.settings())
 
     def predict(self) -> None:
         """A classifier's predictions on the store's images without and with the recipe."""
@@ -338,10 +367,12 @@ class GenerateTab(QWidget):
     def _on_baseline(self, gen: Generation) -> None:
         self.baseline = gen
         self._show_soon("baseline", gen)
+        self._publish_trails()
 
     def _on_steered(self, gen: Generation) -> None:
         self.steered = gen
         self._show_soon("steered", gen)
+        self._publish_trails()
 
     def _show_soon(self, which: str, gen: Generation) -> None:
         """Draw a streamed text now when it matters (its first token, its last, the end)

@@ -3,7 +3,7 @@ layers, as a cancellable job whose cells fill a heatmap as they finish. Per cell
 concept score (log probability of the concept's words as the next token), coherence
 (perplexity of the steered text under the unsteered model) or KL to the baseline.
 Clicking a cell puts that layer and strength into the intervention (the Generate tab then
-shows its text)."""
+shows its text). The map gets one trail per strength (AppState's trails)."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from PySide6.QtWidgets import (
 )
 
 from desktop_app.state import AppState
-from engine.api import NEUTRAL_PROMPTS, OCEAN_WORDS, SweepResult, sweep_item
+from engine.api import NEUTRAL_PROMPTS, OCEAN_WORDS, SweepResult, sweep_item, sweep_trails
 from views.common.plots import HeatmapPlot, paint_hint, paint_plot
 from views.common.requests import Requests
 from views.steering.common import (
@@ -64,6 +64,7 @@ class SweepTab(QWidget):
         self.result: SweepResult | None = None  # the last finished sweep
         self.partial: SweepResult | None = None  # the running sweep's cells so far
         self._item: dict[str, Any] | None = None  # the item the shown result swept
+        self._trail_prompt = ""  # the prompt of the running sweep's trails (its first)
         self._build()
         self.jobs = Requests(state, self.progress, self.status, self, prefix="steering")
 
@@ -145,10 +146,24 @@ class SweepTab(QWidget):
                          on_partial=self._on_partial, model=self.state.model, item=item, hooks=hooks,
                          strengths=strengths, prompts=prompts, words=words,
                          max_new_tokens=self.tokens.value())
+        self._trail_prompt = prompts[0]
+
+    def request_trails(self, item: dict[str, Any], strengths: list[float], prompt: str) -> None:
+        """One trail per strength (the item at its own layer, the first prompt), read at the
+        map's hook point, for the scatter: asked once the sweep has finished."""
+        hook = self.state.hook
+        if hook is None or (self.hooks and hook not in self.hooks):
+            return
+        self.jobs.submit("sweep-trails", f"trails of {item.get('name')}", sweep_trails,
+                         lambda trails: self.state.set_trails(tuple(trails)), model=self.state.model,
+                         item=item, strengths=strengths, prompt=prompt, hook=hook,
+                         max_new_tokens=self.tokens.value())
 
     def _on_result(self, result: SweepResult) -> None:
         self.result = result
         self._draw()
+        if self._item is not None:
+            self.request_trails(self._item, result.strengths, self._trail_prompt)
 
     def _on_partial(self, result: SweepResult) -> None:
         """A sweep still running: draw its cells so far (NaN ones grey); not yet savable."""
