@@ -327,9 +327,12 @@ def cmd_stitch(args: argparse.Namespace) -> int:
 def _steering_recipe(args: argparse.Namespace) -> list[dict]:
     """--recipe's items, then each --intervention's (the short form): the recipe items the
     steering view keeps in AppState; mean-ablations read their means from --store."""
-    from engine.api import SteeringRecipe, short_form_items
+    from engine.api import SteeringRecipe, resolve_path, short_form_items
     from engine.errors import LatentLabError
     items = SteeringRecipe.load(args.recipe, f"--recipe {args.recipe}").dicts() if args.recipe else []
+    for item in items:  # a session file names SAE folders under its own folder as ./rel
+        if str(item.get("sae", "")).startswith("./"):
+            item["sae"] = str(resolve_path(item["sae"], Path(args.recipe).parent))
     for text in args.intervention:
         try:
             items += short_form_items(text, args.store)

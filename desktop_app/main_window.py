@@ -31,7 +31,7 @@ from desktop_app.bridge import FAILED, EngineBridge
 from desktop_app.export import FORMATS, export_figure
 from desktop_app.jobs_panel import JobsPanel
 from desktop_app.opening import Opening, RecentLists, active_items, chosen_before
-from desktop_app.session import Session
+from desktop_app.session import Session, session_input_problems
 from desktop_app.state import AppState
 from desktop_app.view import View
 from engine import api
@@ -383,7 +383,8 @@ class MainWindow(Opening, QMainWindow):
     def _content(self, session: Session | None = None) -> dict[str, Any]:
         """The session (default: as it stands) without the window's geometry and dock layout
         (moving a dock is not a change worth asking about)."""
-        return (session or self.session()).model_dump(mode="json", exclude={"layout", "geometry"})
+        return (session or self.session()).model_dump(mode="json",
+                                                       exclude={"layout", "geometry", "inputs", "saved_in"})
 
     def has_unsaved_changes(self) -> bool:
         """Whether the workspace, selection, focus, recipe or a view's settings changed since
@@ -417,23 +418,28 @@ class MainWindow(Opening, QMainWindow):
             self.restore_session(path)
 
     def restore_session(self, path: str | Path) -> bool:
-        """Reopen the session's workspace, layout, store/SAE, selection and focus."""
+        """Reopen the session's workspace, layout, store/SAE, selection and focus. A file or
+        folder it names that is gone is left out and named; what moved is noted in the log;
+        the inputs' hashes are checked by a job, whose message names a changed file."""
         try:
             s = Session.load(path)
         except LatentLabError as exc:
             self.show_error(str(exc))
             return False
+        for note in s.notes:
+            self.jobs.write(note)
         if s.workspace and Path(s.workspace) != self.state.workspace:
             if not self.open_workspace(s.workspace):
                 return False
+        gone = {field for field in ("store", "sae") if s.missing(field)}
         with self.state.batch():
-            if s.store:
+            if s.store and "store" not in gone:
                 self.state.set_store(s.store)
             if s.hook:
                 self.state.set_hook(s.hook)
-            if s.sae:
+            if s.sae and "sae" not in gone:
                 self.state.set_sae(s.sae)
-            if s.stats:
+            if s.stats and "sae" not in gone:
                 self.state.set_stats(s.stats)
             self.state.set_selection(s.selection_value())
             self.state.set_focus(tuple(s.focus))
@@ -446,8 +452,25 @@ class MainWindow(Opening, QMainWindow):
             view = self.views.get(name)
             if view is not None:
                 view.restore_session(view_state)
+        self._check_session_inputs(Path(path), s, gone)
         self._saved_when_idle()
         return True
+
+    def _check_session_inputs(self, path: Path, s: Session, gone: set[str]) -> None:
+        """Name the session's missing inputs now and its changed ones once a job has hashed
+        them (off the GUI thread: a store may be gigabytes), in one message each."""
+        missing = [f"{field} {getattr(s, field)}: missing" for field in sorted(gone)
+                   if not any(i.role == field for i in s.inputs)]
+        inputs = [i.model_dump() for i in s.inputs]
+
+        def report(problems: list[str]) -> None:
+            if problems or missing:
+                self.show_error(f"session {path.name}: " + "; ".join([*problems, *missing]))
+        if inputs:
+            self.bridge.submit(f"Check {path.name}'s files", session_input_problems, on_result=report,
+                               inputs=inputs)
+        else:
+            report([])
 
     # ------------------------------------------------------------------ export
     def export_view(self, name: str, path: str | Path, width: int = 1200, height: int = 900,

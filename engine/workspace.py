@@ -99,7 +99,12 @@ class Workspace(SpecFile):
     @classmethod
     def open_or_create(cls, root: str | os.PathLike) -> Workspace:
         root = Path(root).expanduser()
-        return cls.open(root) if (root / MANIFEST).is_file() else cls.create(root)
+        return cls.open(root) if cls.holds(root) else cls.create(root)
+
+    @staticmethod
+    def holds(folder: str | os.PathLike) -> bool:
+        """Whether ``folder`` is a workspace (it has a manifest)."""
+        return (Path(folder).expanduser() / MANIFEST).is_file()
 
     def save(self) -> None:
         self.write(self.root / MANIFEST)

@@ -56,7 +56,7 @@ def test_a_v1_session_opens_and_saves_as_v2_with_its_recipe(tmp_path):
     assert s.views == old["views"]
     path = s.save(tmp_path / "session.json")
     saved = json.loads(path.read_text())
-    assert saved["format"] == 2 and saved["steering"]["format"] == SteeringRecipe.FORMAT
+    assert saved["format"] == Session.FORMAT and saved["steering"]["format"] == SteeringRecipe.FORMAT
     assert Session.load(path) == s
     assert SteeringRecipe.load(path).dicts() == s.steering  # a session file is a recipe file too
 

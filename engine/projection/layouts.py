@@ -46,7 +46,7 @@ from engine.projection.umap_kernels import (
     umap_moments,
 )
 from engine.projection.umap_warm import await_warming
-from engine.provenance import provenance_record
+from engine.provenance import file_digest, portable_path, provenance_record
 from engine.store.activations import ActivationStore
 
 METHODS = ("pca", "umap")
@@ -176,14 +176,14 @@ def project(ctx: JobContext, store_path: str | os.PathLike | None, hook: str, me
                  if method == "umap" else {})}
     if what == "rows":
         with ActivationStore.open(store_path) as store:
-            key = {**_store_key(store, hook, max_rows), "params": params}
+            key = {**_store_key(store, hook, max_rows, cache_dir), "params": params}
             record = _record(store_path, hook, what, max_rows, params, store.meta)
             cached = _cache_load(cache_dir, name, key)
             if cached is not None:
                 return cached._replace(provenance=record)
             x, ids, _ = row_matrix(store, hook, max_rows, seed, ctx=ctx)
     else:
-        key = {**_sae_key(Path(sae_path)), "params": params}
+        key = {**_sae_key(Path(sae_path), cache_dir), "params": params}
         record = _record(sae_path, hook, what, max_rows, params, None)
         cached = _cache_load(cache_dir, name, key)
         if cached is not None:
@@ -230,22 +230,29 @@ def _compute(ctx: JobContext, x: np.ndarray, ids: np.ndarray, name: str, method:
     return layout
 
 
-def _store_key(store: ActivationStore, hook: str, max_rows: int | None) -> dict[str, Any]:
-    """What a row layout depends on: which store and hook (source), how full it is (state)."""
-    return {"source": {"store": str(Path(store.path).resolve()), "hook": hook},
-            "state": {"n_committed": store.n_rows, "model_hash": store.meta.model_hash,
-                      "max_rows": max_rows, "outlier_factor": 10.0, "version": CACHE_VERSION}}
+def _source_path(path: str | os.PathLike, cache_dir: Any) -> str:
+    """A source's path as the cache names it: relative to the workspace holding the cache
+    (``cache_dir``'s parent) when inside it, so a copied workspace finds its layouts."""
+    return portable_path(Path(path).resolve(), None if cache_dir is None else Path(cache_dir).resolve().parent)
 
 
-def _sae_key(folder: Path) -> dict[str, Any]:
-    """What a latent layout depends on: the SAE folder and its weights file's size + mtime."""
+def _store_key(store: ActivationStore, hook: str, max_rows: int | None, cache_dir: Any = None) -> dict[str, Any]:
+    """What a row layout depends on: which store and hook (source), its content hash and how
+    full it is (state)."""
+    return {"source": {"store": _source_path(store.path, cache_dir), "hook": hook},
+            "state": {"sha256": file_digest(store.path), "n_committed": store.n_rows,
+                      "model_hash": store.meta.model_hash, "max_rows": max_rows, "outlier_factor": 10.0,
+                      "version": CACHE_VERSION}}
+
+
+def _sae_key(folder: Path, cache_dir: Any = None) -> dict[str, Any]:
+    """What a latent layout depends on: the SAE folder (source) and its weights' hash (state)."""
     from engine.sae.io import WEIGHTS_FILENAME
     weights = folder / WEIGHTS_FILENAME
     if not weights.is_file():
         raise LatentLabError(f"SAE folder {folder} has no {WEIGHTS_FILENAME}")
-    st = weights.stat()
-    return {"source": {"sae": str(folder.resolve())},
-            "state": {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "version": CACHE_VERSION}}
+    return {"source": {"sae": _source_path(folder, cache_dir)},
+            "state": {"sha256": file_digest(weights), "version": CACHE_VERSION}}
 
 
 def _digest(obj: Any, n: int) -> str:
