@@ -318,3 +318,18 @@ def test_release_ids_resolve_from_the_local_hf_cache(tmp_path, monkeypatch):
     assert saelens_release("my-release", "layer_2", "x", table) == ("owner/sae-repo", "blocks.2.hook_resid_post")
     with pytest.raises(SAEFileError, match="has no SAE 'layer_9'; it has layer_2"):
         saelens_release("my-release", "layer_9", "x", table)
+
+
+def test_saelens_release_id_from_saelens_table(tmp_path, monkeypatch):
+    """saelens:RELEASE/SAE_ID through SAELens's own release table (in .venv-saelens) and a
+    local cache holding that release's folder."""
+    from engine.sae.formats.hub import releases_file
+
+    if releases_file() is None:
+        pytest.skip("no SAELens release table here (./run.sh test makes .venv-saelens)")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    folder = tmp_path / "models--jbloom--GPT2-Small-SAEs-Reformatted" / "snapshots" / "r1" / "blocks.3.hook_resid_pre"
+    save_sae(random_sae("topk"), folder)
+    assert sae_info("saelens:gpt2-small-res-jb/blocks.3.hook_resid_pre")["format"] == "latentlab"
+    with pytest.raises(SAEFileError, match="has no SAE 'blocks.99.nothing'"):
+        load_sae("saelens:gpt2-small-res-jb/blocks.99.nothing")
