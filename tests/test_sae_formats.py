@@ -23,7 +23,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from engine.errors import LatentLabError
-from engine.sae.formats import detect_sae_format, sae_info
+from engine.features.encode import cached_sae
+from engine.sae.formats import detect_sae_format, sae_files, sae_info
 from engine.sae.formats.hub import saelens_release
 from engine.sae.io import SAEFileError, load_sae, save_sae
 from tests.test_sae_io import D_IN, D_SAE, inputs, random_sae
@@ -220,6 +221,9 @@ def test_peer_facts(peers):
     assert load_sae(peers / "oc" / "topk" / "model.pt").cfg.k == 6  # the checkpoint file itself opens too
     with pytest.raises(SAEFileError, match="2 hook points.*layers.3, layers.5"):
         load_sae(peers / "sparsify")
+    assert [f.name for f in sae_files(peers / "sparsify" / "layers.3")] == ["cfg.json", "sae.safetensors"]
+    assert [f.name for f in sae_files(peers / "oc" / "topk")] == ["model.pt", "config.json"]
+    assert cached_sae(peers / "dl" / "topk") is cached_sae(peers / "dl" / "topk")  # loaded once, any format
 
 
 def test_peer_sae_reloads_as_latentlab(peers, tmp_path):

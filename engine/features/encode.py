@@ -21,7 +21,8 @@ from engine.jobs import JobContext
 from engine.lru import LockedLRU
 from engine.models.base import weight_fingerprint
 from engine.sae.base import SparseAutoencoder
-from engine.sae.io import CFG_FILENAME, WEIGHTS_FILENAME, load_sae
+from engine.sae.formats import sae_files
+from engine.sae.io import load_sae
 from engine.store.activations import ActivationStore
 
 CACHE_SIZE = 3  # SAEs kept loaded (per folder and device)
@@ -51,15 +52,11 @@ class RowLatents(NamedTuple):
 
 # ---------------------------------------------------------------- the SAE cache
 def _stamp(folder: Path) -> tuple:
-    """(mtime_ns, size) of the SAE's files: a changed file means a reload."""
-    stamp = []
-    for name in (CFG_FILENAME, WEIGHTS_FILENAME):
-        try:
-            st = (folder / name).stat()
-        except OSError:
-            return ()
-        stamp.append((st.st_mtime_ns, st.st_size))
-    return tuple(stamp)
+    """(name, mtime_ns, size) of the SAE's files, in any format: a changed file means a reload."""
+    try:
+        return tuple((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in sae_files(folder))
+    except (OSError, LatentLabError):
+        return ()
 
 
 def cached_sae(sae_path: str | Path, device: torch.device | str = "cpu") -> SparseAutoencoder:

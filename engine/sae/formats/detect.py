@@ -53,6 +53,23 @@ def detect_sae_format(folder: str | Path) -> str:
                        f"one .pt/.pth state dict (overcomplete)")
 
 
+def sae_files(folder: str | Path) -> list[Path]:
+    """The files that make the SAE in ``folder`` (its weights, and its config where it has one),
+    whichever library wrote it: what a cache of the loaded SAE, or of results computed from it,
+    is keyed on."""
+    folder = Path(folder)
+    fmt = detect_sae_format(folder)
+    if folder.is_file():
+        names = [folder.name, "config.json"]
+        folder = folder.parent
+    else:
+        names = {"latentlab": [CFG_FILENAME, WEIGHTS_FILENAME], "saelens": [CFG_FILENAME, WEIGHTS_FILENAME],
+                 "sparsify": [CFG_FILENAME, SPARSIFY_WEIGHTS],
+                 "dictionary_learning": [DICTIONARY_LEARNING_WEIGHTS, "config.json"],
+                 "overcomplete": [p.name for p in _torch_files(folder)] + ["config.json"]}[fmt]
+    return [folder / name for name in names if (folder / name).is_file()]
+
+
 def sparsify_hook_folders(folder: Path) -> list[str]:
     """The sub-folders of ``folder`` that are sparsify SAEs (one per hook point), sorted."""
     return sorted(p.name for p in folder.iterdir() if p.is_dir() and (p / SPARSIFY_WEIGHTS).is_file())
