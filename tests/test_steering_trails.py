@@ -161,6 +161,22 @@ def test_trail_latent_changes_match_numpy(small_workspace, rows_pca):
     assert latent_changes(sae, base, base).latents.size == 0
 
 
+def test_trail_rank_job_leaves_the_baselines_sink_positions_out(small_workspace, rows_pca):
+    """A baseline row 50x the run's median norm (an attention sink) is left out of both runs'
+    means, by position; the rest are ranked as ``latent_changes`` ranks them."""
+    from engine.api import Trail, sink_positions
+    from engine.sae.io import load_sae
+    _, rows = rows_pca
+    base_rows, steer_rows = rows[:8].copy(), rows[300:310].copy()
+    base_rows[0] *= 50.0
+    assert sink_positions(base_rows).tolist() == [True] + [False] * 7
+    base = Trail("baseline", "baseline", small_workspace.hook, [], 2, base_rows)
+    got = rank_latent_changes(CPU, small_workspace.sae, base, base._replace(which="steered", acts=steer_rows))
+    want = latent_changes(load_sae(small_workspace.sae).eval(), base_rows[1:], steer_rows[1:])
+    assert got.latents.tolist() == want.latents.tolist()
+    np.testing.assert_allclose(got.change, want.change, atol=1e-9)
+
+
 def test_trail_rank_job_refuses_runs_at_two_hooks(small_workspace, rows_pca):
     from engine.api import Trail
     _, rows = rows_pca

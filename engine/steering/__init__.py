@@ -47,11 +47,18 @@ from engine.steering.steer import (
     steered,
 )
 from engine.steering.sweep import NEUTRAL_PROMPTS, SweepResult, load_concept_sets
-from engine.steering.trails import LatentChanges, Trail, latent_changes, rank_latent_changes
+from engine.steering.trails import (
+    LatentChanges,
+    Trail,
+    latent_changes,
+    rank_latent_changes,
+    sink_positions,
+)
 
 __all__ = ["NEUTRAL_PROMPTS", "load_concept_sets", "first_divergence", "shift_text", "LATENT_MODES", "OCEAN_TEXTS", "OCEAN_WORDS", "OTHER_TEXTS", "latent_means", "recipe_interventions", "DEFAULT_QUESTIONS", "InjectionTrial", "naming_rates", "AblateLatents", "AddDirection", "ClampLatents", "Generation", "GenerationComparison",
            "InjectionResult", "SweepResult", "check_item", "compare_generation", "generate_stream",
            "inject_concept", "inject_item", "latent_item", "steerable_hooks", "steered",
            "sweep_item", "REST", "DeltaVector", "LabelValue", "delta_item", "delta_vector", "store_groups", "StoreGroups",
            "latent_items", "PredictionShift", "classifier_spec", "steer_predictions",
-           "Trail", "LatentChanges", "latent_changes", "rank_latent_changes", "sweep_trails"]
+           "Trail", "LatentChanges", "latent_changes", "rank_latent_changes", "sweep_trails",
+           "sink_positions"]

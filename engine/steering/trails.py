@@ -19,6 +19,7 @@ from engine.models.base import ModelAdapter
 from engine.steering.steer import AddDirection, Intervention, generate, prompt_inputs, steered
 
 ENCODE_ROWS = 4096  # rows per SAE encode when ranking latent changes
+SINK_FACTOR = 10.0  # a baseline row this many times the run's median norm is an attention sink
 
 
 class Trail(NamedTuple):
@@ -78,6 +79,25 @@ def strength_trails(ctx: JobContext, adapter: ModelAdapter, prompt: str, steer_h
     return out
 
 
+def sink_positions(baseline: np.ndarray, factor: float = SINK_FACTOR) -> np.ndarray:
+    """(n,) bool: the baseline run's rows whose L2 norm is above ``factor`` x the run's median
+    norm (attention-sink tokens, which a row layout leaves out by the same rule), or not
+    finite. Their positions are left out of every run's trail and ranking: steering does
+    not move a token's sink role, and one sink row would own every mean."""
+    norms = np.linalg.norm(np.asarray(baseline, np.float64), axis=1)
+    finite = np.isfinite(norms)
+    median = float(np.median(norms[finite])) if finite.any() else 0.0
+    return ~finite | (norms > factor * median) if median > 0 else ~finite
+
+
+def without_sinks(rows: np.ndarray, sinks: np.ndarray) -> np.ndarray:
+    """``rows`` without the positions ``sinks`` marks (rows past its end are kept)."""
+    keep = np.ones(len(rows), bool)
+    n = min(len(rows), len(sinks))
+    keep[:n] = ~sinks[:n]
+    return rows[keep]
+
+
 # ---------------------------------------------------------------- changed latents
 class LatentChanges(NamedTuple):
     """SAE latents ranked by how much their mean activation over a run changed between the
@@ -118,8 +138,11 @@ def latent_changes(sae: Any, baseline: np.ndarray, steered_rows: np.ndarray, top
 
 def rank_latent_changes(ctx: JobContext, sae_path: str | os.PathLike, baseline: Trail, steered_trail: Trail,
                         top: int = 20) -> LatentChanges:
-    """Job: ``latent_changes`` of two trails under the SAE in ``sae_path``."""
+    """Job: ``latent_changes`` of two trails under the SAE in ``sae_path``, the baseline's
+    attention-sink positions (``sink_positions``) left out of both."""
     if baseline.hook != steered_trail.hook:
         raise LatentLabError(f"the runs were read at two hook points ({baseline.hook}, {steered_trail.hook})")
     ctx.progress(0, 1, "encoding the runs")
-    return latent_changes(cached_sae(sae_path, "cpu"), baseline.acts, steered_trail.acts, top)
+    sinks = sink_positions(baseline.acts)
+    return latent_changes(cached_sae(sae_path, "cpu"), without_sinks(baseline.acts, sinks),
+                          without_sinks(steered_trail.acts, sinks), top)

@@ -55,6 +55,17 @@ def links(drawn: list[DrawnTrail]) -> np.ndarray:
     return np.stack([a[:n], b[:n]], axis=1).astype(np.float32)
 
 
+def _drawn(trail: Trail, xy: np.ndarray, rgb: tuple[int, int, int], sinks: np.ndarray) -> DrawnTrail:
+    """A placed trail without the baseline's attention-sink positions (far outside the cloud,
+    which the layout itself leaves out) and points without finite coordinates; every trail
+    loses the same positions, so the baseline and steered tokens stay paired."""
+    keep = np.isfinite(xy).all(1)
+    n = min(len(keep), len(sinks))
+    keep[:n] &= ~sinks[:n]
+    return DrawnTrail(np.ascontiguousarray(xy[keep], np.float32), rgb, trail.label,
+                      int(keep[:trail.n_prompt].sum()), [t for t, k in zip(trail.texts, keep, strict=False) if k])
+
+
 # ---------------------------------------------------------------- drawing paths
 class _PgTrails:
     """Trails as pyqtgraph items in the backend's ViewBox."""
@@ -229,8 +240,9 @@ class TrailLayer:
         if trails is not self.state.trails or layout is not self.layout:
             return
         colours = trail_colours(trails)
-        self._show([DrawnTrail(xy, rgb, t.label, t.n_prompt, t.texts)
-                    for t, xy, rgb in zip(trails, placed, colours, strict=True)])
+        base = next((t for t in trails if t.which == "baseline"), None)
+        sinks = api.sink_positions(base.acts) if base is not None else np.zeros(0, bool)
+        self._show([_drawn(t, xy, rgb, sinks) for t, xy, rgb in zip(trails, placed, colours, strict=True)])
 
     def _show(self, drawn: list[DrawnTrail]) -> None:
         self.drawn = drawn
