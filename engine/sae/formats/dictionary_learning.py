@@ -9,10 +9,11 @@ with ``weights_only=True``. Each dictionary class maps onto a LatentLab architec
   MatryoshkaBatchTopKSAE    (their inference default; the Matryoshka groups only shape training)
   JumpReluAutoEncoder     jumprelu: pre * (pre > threshold) with pre = x @ W_enc + b_enc (b_dec
                           not subtracted: folded into b_enc)
+  GatedAutoEncoder        gated: 1[h + gate_bias > 0] * ReLU(h * exp(r_mag) + mag_bias),
+                          h = encoder(x - decoder_bias)
 
 With normalize_activations, trainSAE folds the norm factor into the saved weights
-(``scale_biases``), so ae.pt reads raw activations; config.json's norm_factor is reported.
-GatedAutoEncoder has no LatentLab architecture and is refused by name."""
+(``scale_biases``), so ae.pt reads raw activations; config.json's norm_factor is reported."""
 
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ from engine.sae.saelens import SAEFileError
 
 CONFIG = "config.json"
 ARCH = {"AutoEncoder": "relu", "AutoEncoderNew": "relu", "AutoEncoderTopK": "topk", "BatchTopKSAE": "batchtopk",
-        "MatryoshkaBatchTopKSAE": "batchtopk", "JumpReluAutoEncoder": "jumprelu"}
+        "MatryoshkaBatchTopKSAE": "batchtopk", "JumpReluAutoEncoder": "jumprelu", "GatedAutoEncoder": "gated"}
 
 
 def read_dictionary_learning(path: Path) -> tuple[SAEConfig, dict[str, torch.Tensor]]:
@@ -50,14 +51,10 @@ def read_dictionary_learning(path: Path) -> tuple[SAEConfig, dict[str, torch.Ten
     trainer = config.get("trainer") if isinstance(config.get("trainer"), dict) else {}
     state = read_state_dict(path)
     cls = trainer.get("dict_class") or _class_from_keys(state, path)
-    if cls == "GatedAutoEncoder":
-        raise SAEFileError(f"{path} is a dictionary_learning GatedAutoEncoder, which has no LatentLab "
-                           f"architecture (it reads AutoEncoder, AutoEncoderNew, AutoEncoderTopK, "
-                           f"BatchTopKSAE, MatryoshkaBatchTopKSAE and JumpReluAutoEncoder)")
     if cls not in ARCH:
         raise SAEFileError(f"{path.parent / CONFIG}: field 'trainer.dict_class' is {cls!r}, a dictionary "
                            f"LatentLab cannot read; it reads {', '.join(ARCH)}")
-    tensors, k = _tensors(cls, state, path)
+    tensors, k = _gated(state, path) if cls == "GatedAutoEncoder" else _tensors(cls, state, path)
     d_in, d_sae = tensors["W_enc"].shape
     extra = {"format": {"name": "dictionary_learning", "dict_class": cls,
                         "normalisation": _normalisation(trainer),
@@ -101,6 +98,19 @@ def _tensors(cls: str, state: dict[str, torch.Tensor], path: Path) -> tuple[dict
     elif ARCH[cls] == "topk":
         need(state, ("k",), path, what)
     return tensors, state.get("k")
+
+
+def _gated(state: dict[str, torch.Tensor], path: Path) -> tuple[dict[str, torch.Tensor], None]:
+    """SAELens-named gated tensors (W_enc, W_dec, b_dec, b_gate, b_mag, r_mag) of a GatedAutoEncoder."""
+    names = ("encoder.weight", "decoder.weight", "decoder_bias", "gate_bias", "mag_bias", "r_mag")
+    need(state, names, path, "a dictionary_learning GatedAutoEncoder")
+    d_sae, d_in = shape_of(state, "encoder.weight", 2, path)
+    W, D, b_dec, b_gate, b_mag, r_mag = floats(*(state[n] for n in names))  # noqa: N806
+    tensors = {"W_enc": W.t().contiguous(), "W_dec": D.t().contiguous(), "b_dec": b_dec, "b_gate": b_gate,
+               "b_mag": b_mag, "r_mag": r_mag}
+    check_shapes(tensors, {"W_dec": (d_sae, d_in), "b_dec": (d_in,), "b_gate": (d_sae,), "b_mag": (d_sae,),
+                           "r_mag": (d_sae,)}, path)
+    return tensors, None
 
 
 def _class_from_keys(state: dict[str, torch.Tensor], path: Path) -> str:
