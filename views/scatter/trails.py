@@ -45,6 +45,18 @@ def trail_colours(trails: tuple[Trail, ...]) -> list[tuple[int, int, int]]:
     return [BASELINE if t.which == "baseline" else SWEEP[pick[order[id(t)]]] for t in trails]
 
 
+def drawing_order(drawn: list[DrawnTrail]) -> list[DrawnTrail]:
+    """Bottom to top: a sweep's baseline last, over its strength-0 twin and the others; a
+    pair's steered run over its baseline."""
+    if len(drawn) <= 2:
+        return list(drawn)
+    return [t for t in drawn if t.label != "baseline"] + [t for t in drawn if t.label == "baseline"]
+
+
+def line_width(drawn: list[DrawnTrail]) -> float:
+    return 2.5 if len(drawn) <= 2 else 1.6
+
+
 def links(drawn: list[DrawnTrail]) -> np.ndarray:
     """(m, 2, 2) segments from each baseline token to the same token of the one steered run
     (none for a sweep, where they would hide the trails)."""
@@ -84,8 +96,8 @@ class _PgTrails:
             link = pg.PlotCurveItem(seg[:, :, 0].ravel(), seg[:, :, 1].ravel(), connect="pairs",
                                     pen=pg.mkPen(QColor(*LINK), width=1))
             self.items.append(link)
-        for t in drawn:
-            pen = pg.mkPen(QColor(*t.rgb), width=2.5,
+        for t in drawing_order(drawn):
+            pen = pg.mkPen(QColor(*t.rgb), width=line_width(drawn),
                            style=Qt.PenStyle.DashLine if t.label == "baseline" else Qt.PenStyle.SolidLine)
             sizes = np.where(np.arange(len(t.xy)) < t.n_prompt, 5.0, 8.0)
             line = pg.PlotDataItem(t.xy[:, 0], t.xy[:, 1], pen=pen, symbol="o", symbolSize=sizes,
@@ -113,10 +125,10 @@ class _VispyTrails:
         if len(seg):
             self._add(scene.visuals.Line(seg.reshape(-1, 2), color=np.array(LINK) / 255.0, width=1,
                                          connect="segments", parent=parent))
-        for t in drawn:
+        for t in drawing_order(drawn):
             rgba = (*(c / 255.0 for c in t.rgb), 1.0)
             if len(t.xy) > 1:
-                self._add(scene.visuals.Line(t.xy, color=rgba, width=2.5, parent=parent))
+                self._add(scene.visuals.Line(t.xy, color=rgba, width=line_width(drawn), parent=parent))
             markers = scene.visuals.Markers(parent=parent)
             markers.set_data(t.xy, face_color=rgba, edge_color="white", edge_width=1,
                              size=np.where(np.arange(len(t.xy)) < t.n_prompt, 5.0, 8.0))
