@@ -100,7 +100,7 @@ def _check_same_statistics(store_path: Path, out: Path) -> None:
 
 def test_parameter_fields_follow_the_architecture(dialog):
     form, out = dialog.form, dialog.out_edit
-    uses = {"relu": "l1", "topk": "k", "batchtopk": "k", "jumprelu": "l0", "mp": "k", "gtopk": "k"}
+    uses = {"relu": "l1", "topk": "k", "batchtopk": "k", "jumprelu": "l0", "mp": "k", "gtopk": "k", "gated": "l1"}
     assert [dialog.arch_box.itemData(i) for i in range(dialog.arch_box.count())] == list(ARCHS)
     for arch in ARCHS:
         dialog.arch_box.setCurrentIndex(ARCHS.index(arch))
