@@ -34,10 +34,10 @@ from engine.store.activations import ActivationStore
 
 PLACE_NEIGHBORS = 15  # k of the k-NN placement (UMAP's default n_neighbors)
 CANDIDATES = 8  # extra float32 candidates re-ranked by exact float64 distances
-SEARCH_ROWS = 1024  # new rows per distance GEMM
+SEARCH_ROWS = 64  # new rows per distance GEMM (64 x 50,000 float32: 13 MB)
 SIGMA_STEPS = 64  # bisection steps of the membership bandwidth (umap's smooth_knn_dist)
 READ_BYTES = 64 << 20  # float32 rows read from a store at a time
-PLACERS_KEPT = 4  # placers kept per process (a slider move re-uses the layout's)
+PLACERS_KEPT = 2  # placers kept per process (a slider move re-uses the layout's; a UMAP one holds its rows)
 
 
 class Placer(NamedTuple):
