@@ -29,13 +29,9 @@ def _paint(view: View, painter: QPainter, rect: QRectF) -> None:
     view.paint_figure(painter, rect)
 
 
-def export_figure(view: View, path: str | os.PathLike, width: int = 1200, height: int = 900,
-                  dpi: int = 150, record: dict[str, Any] | None = None) -> Path:
-    """Write ``view`` to ``path``; the suffix picks the format (png, svg, pdf).
-    ``width`` x ``height`` are pixels at ``dpi`` (the printed size is their ratio). The
-    figure's record (``record``, else built from the view and its AppState) is embedded and
-    written beside it as ``F.json``."""
-    path = Path(path)
+def check_target(path: Path, width: int, height: int, dpi: int) -> str:
+    """The format ``path``'s suffix names; LatentLabError when it, the size or the folder is
+    not one a figure can be written as (checked before anything is drawn)."""
     fmt = path.suffix.lower().lstrip(".")
     if fmt not in FORMATS:
         raise LatentLabError(f"{path.name}: cannot export as {fmt or 'no suffix'!r}; "
@@ -45,6 +41,17 @@ def export_figure(view: View, path: str | os.PathLike, width: int = 1200, height
                              "(at least 16x16 pixels, 30 to 2400 dpi)")
     if not path.parent.is_dir():
         raise LatentLabError(f"cannot write {path}: folder {path.parent} does not exist")
+    return fmt
+
+
+def export_figure(view: View, path: str | os.PathLike, width: int = 1200, height: int = 900,
+                  dpi: int = 150, record: dict[str, Any] | None = None) -> Path:
+    """Write ``view`` to ``path``; the suffix picks the format (png, svg, pdf).
+    ``width`` x ``height`` are pixels at ``dpi`` (the printed size is their ratio). The
+    figure's record (``record``, else built from the view and its AppState) is embedded and
+    written beside it as ``F.json``."""
+    path = Path(path)
+    fmt = check_target(path, width, height, dpi)
     if record is None:
         record = figure_record(view, getattr(view, "state", None), width, height, dpi, path.parent)
     text = record_json(record)

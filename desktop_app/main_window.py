@@ -31,6 +31,7 @@ from desktop_app.bridge import FAILED, EngineBridge
 from desktop_app.export import FORMATS, export_figure
 from desktop_app.jobs_panel import JobsPanel
 from desktop_app.opening import Opening, RecentLists, active_items, chosen_before
+from desktop_app.provenance_dialog import show_provenance
 from desktop_app.session import Session, session_input_problems
 from desktop_app.state import AppState
 from desktop_app.view import View
@@ -128,6 +129,7 @@ class MainWindow(Opening, QMainWindow):
             view.addAction(dock.toggleViewAction())
         view.addSeparator()
         self._action(view, "&Reset Layout", "Ctrl+Shift+L", lambda: self.restoreState(self._default_layout))
+        self._action(view, "&Provenance...", "Ctrl+I", lambda: show_provenance(self))
         jobs = self.menuBar().addMenu("&Jobs")
         self._action(jobs, "&Capture Activations...", "Ctrl+Shift+C", self.capture_dialog)
         self._action(jobs, "&Train SAE...", None, self.train_sae_dialog)

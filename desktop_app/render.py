@@ -17,7 +17,15 @@ import numpy as np
 from desktop_app.figure import figure_root, read_figure, resolved_values
 from desktop_app.state import AppState, Selection
 from desktop_app.view import InlineRunner, restore_figure
-from engine.api import JobContext, LatentLabError, Workspace, check_inputs, project, resolve_device, resolve_path
+from engine.api import (
+    JobContext,
+    LatentLabError,
+    Workspace,
+    check_inputs,
+    project,
+    resolve_device,
+    resolve_path,
+)
 
 ViewFactories = Sequence[tuple[str, Any]]  # (dock name, factory taking AppState), as main.py lists them
 SETTLE_ROUNDS = 5  # rounds of Qt events for deferred work (timers at 0 ms, layouts) to land
@@ -27,20 +35,38 @@ def headless_app() -> Any:
     """The QApplication (made offscreen when there is no display)."""
     if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
         os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    from PySide6.QtCore import qInstallMessageHandler
     from PySide6.QtWidgets import QApplication
+    if QApplication.instance() is None and os.environ.get("QT_QPA_PLATFORM") == "offscreen":
+        previous = None
+
+        def quiet(kind: Any, context: Any, message: str) -> None:
+            """Drop the offscreen platform's note that it cannot size windows (nothing is shown)."""
+            if "propagateSizeHints" not in message:
+                if previous is not None:
+                    previous(kind, context, message)
+                else:
+                    print(message, file=sys.stderr)
+        previous = qInstallMessageHandler(quiet)
     return QApplication.instance() or QApplication(sys.argv[:1])
 
 
 def render_figure(figure: str | os.PathLike, out: str | os.PathLike, views: ViewFactories,
                   device: str | None = "cpu") -> Path:
     """Write the figure ``figure`` records to ``out`` (png, svg or pdf by its suffix)."""
+    from desktop_app.export import check_target, export_figure
     record = read_figure(figure)
+    try:
+        width, height = (int(v) for v in record["size"])
+        dpi = int(record.get("dpi", 150))
+    except (KeyError, TypeError, ValueError):
+        raise LatentLabError(f"{figure}: its \"size\" should be [width, height] in pixels") from None
+    check_target(Path(out), width, height, dpi)
     root = figure_root(record, figure)
     check_inputs((record.get("provenance") or {}).get("inputs") or [], root)
     factory = _factory(record, views, figure)
     app = headless_app()
     from desktop_app.app import configure_plots
-    from desktop_app.export import export_figure
     configure_plots()
     state = AppState(InlineRunner(resolve_device(device or "cpu")))
     view = factory(state)
@@ -53,8 +79,7 @@ def render_figure(figure: str | os.PathLike, out: str | os.PathLike, views: View
             state.set_projection(_layout(name, params, state, root))
         restore_figure(view, resolved_values(record.get("view_state") or {}, root))
         _settle(app)
-        width, height = record["size"]
-        return export_figure(view, out, width, height, record.get("dpi", 150), record=record)
+        return export_figure(view, out, width, height, dpi, record=record)
     finally:
         view.cancel_requests()
         view.close()

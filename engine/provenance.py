@@ -181,3 +181,9 @@ def _jsonable(value: Any) -> Any:
     if hasattr(value, "tolist"):
         return value.tolist()
     return value
+
+
+def array_digest(array: Any) -> str:
+    """``sha256:<hex>`` of an array's float32 bytes (a steering direction, a probe's weights)."""
+    import numpy as np
+    return "sha256:" + hashlib.sha256(np.ascontiguousarray(np.asarray(array, np.float32)).tobytes()).hexdigest()

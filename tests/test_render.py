@@ -54,7 +54,15 @@ def cka_window(open_window, qtbot, root: Path, store: Path):
     wait_until(qtbot, lambda: tab.matrix is not None and not win.bridge.busy())
     tab.select_cell(1, 0)
     wait_until(qtbot, lambda: tab.match is not None and not win.bridge.busy())
+    qtbot.wait(100)  # deferred layouts land, as they have by the time a user exports
     return win
+
+
+def skip_umap(win) -> None:
+    """Cancel the window's UMAP layouts (the figures here draw PCA; jobs run one at a time)."""
+    for job_id, job in list(win.bridge.jobs.items()):
+        if job.title.startswith("UMAP"):
+            win.bridge.cancel(job_id)
 
 
 def _pixels(path: Path) -> np.ndarray:
@@ -67,6 +75,7 @@ def scatter_window(open_window, qtbot, small_workspace):
     """The window with the scatter alone on the small workspace, its PCA and colours loaded."""
     win = open_window(views=[("Scatter", ScatterView)], size=(1000, 700))
     assert win.open_workspace(small_workspace.root)
+    skip_umap(win)
     wait_until(qtbot, lambda: win.state.stats and "rows/pca" in win.state.projections and not win.bridge.busy())
     return win
 
@@ -78,6 +87,7 @@ def test_render_regenerates_the_scatter_export_to_the_same_svg_and_png(scatter_w
     view.set_colour_mode("label:topic")
     view.plot.set_view_range(-3.0, 4.0, -2.5, 3.0)  # a zoomed view: the figure keeps its range
     wait_until(qtbot, lambda: not win.bridge.busy())
+    qtbot.wait(100)
     svg = win.export_view("Scatter", tmp_path / "scatter.svg", 900, 600, 150)
     png = win.export_view("Scatter", tmp_path / "small.png", 450, 300, 100)
     record = json.loads((tmp_path / "scatter.json").read_text())
@@ -107,3 +117,45 @@ def test_render_regenerates_the_cka_heatmap_export_to_the_same_svg(open_window, 
     other = render_figure(tmp_path / "figs" / "no_cell.json", tmp_path / "other.svg", gui_views())
     assert other.read_text() != svg.read_text()
     assert "latentlab" in svg.read_text() and "&quot;kind&quot;" in svg.read_text()  # the record in <desc>
+
+
+@pytest.fixture
+def kept_figure(tmp_path) -> Path:
+    """tests/data's exported CKA figure (its record and its input store) copied to a folder
+    of their own, as a figure folder travels to another machine."""
+    for name in ("figure_cka.json", "figure_store.h5"):
+        shutil.copy(DATA / name, tmp_path / name)
+    return tmp_path / "figure_cka.json"
+
+
+def test_render_draws_the_kept_figure_again_from_its_record(kept_figure, qapp, capsys):
+    record = json.loads(kept_figure.read_text())
+    assert record["provenance"]["inputs"][0] == {
+        "role": "store", "path": "./figure_store.h5", "sha256": file_digest(DATA / "figure_store.h5")}
+    assert main(["render", str(kept_figure), "--out", str(kept_figure.with_name("again.png"))]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1 and out[0].startswith(str(kept_figure.with_name("again.png")))
+    again, kept = _pixels(kept_figure.with_name("again.png")), _pixels(DATA / "figure_cka.png")
+    assert again.shape == kept.shape == (640 * 400,)
+    assert (again != kept).mean() < 0.05  # the same heatmap and matched-neuron plot (fonts may differ)
+    text = QImage(str(kept_figure.with_name("again.png"))).text("latentlab-provenance")
+    assert json.loads(text)["provenance"] == record["provenance"]  # the figure's own record, embedded
+
+
+def test_render_refuses_a_store_changed_by_one_byte_naming_it_and_both_hashes(kept_figure, qapp, capsys):
+    store = kept_figure.with_name("figure_store.h5")
+    expected = file_digest(store)
+    data = bytearray(store.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    store.write_bytes(bytes(data))
+    out = kept_figure.with_name("never.svg")
+    with pytest.raises(ProvenanceError) as err:
+        render_figure(kept_figure, out, gui_views())
+    assert f"store {store}: changed (expected {expected}, found {file_digest(store)})" == str(err.value)
+    assert main(["render", str(kept_figure), "--out", str(out)]) == 2
+    said = capsys.readouterr().err.strip().splitlines()
+    assert len(said) == 1 and str(store) in said[0] and expected in said[0]
+    store.unlink()
+    assert main(["render", str(kept_figure), "--out", str(out)]) == 2
+    assert f"{store}: missing (expected {expected})" in capsys.readouterr().err
+    assert not out.exists() and not out.with_suffix(".json").exists()  # refused before anything ran

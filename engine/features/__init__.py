@@ -21,10 +21,11 @@ from engine.features.stats import (
            load_feature_stats,
            logit_model,
            sae_feature_stats,
+           stats_provenance,
            suggest_latent,
 )
 
 __all__ = ["Context", "FeatureStats", "FeatureStatsResult", "LatentSearch", "LatentTable", "RowLatents",
            "TextLatents", "cached_sae", "feature_pass", "feature_stats", "latent_table",
            "latent_values", "latents_on_rows", "load_feature_stats", "logit_model", "sae_feature_stats",
-           "search_latents", "shaded_contexts", "suggest_latent", "text_latents"]
+           "search_latents", "shaded_contexts", "stats_provenance", "suggest_latent", "text_latents"]

@@ -46,6 +46,7 @@ from engine.features.running import (  # noqa: F401  (HIST_*, hist_quantiles: pa
 from engine.features.weights import weight_tables
 from engine.jobs import JobContext
 from engine.models.base import ModelAdapter, weight_fingerprint
+from engine.provenance import known_record, provenance_record, record_json
 from engine.sae.base import SparseAutoencoder
 from engine.store.activations import ActivationStore
 from engine.store.derived import derived_attrs, open_derived, store_key, write_derived
@@ -339,6 +340,11 @@ def write_feature_stats(ctx: JobContext, target: StatsTarget, run: RunningStats,
              "sae_id": sae_id, "sae_fingerprint": fingerprint, "store_key": target.key,
              "store": target.store.name, "sae_cfg": json.dumps(cfg, default=str),
              "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **label_attrs}
+    record = provenance_record("statistics", inputs=[("store", target.store)], params={
+        "hook": hook, "sae_id": sae_id, "n_rows": run.n, "top_n": top_n, "n_quantiles": n_quantiles,
+        "logit_model": None if adapter is None else adapter.model_id})
+    record["sae"] = {"id": sae_id, "sha256": None, "weights": fingerprint}  # the weights, not a folder, were given
+    attrs["provenance"] = record_json(record)
     write_derived(target.path, arrays, attrs)
     _drop_superseded(target, sae_id, fingerprint)
     return tables.cached
@@ -402,6 +408,21 @@ def sae_feature_stats(ctx: JobContext, store: str | os.PathLike, sae: str | os.P
                          adapter=adapter)
 
 # ---------------------------------------------------------------- reading
+def stats_provenance(store: ActivationStore, sae_id: str) -> dict[str, Any]:
+    """Where the statistics ``sae_id`` over ``store`` came from (engine.provenance); those
+    written before records were kept get one of what their attributes say."""
+    found = find_stats(store, sae_id)
+    if found is None:
+        raise _missing(store, sae_id)
+    attrs = derived_attrs(found.path) if found.group == "/" else dict(store.group(found.group).attrs)
+    attrs = attrs or {}
+    raw = attrs.get("provenance")
+    return known_record("statistics", None if raw is None else json.loads(raw),
+                        sae={"id": sae_id, "sha256": None, "weights": attrs.get("sae_fingerprint")},
+                        params={"hook": attrs.get("hook"), "n_rows": attrs.get("n_rows"), "top_n": attrs.get("top_n")},
+                        created=attrs.get("created"))
+
+
 def load_feature_stats(store: ActivationStore, sae_id: str, sae_fingerprint: str | None = None) -> FeatureStats:
     """The statistics ``feature_stats`` wrote for ``sae_id`` over the store as it is now (of
     the SAE weights ``sae_fingerprint`` when given; see ``find_stats``), without the codes;

@@ -12,7 +12,7 @@ import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -31,6 +31,7 @@ from engine.geometry.measures import (
     sample_ids,
 )
 from engine.jobs import JobContext
+from engine.provenance import provenance_record
 from engine.store.activations import ActivationStore
 
 BLOCK_ROWS = 4096
@@ -45,6 +46,7 @@ class LayerMatrix(NamedTuple):
     hooks_b: list[str]
     measure: str
     n_rows: int  # rows the values were computed on
+    provenance: dict[str, Any] | None = None  # engine.provenance record (layer_matrix fills it)
 
 
 class Comparison(NamedTuple):
@@ -55,6 +57,7 @@ class Comparison(NamedTuple):
     a: str
     b: str
     notes: list[str]
+    provenance: dict[str, Any] | None = None  # engine.provenance record (compare fills it)
 
 
 # ------------------------------------------------------------------ streamed CKA
@@ -216,7 +219,10 @@ def layer_matrix(ctx: JobContext, store_a: Path, hooks_a: list[str], store_b: Pa
             values = _linear_matrix(ctx, groups, ga, gb, ids, block_rows)
         else:
             values = _pairwise(ctx, _load(ctx, groups, ids, block_rows), ga, gb, measure)
-    return LayerMatrix(values, list(hooks_a), list(hooks_b), measure, used)
+    record = comparison_record([store_a, store_b], sa.meta, sb.meta, dict(
+        hooks_a=list(hooks_a), hooks_b=list(hooks_b), measure=measure, max_rows=max_rows,
+        rows=None if rows is None else len(rows)))
+    return LayerMatrix(values, list(hooks_a), list(hooks_b), measure, used, record)
 
 
 def _pairwise(ctx: JobContext, rows: list[torch.Tensor], ga: list[int], gb: list[int],
@@ -315,6 +321,16 @@ def _hook_of(store: ActivationStore, hook: str | None) -> str:
     return store.hooks[0]
 
 
+def comparison_record(paths: list[Any], meta_a: Any, meta_b: Any, params: dict[str, Any],
+                      seed: int = 0) -> dict[str, Any]:
+    """A comparison's provenance: both stores (content hashes), their models, the settings."""
+    same = Path(paths[0]).resolve() == Path(paths[1]).resolve()
+    inputs = [("store A", paths[0])] if same else [("store A", paths[0]), ("store B", paths[1])]
+    return provenance_record("comparison", inputs=inputs, model_id=meta_a.model_id, model_hash=meta_a.model_hash,
+                             params={**params, "model_b": {"id": meta_b.model_id, "sha256": meta_b.model_hash}},
+                             seed=seed)
+
+
 def compare(ctx: JobContext, a: str, b: str, measures: list[str], max_rows: int | None = None,
             seed: int = 0, rows: np.ndarray | None = None) -> Comparison:
     """``measures`` between hook points ``a`` and ``b`` ("STORE.h5[:HOOK]") of row-aligned
@@ -340,7 +356,9 @@ def compare(ctx: JobContext, a: str, b: str, measures: list[str], max_rows: int 
             _note_sample(notes, others, ids, n, seed)
             rows = _load(ctx, groups, ids, BLOCK_ROWS)
             values.update(_run_measures(ctx, others, rows[ga[0]], rows[gb[0]], notes))
-    return Comparison({m: values[m] for m in names}, n, a, b, notes)
+    record = comparison_record([path_a, path_b], sa.meta, sb.meta, dict(
+        a=a, b=b, measures=names, max_rows=max_rows, rows=None if rows is None else n), seed)
+    return Comparison({m: values[m] for m in names}, n, a, b, notes, record)
 
 
 def _note_sample(notes: list[str], names: list[str], ids: np.ndarray | None, n: int, seed: int) -> None:

@@ -17,10 +17,13 @@ import torch
 
 from engine.errors import LatentLabError, StoreError
 from engine.jobs import JobContext
+from engine.provenance import file_digest, known_record, provenance_record
 from engine.sae.base import SAEConfig, SparseAutoencoder, TrainState, build_sae
 from engine.sae.quality import METRICS_FILE
 from engine.sae.trainer import TrainConfig, TrainingPoint, fit, init_b_dec, make_optimizer
 from engine.store.activations import ActivationStore
+
+PROVENANCE_FILE = "provenance.json"  # an SAE folder's record (engine.provenance)
 
 CHECKPOINT = "checkpoint"
 
@@ -146,6 +149,11 @@ def train_sae(ctx: JobContext, store: str | os.PathLike, hook: str, out: str | o
         fit(sae, batches, tcfg, ctx, state, opt, on_checkpoint=checkpoint, ddp=world > 1, hold_last=True,
             log=history)  # the checkpoints save the rows logged so far
         metrics = _finish(ctx, st, hook, out, sae, history, n_train, eval_model) if rank == 0 else {}
+        if rank == 0:
+            write_provenance(out, st, hook, seed, dict(
+                arch=arch, expansion=expansion, k=k, batch_size=batch_size, steps=total, epochs=epochs, lr=lr,
+                holdout=holdout, b_dec_init=b_dec_init, autocast=autocast, eval_model=eval_model,
+                world=world, **sae_options))
         if rank == 0 and history:
             ctx.partial(curve_points(history[-1:], total, metrics)[-1])  # held back by fit until now
     return TrainResult(str(out), state.step, metrics)
@@ -214,6 +222,25 @@ def _finish(ctx, st, hook, out: Path, sae, history, n_train, eval_model) -> dict
     (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
     shutil.rmtree(out / CHECKPOINT, ignore_errors=True)
     return metrics
+
+
+def write_provenance(out: Path, st: ActivationStore, hook: str, seed: int, params: dict[str, Any]) -> None:
+    """provenance.json in the SAE folder: the store it was trained on (content hash), the
+    model, the training settings and seed (engine.provenance)."""
+    record = provenance_record("sae", inputs=[("store", st.path)], model_id=st.meta.model_id,
+                               model_hash=st.meta.model_hash, params={"hook": hook, **params}, seed=seed)
+    (out / PROVENANCE_FILE).write_text(json.dumps(record, indent=2))
+
+
+def sae_provenance(folder: str | os.PathLike) -> dict[str, Any]:
+    """An SAE folder's record: provenance.json, or (an SAE trained before records were kept,
+    or elsewhere) what cfg.json and the folder say."""
+    folder = Path(folder)
+    path = folder / PROVENANCE_FILE
+    found = json.loads(path.read_text()) if path.is_file() else None
+    cfg = folder / "cfg.json"
+    return known_record("sae", found, sae={"id": folder.name, "sha256": file_digest(folder) if folder.is_dir() else None},
+                        params=json.loads(cfg.read_text()) if cfg.is_file() else None)
 
 
 def _dist_info() -> tuple[int, int]:

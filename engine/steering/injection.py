@@ -19,6 +19,7 @@ from engine.errors import LatentLabError
 from engine.hooks import check_hooks, checking
 from engine.jobs import JobContext
 from engine.models.base import ModelAdapter
+from engine.provenance import array_digest, provenance_record
 from engine.steering.steer import AddDirection, generate, prompt_inputs, steered
 
 DEFAULT_PREAMBLE = (
@@ -55,6 +56,7 @@ class InjectionResult(NamedTuple):
     concept_words: list[str]
     trials: list[InjectionTrial]
     rates: list[float]  # one per strength, in the order of ``strengths``
+    provenance: dict[str, Any] | None = None  # engine.provenance record of the run
 
     def to_json(self) -> str:
         """The result as a JSON text (``from_json`` reads it back)."""
@@ -69,7 +71,8 @@ class InjectionResult(NamedTuple):
             body = json.loads(text)
             trials = [InjectionTrial(**t) for t in body["trials"]]
             return cls(body["hook"], [float(s) for s in body["strengths"]], list(body["questions"]),
-                       list(body["concept_words"]), trials, [float(r) for r in body["rates"]])
+                       list(body["concept_words"]), trials, [float(r) for r in body["rates"]],
+                       body.get("provenance"))
         except (ValueError, KeyError, TypeError) as exc:
             raise LatentLabError(f"not a concept-injection result ({exc})") from None
 
@@ -206,7 +209,11 @@ def inject_concept(ctx: JobContext, adapter: ModelAdapter, hook: str, direction:
                 trials.append(InjectionTrial(alpha, qi, k, answer, new, bool(found), found))
                 ctx.partial(trials[-1])
                 ctx.progress(len(trials), total, f"strength {alpha:g}, question {qi + 1}")
-    return InjectionResult(hook, strengths, questions, words, trials, naming_rates(trials, strengths))
+    record = provenance_record("injection", model_id=adapter.model_id, model_hash=adapter.weight_hash(), seed=seed, params={
+        "hook": hook, "strengths": strengths, "questions": questions, "concept_words": words,
+        "max_new_tokens": max_new_tokens, "preamble": preamble, "from_question": from_question, "sample": sample,
+        "temperature": temperature, "samples": samples, "direction": array_digest(direction.detach().float().cpu())})
+    return InjectionResult(hook, strengths, questions, words, trials, naming_rates(trials, strengths), record)
 
 
 def naming_rates(trials: Sequence[InjectionTrial], strengths: Sequence[float]) -> list[float]:

@@ -9,7 +9,7 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -17,6 +17,7 @@ import torch
 from engine.errors import LatentLabError
 from engine.jobs import JobContext
 from engine.models.base import ModelAdapter
+from engine.provenance import array_digest, provenance_record
 from engine.specs import ConceptSets
 from engine.steering.steer import (
     AddDirection,
@@ -38,6 +39,7 @@ class SweepResult(NamedTuple):
     kl: np.ndarray  # (hooks, strengths) KL(steered || baseline) of the next token
     baseline_concept: float  # the same concept score without steering
     baseline_coherence: float  # perplexity of the unsteered continuation
+    provenance: dict[str, Any] | None = None  # engine.provenance record of a finished sweep
 
     def to_json(self) -> str:
         """The result as a JSON text (NaN as null); ``from_json`` reads it back."""
@@ -45,7 +47,8 @@ class SweepResult(NamedTuple):
         return json.dumps({"kind": "steering-sweep", "version": 1, "hooks": self.hooks,
                            "strengths": self.strengths, **grids,
                            "baseline_concept": _num(self.baseline_concept),
-                           "baseline_coherence": _num(self.baseline_coherence)}, indent=1)
+                           "baseline_coherence": _num(self.baseline_coherence),
+                           "provenance": self.provenance}, indent=1)
 
     @classmethod
     def from_json(cls, text: str) -> SweepResult:
@@ -56,7 +59,7 @@ class SweepResult(NamedTuple):
             hooks, strengths = [str(h) for h in body["hooks"]], [float(s) for s in body["strengths"]]
             grids = [np.array(body[k], dtype=float).reshape(len(hooks), len(strengths)) for k in _GRIDS]
             return cls(hooks, strengths, *grids, _float(body["baseline_concept"]),
-                       _float(body["baseline_coherence"]))
+                       _float(body["baseline_coherence"]), body.get("provenance"))
         except (ValueError, KeyError, TypeError) as exc:
             raise LatentLabError(f"not a steering-sweep result ({exc})") from None
 
@@ -173,4 +176,7 @@ def sweep(ctx: JobContext, adapter: ModelAdapter, prompts: Sequence[str],
             ctx.progress(1 + i * len(strengths) + j + 1, total, f"{hook} x {alpha:g}")
             grids = out.copy()
             ctx.partial(SweepResult(hooks, strengths, grids[0], grids[1], grids[2], base_score, base_ppl))
-    return SweepResult(hooks, strengths, out[0], out[1], out[2], base_score, base_ppl)
+    record = provenance_record("sweep", model_id=adapter.model_id, model_hash=adapter.weight_hash(), seed=seed, params={
+        "prompts": list(prompts), "hooks": hooks, "strengths": strengths, "concept_tokens": [int(t) for t in concept_tokens],
+        "max_new_tokens": max_new_tokens, "directions": {h: array_digest(directions[h].detach().float().cpu()) for h in hooks}})
+    return SweepResult(hooks, strengths, out[0], out[1], out[2], base_score, base_ppl, record)

@@ -8,6 +8,7 @@ Layout (format version 1):
                model_dtype (the precision the model ran in; float32 when absent), and
                below float32 float32_cosine (json: per hook, mean/min/rows of the per-row
                cosine to the float32 model's rows on the first batch)
+               provenance (json: where the store came from, engine.provenance)
   /acts/<hook> (n, d) float16|float32, chunked along rows
   /tokens /sample /position  (n,) int32   token id (-1 for images), document, position
   /labels/<name>             (n,) int32   per-row labels (e.g. the digit class)
@@ -36,6 +37,7 @@ import h5py
 import numpy as np
 
 from engine.errors import StoreError
+from engine.provenance import known_record, provenance_record, record_json
 
 FORMAT_VERSION = 1
 INDEX_FIELDS = ("tokens", "sample", "position")
@@ -43,6 +45,7 @@ _COMMITTED = "n_committed"  # dataset mirroring the root attribute of that name
 _STR = h5py.string_dtype("utf-8")
 
 
+PROVENANCE_ATTR = "provenance"  # root attribute: JSON record (engine.provenance), written at creation
 COSINE_ATTR = "float32_cosine"  # root attribute: JSON {hook: {"mean", "min", "rows"}}
 
 
@@ -190,6 +193,17 @@ def validate(path: str | os.PathLike) -> None:
     ActivationStore.open(path).close()
 
 
+
+def _store_record(meta: StoreMeta) -> dict[str, Any]:
+    """A new store's provenance: the model and its weights, the source (its file when the
+    source names one), hook points, widths, dtypes and capture settings."""
+    named = Path(meta.source_id.split(":", 1)[-1])
+    inputs = [("source", named)] if named.is_file() else []
+    return provenance_record("store", inputs=inputs, model_id=meta.model_id, model_hash=meta.model_hash,
+                             params={"source_id": meta.source_id, "hooks": list(meta.hooks), "dims": dict(meta.dims),
+                                     "dtype": meta.dtype, "model_dtype": meta.model_dtype, **dict(meta.params)},
+                             seed=meta.params.get("seed"))
+
 class ActivationStore:
     """An HDF5 activation store, open for reading (SWMR) or appending (one writer)."""
 
@@ -204,6 +218,17 @@ class ActivationStore:
             dims=json.loads(f.attrs["dims"]), dtype=str(f.attrs["dtype"]),
             params=json.loads(f.attrs.get("params", "{}")),
             model_dtype=str(f.attrs.get("model_dtype", "float32")))
+
+    @property
+    def provenance(self) -> dict[str, Any]:
+        """Where the store came from (engine.provenance); a store written before records were
+        kept gets one of what its attributes say (model, source, settings, time)."""
+        raw = self._f.attrs.get(PROVENANCE_ATTR)
+        meta = self.meta
+        return known_record("store", None if raw is None else json.loads(raw),
+                            model={"id": meta.model_id, "sha256": meta.model_hash},
+                            params={"source_id": meta.source_id, "hooks": list(meta.hooks), **dict(meta.params)},
+                            created=str(self._f.attrs.get("created", "")) or None)
 
     # ------------------------------------------------------------------ opening
     @classmethod
@@ -230,7 +255,8 @@ class ActivationStore:
                 "hooks": json.dumps(list(meta.hooks)), "dims": json.dumps(dict(meta.dims)),
                 "dtype": meta.dtype, "params": json.dumps(dict(meta.params), sort_keys=True),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "n_committed": np.int64(0),
-                "model_dtype": meta.model_dtype, **dict(attrs or {})})
+                "model_dtype": meta.model_dtype, PROVENANCE_ATTR: record_json(_store_record(meta)),
+                **dict(attrs or {})})
             itemsize = np.dtype(meta.dtype).itemsize
             for hook in meta.hooks:
                 d = int(meta.dims[hook])

@@ -284,6 +284,21 @@ def _export_axes(scene) -> Iterator[None]:
             axis.picture = None  # recorded again for the screen on its next paint
 
 
+def _fit_axis_text(scene) -> None:
+    """Size each axis' text space by the labels it draws now: pyqtgraph keeps the largest
+    size seen since it last drew none, so a figure would depend on what the screen drew."""
+    for axis in [it for it in scene.items() if isinstance(it, pg.AxisItem)]:
+        axis.textWidth = axis.textHeight = 0
+        picture = QPicture()
+        recorder = QPainter(picture)
+        try:
+            if axis.style["tickFont"]:
+                recorder.setFont(axis.style["tickFont"])
+            axis.generateDrawSpecs(recorder)  # measures the labels (_updateMaxTextSize)
+        finally:
+            recorder.end()
+
+
 def paint_plot(plot: pg.PlotWidget, painter: QPainter, target: QRectF) -> None:
     """Render a plot widget's plot item (axes, colour bar, legend) filling ``target``: the
     item is laid out at the figure's size (text at screen size up to FIGURE_WIDTH pixels
@@ -294,6 +309,8 @@ def paint_plot(plot: pg.PlotWidget, painter: QPainter, target: QRectF) -> None:
     item.setGeometry(QRectF(old.x(), old.y(), target.width() / scale, target.height() / scale))
     item.layout.activate()
     plot.scene().prepareForPaint()  # settle the view ranges first: a change resets axes
+    _fit_axis_text(plot.scene())
+    item.layout.activate()
     try:
         with _export_axes(plot.scene()):
             plot.scene().render(painter, target, item.sceneBoundingRect(),
