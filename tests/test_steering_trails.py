@@ -233,8 +233,28 @@ def test_trail_scatter_draws_placed_trails_with_a_legend(qtbot, bridge, small_wo
     p = view.plot.data_to_widget(*map(float, view.trails.drawn[1].xy[-1]))
     r, g, b = (int(v) for v in img[round(p.y() * scale), round(p.x() * scale)])
     assert r > 150 and g < 80 and b < 80, (r, g, b)
+    with_trails = _figure(view)
+    assert _red_pixels(with_trails) > 50  # the exported figure carries the trails and their legend
     state.set_trails((base._replace(hook="blocks.0.hook_resid_post"), steer._replace(hook="blocks.0.hook_resid_post")))
     assert view.trails.drawn == [] and "blocks.0" in view.trails.note and not view.trail_legend.isVisible()
+    assert _red_pixels(_figure(view)) < _red_pixels(with_trails) // 10
+
+
+def _figure(view) -> np.ndarray:
+    from PySide6.QtCore import QRectF
+    from PySide6.QtGui import QPainter
+    img = QImage(700, 500, QImage.Format.Format_RGB888)
+    img.fill(0xFFFFFF)
+    painter = QPainter(img)
+    view.paint_figure(painter, QRectF(0, 0, 700, 500))
+    painter.end()
+    rows = np.frombuffer(img.constBits(), np.uint8).reshape(500, img.bytesPerLine())
+    return rows[:, :2100].reshape(500, 700, 3).copy()
+
+
+def _red_pixels(img: np.ndarray) -> int:
+    r, g, b = (img[:, :, i].astype(int) for i in range(3))
+    return int(((r > 150) & (g < 80) & (b < 80)).sum())
 
 
 def test_trail_feature_browser_lists_the_latents_steering_changed(qtbot, bridge, small_workspace, rows_pca):

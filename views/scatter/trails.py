@@ -142,8 +142,9 @@ class _VispyTrails:
 
 
 # ---------------------------------------------------------------- legend
-def paint_trail_legend(painter: QPainter, rect: QRectF, drawn: list[DrawnTrail]) -> QRectF:
-    """Draw the trails' legend in the top-left corner of ``rect``; returns the box used."""
+def paint_trail_legend(painter: QPainter, rect: QRectF, drawn: list[DrawnTrail], dashed: bool = True) -> QRectF:
+    """Draw the trails' legend in the top-left corner of ``rect`` (the baseline's line
+    ``dashed`` as the pyqtgraph path draws it; vispy's lines are solid); returns the box."""
     if not drawn:
         return QRectF()
     painter.save()
@@ -163,7 +164,7 @@ def paint_trail_legend(painter: QPainter, rect: QRectF, drawn: list[DrawnTrail])
     for i, t in enumerate(drawn):
         y = box.top() + 4 + line * (i + 1.5)
         pen = QPen(QColor(*t.rgb), 2.5)
-        if t.label == "baseline":
+        if t.label == "baseline" and dashed:
             pen.setStyle(Qt.PenStyle.DashLine)
         painter.setPen(pen)
         painter.drawLine(QPointF(box.left() + 6, y), QPointF(box.left() + 26, y))
@@ -179,6 +180,7 @@ class TrailLegend(QWidget):
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.drawn: list[DrawnTrail] = []
+        self.dashed = True  # the baseline's line style, as the drawing path draws it
         self.setAttribute(Qt.WidgetAttribute.WA_TransparentForMouseEvents)
         self.hide()
 
@@ -198,7 +200,7 @@ class TrailLegend(QWidget):
     def paintEvent(self, event) -> None:  # noqa: N802 - Qt's name
         painter = QPainter(self)
         try:
-            paint_trail_legend(painter, QRectF(self.rect()), self.drawn)
+            paint_trail_legend(painter, QRectF(self.rect()), self.drawn, self.dashed)
         finally:
             painter.end()
 
@@ -211,6 +213,7 @@ class TrailLayer:
     def __init__(self, state: AppState, backend: Any, submit: SUBMIT, legend: TrailLegend) -> None:
         self.state, self.submit, self.legend = state, submit, legend
         self.paths = _VispyTrails(backend) if backend.name == "vispy" else _PgTrails(backend)
+        legend.dashed = backend.name != "vispy"
         self.layout: Layout | None = None
         self.drawn: list[DrawnTrail] = []
         self.note = ""  # why no trails are drawn, for the status line
@@ -263,4 +266,4 @@ class TrailLayer:
 
     def paint_legend(self, painter: QPainter, plot_rect: QRectF) -> None:
         """The legend into an exported figure's plot area."""
-        paint_trail_legend(painter, plot_rect, self.drawn)
+        paint_trail_legend(painter, plot_rect, self.drawn, self.legend.dashed)
