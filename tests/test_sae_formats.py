@@ -407,7 +407,16 @@ def test_gated_saes_both_ways_with_saelens(tmp_path):
         relative_close(got.x_hat, want["x_hat"])
 
 
-def test_gated_training_learns():
+@pytest.fixture
+def one_thread():
+    """Tiny matrices: torch's thread pool only costs time on a shared machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_gated_training_learns(one_thread):
     """The gated loss trains both paths: on sparse synthetic rows the reconstruction error
     falls well below its start, and the gate's bias moves (the step function passes it no
     gradient: the L1 and auxiliary terms reach it)."""
