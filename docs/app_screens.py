@@ -6,7 +6,8 @@ the README shows:
     xvfb-run -a -s "-screen 0 1600x1000x24" python docs/app_screens.py
     xvfb-run -a -s "-screen 0 1366x768x24" python docs/app_screens.py
 
-Writes docs/screenshots/app_<view>_<screen W>x<screen H>.png (view in lower case)."""
+Writes docs/screenshots/app_<view>_<screen W>x<screen H>.png (view in lower case), or into
+the folder given as the first argument (to look at them before they replace the docs' own)."""
 
 from __future__ import annotations
 
@@ -37,7 +38,9 @@ def _settle(app: QApplication, seconds: float = 1.0) -> None:
 
 def main() -> int:
     app = QApplication(sys.argv[:1])
-    settings = QSettings(str(OUT / ".screens.ini"), QSettings.Format.IniFormat)  # not the user's
+    out = Path(sys.argv[1]).resolve() if len(sys.argv) > 1 else OUT
+    out.mkdir(parents=True, exist_ok=True)
+    settings = QSettings(str(out / ".screens.ini"), QSettings.Format.IniFormat)  # not the user's
     win = make_window(gui_views(), device="cpu", settings=settings)
     screen = win.screen().geometry()
     size = f"{screen.width()}x{screen.height()}"
@@ -45,7 +48,6 @@ def main() -> int:
     win.open_workspace(default_workspace(), demo=DemoSpec())
     assert win.bridge.wait_idle(1800), "the demo workspace did not finish building"
     _settle(app, 2.0)
-    OUT.mkdir(parents=True, exist_ok=True)
     for name, view in win.views.items():
         dock = win.docks[name]
         dock.show()
@@ -58,11 +60,11 @@ def main() -> int:
             _settle(app, 0.5)
             assert win.bridge.wait_idle(600), f"{name}: the cell's jobs still running"
         _settle(app, 1.5)
-        path = OUT / f"app_{name.lower()}_{size}.png"
+        path = out / f"app_{name.lower()}_{size}.png"
         win.grab().save(str(path))
-        print(f"{path.relative_to(ROOT)}: {type(view).__name__}")
+        print(f"{path}: {type(view).__name__}")
     win.bridge.shutdown()
-    (OUT / ".screens.ini").unlink(missing_ok=True)
+    (out / ".screens.ini").unlink(missing_ok=True)
     return 0
 
 

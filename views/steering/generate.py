@@ -88,7 +88,9 @@ class GenerateTab(QWidget):
     def _build(self, status: QHBoxLayout) -> None:
         """The interventions column (list, its buttons, the chosen one's editor, the sources
         of new ones) beside the texts, which take the spare width; ``status`` below them."""
-        self.items = QListWidget()
+        self.items = QListWidget()  # a long label is elided in the middle, whole in its tooltip
+        self.items.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.items.setTextElideMode(Qt.TextElideMode.ElideMiddle)
         self.items.currentRowChanged.connect(self._show_item)
         self.items.itemChanged.connect(self._on_item_checked)
         self.links = LatentLinks(self)
@@ -249,6 +251,7 @@ class GenerateTab(QWidget):
             for i, entry in enumerate(recipe):
                 item = self.items.item(i)
                 item.setText(item_label(entry))
+                item.setToolTip(item.text())
                 checked = bool(entry.get("enabled", True))
                 item.setCheckState(Qt.CheckState.Checked if checked else Qt.CheckState.Unchecked)
             row = min(max(row, 0), len(recipe) - 1)
