@@ -206,7 +206,8 @@ def _plot_image(view):
 def test_trail_scatter_draws_placed_trails_with_a_legend(qtbot, bridge, small_workspace, rows_pca, backend):
     """AppState's trails are placed in the shown row layout and drawn over the cloud on either
     path: the steered run's points are red where the placement puts them; the legend names
-    both runs; trails read at another hook point are not drawn; clearing them clears the plot."""
+    both runs; trails read at another hook point are not drawn (the legend says why); clearing
+    them clears the plot."""
     from desktop_app.state import AppState
     from views.scatter.view import ScatterView
     layout, rows = rows_pca
@@ -236,8 +237,10 @@ def test_trail_scatter_draws_placed_trails_with_a_legend(qtbot, bridge, small_wo
     with_trails = _figure(view)
     assert _red_pixels(with_trails) > 50  # the exported figure carries the trails and their legend
     state.set_trails((base._replace(hook="blocks.0.hook_resid_post"), steer._replace(hook="blocks.0.hook_resid_post")))
-    assert view.trails.drawn == [] and "blocks.0" in view.trails.note and not view.trail_legend.isVisible()
+    assert view.trails.drawn == [] and "blocks.0" in view.trail_legend.note and view.trail_legend.isVisible()
     assert _red_pixels(_figure(view)) < _red_pixels(with_trails) // 10
+    state.set_trails(())
+    assert not view.trail_legend.isVisible()
 
 
 def _figure(view) -> np.ndarray:

@@ -142,10 +142,12 @@ class _VispyTrails:
 
 
 # ---------------------------------------------------------------- legend
-def paint_trail_legend(painter: QPainter, rect: QRectF, drawn: list[DrawnTrail], dashed: bool = True) -> QRectF:
+def paint_trail_legend(painter: QPainter, rect: QRectF, drawn: list[DrawnTrail], dashed: bool = True,
+                       note: str = "") -> QRectF:
     """Draw the trails' legend in the top-left corner of ``rect`` (the baseline's line
-    ``dashed`` as the pyqtgraph path draws it; vispy's lines are solid); returns the box."""
-    if not drawn:
+    ``dashed`` as the pyqtgraph path draws it; vispy's lines are solid), or, with no trail
+    drawn, the ``note`` saying why; returns the box."""
+    if not drawn and not note:
         return QRectF()
     painter.save()
     font = QFont(painter.font())
@@ -154,8 +156,9 @@ def paint_trail_legend(painter: QPainter, rect: QRectF, drawn: list[DrawnTrail],
     metrics = QFontMetricsF(font)
     line = metrics.height() * 1.3
     title = "Steering trails"
-    width = max(metrics.horizontalAdvance(s) for s in [title, *(t.label for t in drawn)]) + 40
-    box = QRectF(rect.left() + 8, rect.top() + 8, width, line * (len(drawn) + 1) + 8)
+    rows = [t.label for t in drawn] or [note]
+    width = max(metrics.horizontalAdvance(s) for s in [title, *rows]) + 40
+    box = QRectF(rect.left() + 8, rect.top() + 8, width, line * (len(rows) + 1) + 8)
     painter.setPen(QColor(190, 190, 190))
     painter.setBrush(QColor(255, 255, 255, 225))
     painter.drawRect(box)
@@ -170,6 +173,9 @@ def paint_trail_legend(painter: QPainter, rect: QRectF, drawn: list[DrawnTrail],
         painter.drawLine(QPointF(box.left() + 6, y), QPointF(box.left() + 26, y))
         painter.setPen(QColor(40, 40, 40))
         painter.drawText(QRectF(box.left() + 32, y - line / 2, width, line), Qt.AlignmentFlag.AlignVCenter, t.label)
+    if not drawn:
+        painter.setPen(QColor(120, 120, 120))
+        painter.drawText(QRectF(box.left() + 6, box.top() + 4 + line, width, line), Qt.AlignmentFlag.AlignVCenter, note)
     painter.restore()
     return box
 
@@ -180,27 +186,28 @@ class TrailLegend(QWidget):
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.drawn: list[DrawnTrail] = []
+        self.note = ""  # why there are trails but none is drawn
         self.dashed = True  # the baseline's line style, as the drawing path draws it
         self.setAttribute(Qt.WidgetAttribute.WA_TransparentForMouseEvents)
         self.hide()
 
-    def set_trails(self, drawn: list[DrawnTrail]) -> None:
-        self.drawn = drawn
-        self.setVisible(bool(drawn))
+    def set_trails(self, drawn: list[DrawnTrail], note: str = "") -> None:
+        self.drawn, self.note = drawn, note
+        self.setVisible(bool(drawn or note))
         self.updateGeometry()
         self.adjustSize()
         self.update()
 
     def sizeHint(self) -> QSize:
         metrics = QFontMetricsF(self.font())
-        labels = ["Steering trails", *(t.label for t in self.drawn)]
+        labels = ["Steering trails", *([t.label for t in self.drawn] or [self.note])]
         width = max(metrics.horizontalAdvance(s) for s in labels) + 60
-        return QSize(int(width), int(metrics.height() * 1.3 * (len(self.drawn) + 1) + 24))
+        return QSize(int(width), int(metrics.height() * 1.3 * len(labels) + 24))
 
     def paintEvent(self, event) -> None:  # noqa: N802 - Qt's name
         painter = QPainter(self)
         try:
-            paint_trail_legend(painter, QRectF(self.rect()), self.drawn, self.dashed)
+            paint_trail_legend(painter, QRectF(self.rect()), self.drawn, self.dashed, self.note)
         finally:
             painter.end()
 
@@ -262,7 +269,7 @@ class TrailLayer:
     def _show(self, drawn: list[DrawnTrail]) -> None:
         self.drawn = drawn
         self.paths.draw(drawn)
-        self.legend.set_trails(drawn)
+        self.legend.set_trails(drawn, self.note)
 
     def paint_legend(self, painter: QPainter, plot_rect: QRectF) -> None:
         """The legend into an exported figure's plot area."""
