@@ -225,6 +225,8 @@ def test_peer_facts(peers):
     assert load_sae(peers / "oc" / "topk" / "model.pt").cfg.k == 6  # the checkpoint file itself opens too
     with pytest.raises(SAEFileError, match="2 hook points.*layers.3, layers.5"):
         load_sae(peers / "sparsify")
+    with pytest.raises(SAEFileError, match="holds 6 dictionary_learning SAEs .batchtopk, gated"):
+        load_sae(peers / "dl")  # trainSAE's save_dir: a trainer_N folder per SAE
     assert [f.name for f in sae_files(peers / "sparsify" / "layers.3")] == ["cfg.json", "sae.safetensors"]
     assert [f.name for f in sae_files(peers / "oc" / "topk")] == ["model.pt", "config.json"]
     assert cached_sae(peers / "dl" / "topk") is cached_sae(peers / "dl" / "topk")  # loaded once, any format

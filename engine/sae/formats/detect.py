@@ -46,6 +46,10 @@ def detect_sae_format(folder: str | Path) -> str:
         raise SAEFileError(f"{folder} holds EleutherAI sparsify SAEs for {len(hooks)} hook points "
                            f"({', '.join(hooks[:8])}{', ...' if len(hooks) > 8 else ''}): open one of "
                            f"them, e.g. {folder / hooks[0]}")
+    runs = sorted(p.name for p in folder.iterdir() if (p / DICTIONARY_LEARNING_WEIGHTS).is_file())
+    if runs:
+        raise SAEFileError(f"{folder} holds {len(runs)} dictionary_learning SAEs ({', '.join(runs[:8])}"
+                           f"{', ...' if len(runs) > 8 else ''}): open one of them, e.g. {folder / runs[0]}")
     found = ", ".join(sorted(names)[:12]) + (", ..." if len(names) > 12 else "") if names else "no files"
     raise SAEFileError(f"{folder} is not an SAE folder LatentLab knows: found {found}; it reads "
                        f"cfg.json + {WEIGHTS_FILENAME} (LatentLab, SAELens), cfg.json + {SPARSIFY_WEIGHTS} "
