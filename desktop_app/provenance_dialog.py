@@ -36,11 +36,12 @@ def current_view(views: dict[str, Any]) -> tuple[str, Any] | None:
 def provenance_text(name: str, view: Any, state: Any) -> tuple[str, dict[str, Any]]:
     """The readable text and the figure record of ``view`` as it draws now."""
     record = figure_record(view, state, 1200, 900, 150)
-    parts = [f"{name} view\n" + describe_record(record["provenance"])]
+    shown = {**record["provenance"], "kind": "view", "params": record["view_state"]}  # no export size yet
+    parts = [f"{name} view as drawn now\n" + describe_record(shown)]
     for layout in figure_projections(view):
-        shown = None if state is None else state.projections.get(layout)
-        if shown is not None:
-            parts.append(f"layout {layout}\n" + describe_record(shown.provenance))
+        drawn = None if state is None else state.projections.get(layout)
+        if drawn is not None:
+            parts.append(f"layout {layout}\n" + describe_record(drawn.provenance))
     return "\n\n".join(parts), record
 
 
