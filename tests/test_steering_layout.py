@@ -52,3 +52,15 @@ def test_steering_texts_side_by_side_only_where_both_fit(qtbot):
     for width, want in ((SIDE_BY_SIDE + 200, Qt.Orientation.Horizontal), (SIDE_BY_SIDE - 200, Qt.Orientation.Vertical)):
         texts.resize(width, 500)
         wait_until(qtbot, lambda want=want: texts.pair.orientation() == want, 5)
+
+
+def test_steering_sweep_fits_1366_with_room_for_its_heatmap(open_window, qtbot):
+    """The sweep's fields sit above its heatmap, two a row, so a narrow dock keeps both."""
+    win, gen, scroll = _generate_tab(open_window, qtbot, (1366, 768))
+    view = win.views["Steering"]
+    view.tabs.setCurrentWidget(view.sweep)
+    wait_until(qtbot, lambda: view.sweep.isVisible())
+    qtbot.wait(100)
+    assert not scroll.horizontalScrollBar().isVisible()
+    assert scroll.widget().minimumSizeHint().width() <= scroll.viewport().width()
+    assert view.sweep.heatmap.width() >= 0.8 * view.sweep.width()  # not squeezed beside the form

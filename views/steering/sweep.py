@@ -15,8 +15,7 @@ from PySide6.QtCore import QRectF, Qt
 from PySide6.QtGui import QColor, QPainter
 from PySide6.QtWidgets import (
     QComboBox,
-    QFormLayout,
-    QHBoxLayout,
+    QGridLayout,
     QLabel,
     QLineEdit,
     QPlainTextEdit,
@@ -75,35 +74,36 @@ class SweepTab(QWidget):
         self.strengths = QLineEdit("-4, -2, 0, 2, 4")
         self.words = QLineEdit(", ".join(OCEAN_WORDS))
         self.prompts = QPlainTextEdit("\n".join(NEUTRAL_PROMPTS[:4]))
-        self.prompts.setMaximumHeight(100)
         self.tokens = QSpinBox()
         self.tokens.setRange(1, 256)
         self.tokens.setValue(8)
         self.metric = QComboBox()
         self.metric.addItems(list(METRICS))
         self.metric.currentIndexChanged.connect(self._draw)
-        form = QFormLayout()
-        form.addRow("Direction", self.picker)
-        form.addRow("Layers", self.layers)
-        form.addRow("Strengths", self.strengths)
-        form.addRow("Concept words", self.words)
-        form.addRow("Prompts (one per line)", self.prompts)
-        form.addRow("New tokens per prompt", self.tokens)
-        form.addRow("Show", self.metric)
+        self.prompts.setMaximumHeight(64)
+        self.prompts.setToolTip("one prompt per line; each cell averages over them")
+        form = QGridLayout()  # two fields a row, over the heatmap: the sweep fits a narrow dock
+        rows = [("Direction", self.picker, None, None), ("Layers", self.layers, "Strengths", self.strengths),
+                ("Concept words", self.words, "New tokens", self.tokens), ("Prompts", self.prompts, None, None),
+                ("Show", self.metric, None, None)]
+        for r, (label, field, label2, field2) in enumerate(rows):
+            form.addWidget(QLabel(label), r, 0)
+            form.addWidget(field, r, 1, 1, 1 if field2 is not None else 3)
+            if field2 is not None:
+                form.addWidget(QLabel(label2), r, 2)
+                form.addWidget(field2, r, 3)
+        form.setColumnStretch(1, 2)
+        form.setColumnStretch(3, 1)
         buttons = job_bar(self, "Run sweep", "sweep", "sweep")
-        left = QVBoxLayout()
-        left.addLayout(form)
-        left.addLayout(buttons)
-        left.addStretch(1)
         self.heatmap = HeatmapPlot()
         self.heatmap.cell_clicked.connect(self.use_cell)
         self.baseline = QLabel("")
-        right = QVBoxLayout()
-        right.addWidget(self.heatmap, 1)
-        right.addWidget(self.baseline)
-        layout = QHBoxLayout(self)
-        layout.addLayout(left, 0)
-        layout.addLayout(right, 1)
+        self.baseline.setWordWrap(True)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addLayout(buttons)
+        layout.addWidget(self.heatmap, 1)
+        layout.addWidget(self.baseline)
 
     def set_hooks(self, hooks: list[str]) -> None:
         """The model's hook points; an empty layer field gets six spread over the depth."""
