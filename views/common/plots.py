@@ -254,16 +254,7 @@ class _DeviceScaledAxis:
         self.axis = axis
 
     def play(self, painter: QPainter) -> None:
-        picture = QPicture()
-        recorder = QPainter(picture)
-        try:
-            if self.axis.style["tickFont"]:
-                recorder.setFont(self.axis.style["tickFont"])
-            specs = self.axis.generateDrawSpecs(recorder)
-            if specs is not None:
-                self.axis.drawPicture(recorder, *specs)
-        finally:
-            recorder.end()
+        picture = _axis_picture(self.axis)
         device = painter.device()
         painter.save()
         painter.scale(picture.logicalDpiX() / max(device.logicalDpiX(), 1),
@@ -284,19 +275,27 @@ def _export_axes(scene) -> Iterator[None]:
             axis.picture = None  # recorded again for the screen on its next paint
 
 
+def _axis_picture(axis: pg.AxisItem) -> QPicture:
+    """The axis drawn afresh into a QPicture (which also measures its labels' text size)."""
+    picture = QPicture()
+    recorder = QPainter(picture)
+    try:
+        if axis.style["tickFont"]:
+            recorder.setFont(axis.style["tickFont"])
+        specs = axis.generateDrawSpecs(recorder)
+        if specs is not None:
+            axis.drawPicture(recorder, *specs)
+    finally:
+        recorder.end()
+    return picture
+
+
 def _fit_axis_text(scene) -> None:
     """Size each axis' text space by the labels it draws now: pyqtgraph keeps the largest
     size seen since it last drew none, so a figure would depend on what the screen drew."""
     for axis in [it for it in scene.items() if isinstance(it, pg.AxisItem)]:
         axis.textWidth = axis.textHeight = 0
-        picture = QPicture()
-        recorder = QPainter(picture)
-        try:
-            if axis.style["tickFont"]:
-                recorder.setFont(axis.style["tickFont"])
-            axis.generateDrawSpecs(recorder)  # measures the labels (_updateMaxTextSize)
-        finally:
-            recorder.end()
+        _axis_picture(axis)
 
 
 def paint_plot(plot: pg.PlotWidget, painter: QPainter, target: QRectF) -> None:
