@@ -69,13 +69,14 @@ def test_gguf_conversion_matches_transformers_own_gguf_loading(tmp_path):
     from engine.models.smollm2 import gguf_path
     src = gguf_path()
     folder = convert_gguf_llama(src, tmp_path / "converted")
-    ours = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).state_dict()
-    theirs = AutoModelForCausalLM.from_pretrained(src.parent, gguf_file=src.name, dtype=torch.float32).state_dict()
+    ours_model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    theirs_model = AutoModelForCausalLM.from_pretrained(src.parent, gguf_file=src.name, dtype=torch.float32)
+    ours, theirs = ours_model.state_dict(), theirs_model.state_dict()
     assert ours.keys() == theirs.keys()
     for name, w in theirs.items():
         assert ours[name].dtype == w.dtype and torch.equal(ours[name].view(torch.int32), w.view(torch.int32)), name
     ours_cfg = AutoConfig.from_pretrained(folder).to_dict()
-    theirs_cfg = AutoConfig.from_pretrained(src.parent, gguf_file=src.name).to_dict()
+    theirs_cfg = theirs_model.config.to_dict()  # parsed from the file as it loaded (a third parse costs seconds)
     for key in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
                 "head_dim", "max_position_embeddings", "rms_norm_eps", "rope_parameters", "vocab_size",
                 "tie_word_embeddings", "bos_token_id", "eos_token_id", "pad_token_id", "hidden_act"):
