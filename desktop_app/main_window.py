@@ -90,6 +90,8 @@ class MainWindow(Opening, QMainWindow):
         bridge.finished.connect(self._on_job_finished)
         state.workspace_changed.connect(self._update_title)
         state.selection_changed.connect(self._on_selection_changed)
+        state.store_changed.connect(self._warm_digests)
+        state.sae_changed.connect(self._warm_digests)
         self.statusBar().showMessage(f"engine on {bridge.device}")
 
     def _add_dock(self, name: str, widget: QWidget, area: Qt.DockWidgetArea) -> None:
@@ -500,6 +502,12 @@ class MainWindow(Opening, QMainWindow):
         if not getattr(self, "_sized", False):  # docks get their sizes once the window has one
             self._sized = True
             QTimer.singleShot(0, self._size_docks)
+
+    def _warm_digests(self, *_: object) -> None:
+        """Hash the active store and SAE on the engine thread as they change, so exports,
+        the Provenance window and session saves (GUI thread) find their hashes memoised."""
+        self.bridge.submit("hashing the inputs", api.warm_digests,
+                           paths=[self.state.store, self.state.sae])
 
     def _size_docks(self) -> None:
         self._size_jobs(self.jobs.expanded())
