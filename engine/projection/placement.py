@@ -7,12 +7,18 @@ placement needs from the layout's own rows, read again from the store by ``layou
   (``engine.projection.pca``) over the same rows in the same order, so a row of the layout
   is placed at its layout coordinates, and any row at ``(row - mean) @ components``.
 - UMAP (``rows/umap``): the fitted umap-learn object is not kept (LatentLab runs umap's SGD
-  itself), so a row is placed by a k-nearest-neighbour weighted mean, as umap-learn's
-  ``transform`` initialises a new point: its ``PLACE_NEIGHBORS`` nearest layout rows in the
-  original space, weighted by UMAP's membership strengths exp(-(d - d_1) / sigma) with sigma
-  chosen so they sum to log2(k) (umap's ``smooth_knn_dist``); the SGD epochs ``transform``
-  runs afterwards are left out, so placed points never move the layout. A row at distance 0
-  from layout rows gets their coordinates exactly.
+  itself), so ``UMAP.transform`` is redone from the layout's rows and coordinates
+  (``engine.projection.umap_kernels.umap_transform``): each new row's n_neighbors nearest
+  layout rows in the original space (exact float64 distances), umap's bipartite fuzzy graph
+  to them (``smooth_knn_dist`` at local connectivity 0), the start at the strength-weighted
+  mean of their coordinates (a row equal to a layout row starts on its point), then umap's
+  SGD epochs for the new points only (100 for up to 10,000 rows, else 30, or a third of the
+  fit's n_epochs when one was given; initial learning rate 1/4; negative samples drawn from
+  the layout, seeded by umap's transform_seed 42) against the layout, which never moves;
+  that SGD equals umap-learn's ``optimize_layout_euclidean`` bit for bit from the same
+  graph and start (umap-learn's own float32 neighbour distances differ in the last bits). n_neighbors, min_dist and
+  n_epochs are the layout's own (its provenance), else UMAP's defaults. The rows of one call
+  are placed together (as ``transform`` takes a batch), so a run's placement is repeatable.
 """
 
 from __future__ import annotations
@@ -29,25 +35,32 @@ from engine.errors import LatentLabError
 from engine.jobs import JobContext
 from engine.lru import LockedLRU
 from engine.projection.layout import Layout
+from engine.projection.numba_cache import configure_numba_cache
 from engine.projection.pca import mean_cov, project_onto, top_components
+from engine.projection.umap_kernels import umap_transform
+from engine.projection.umap_warm import await_warming
 from engine.store.activations import ActivationStore
 
-PLACE_NEIGHBORS = 15  # k of the k-NN placement (UMAP's default n_neighbors)
+PLACE_NEIGHBORS = 15  # n_neighbors of a UMAP layout without provenance (UMAP's default)
+MIN_DIST = 0.1  # min_dist of a UMAP layout without provenance (UMAP's default)
 CANDIDATES = 8  # extra float32 candidates re-ranked by exact float64 distances
 SEARCH_ROWS = 64  # new rows per distance GEMM (64 x 50,000 float32: 13 MB)
-SIGMA_STEPS = 64  # bisection steps of the membership bandwidth (umap's smooth_knn_dist)
 READ_BYTES = 64 << 20  # float32 rows read from a store at a time
 PLACERS_KEPT = 2  # placers kept per process (a slider move re-uses the layout's; a UMAP one holds its rows)
 
 
 class Placer(NamedTuple):
-    """What places new rows into one layout: a PCA basis, or the layout's rows for k-NN."""
+    """What places new rows into one layout: a PCA basis, or the layout's rows and UMAP
+    settings for umap's ``transform``."""
 
     name: str  # the layout's name ("rows/pca", "rows/umap")
     xy: np.ndarray  # (n, 2) the layout's coordinates
     mean: np.ndarray | None = None  # (d,) float64 (PCA)
     components: np.ndarray | None = None  # (d, 2) float64 (PCA)
-    rows: np.ndarray | None = None  # (n, d) float32 the layout's rows (k-NN)
+    rows: np.ndarray | None = None  # (n, d) float32 the layout's rows (UMAP)
+    n_neighbors: int = PLACE_NEIGHBORS  # the UMAP layout's settings
+    min_dist: float = MIN_DIST
+    n_epochs: int | None = None
 
 
 def make_placer(layout: Layout, rows: np.ndarray) -> Placer:
@@ -58,7 +71,12 @@ def make_placer(layout: Layout, rows: np.ndarray) -> Placer:
     if layout.name.endswith("/pca"):
         mean, cov = mean_cov(rows)
         return Placer(layout.name, layout.xy, mean, top_components(cov, 2))
-    return Placer(layout.name, np.asarray(layout.xy, np.float64), rows=rows)
+    params = (layout.provenance or {}).get("params") or {}
+    n_neighbors = int(params.get("n_neighbors") or PLACE_NEIGHBORS)
+    min_dist = params.get("min_dist")
+    return Placer(layout.name, np.ascontiguousarray(layout.xy, np.float32), rows=rows,
+                  n_neighbors=n_neighbors, min_dist=MIN_DIST if min_dist is None else float(min_dist),
+                  n_epochs=None if params.get("n_epochs") is None else int(params["n_epochs"]))
 
 
 def place_in_layout(placer: Placer, rows: np.ndarray) -> np.ndarray:
@@ -69,23 +87,28 @@ def place_in_layout(placer: Placer, rows: np.ndarray) -> np.ndarray:
             raise LatentLabError(f"rows of width {rows.shape[1]} cannot be placed in {placer.name} "
                                  f"of width {len(placer.mean)}")
         return project_onto(rows, placer.mean, placer.components)
-    return knn_place(placer.rows, placer.xy, rows)
+    return umap_place(placer.rows, placer.xy, rows, placer.n_neighbors, placer.min_dist, placer.n_epochs)
 
 
-def knn_place(ref: np.ndarray, xy: np.ndarray, rows: np.ndarray, k: int = PLACE_NEIGHBORS) -> np.ndarray:
-    """UMAP-style k-NN placement of ``rows`` (m, d) among ``ref`` (n, d) laid out at ``xy``."""
+def umap_place(ref: np.ndarray, xy: np.ndarray, rows: np.ndarray, n_neighbors: int = PLACE_NEIGHBORS,
+               min_dist: float = MIN_DIST, n_epochs: int | None = None) -> np.ndarray:
+    """umap's ``transform`` of ``rows`` (m, d) into the UMAP layout ``xy`` (n, 2) of ``ref``
+    (n, d), fitted with ``n_neighbors``, ``min_dist``, ``n_epochs`` (module docstring); rows
+    that are not finite are not placed (NaN)."""
     if ref.shape[1] != rows.shape[1]:
         raise LatentLabError(f"rows of width {rows.shape[1]} cannot be placed among layout rows "
                              f"of width {ref.shape[1]}")
     out = np.full((len(rows), 2), np.nan, np.float32)
-    if not len(ref):
+    finite = np.isfinite(rows).all(1)
+    if not len(ref) or not finite.any():
         return out
-    k = min(k, len(ref))
+    k = n_neighbors if len(ref) > n_neighbors else len(ref) - 1 if len(ref) > 1 else 1  # as UMAP.fit
+    new = rows[finite]
     ref_sq = np.einsum("ij,ij->i", ref, ref)
-    for lo in range(0, len(rows), SEARCH_ROWS):
-        block = rows[lo:lo + SEARCH_ROWS]
-        idx, dist = _nearest(ref, ref_sq, block, k)
-        out[lo:lo + len(block)] = _weighted_xy(xy, idx, dist)
+    idx, dist = np.empty((len(new), k), np.int64), np.empty((len(new), k))
+    for lo in range(0, len(new), SEARCH_ROWS):
+        idx[lo:lo + SEARCH_ROWS], dist[lo:lo + SEARCH_ROWS] = _nearest(ref, ref_sq, new[lo:lo + SEARCH_ROWS], k)
+    out[finite] = umap_transform(idx, dist, xy, min_dist, n_epochs)
     return out
 
 
@@ -100,32 +123,6 @@ def _nearest(ref: np.ndarray, ref_sq: np.ndarray, rows: np.ndarray, k: int) -> t
     exact = np.sqrt(np.einsum("mcd,mcd->mc", diff, diff))
     order = np.argsort(exact, axis=1, kind="stable")[:, :k]
     return np.take_along_axis(cand, order, 1), np.take_along_axis(exact, order, 1)
-
-
-def membership(dist: np.ndarray) -> np.ndarray:
-    """UMAP's membership strengths (m, k) of each row to its k neighbours at ascending
-    distances ``dist``: exp(-(d - d_1) / sigma), sigma bisected so each row sums to log2(k)."""
-    k = dist.shape[1]
-    gap = np.maximum(dist - dist[:, :1], 0.0)
-    target = np.log2(k) if k > 1 else 1.0
-    lo, hi = np.zeros(len(dist)), np.full(len(dist), np.inf)
-    sigma = np.ones(len(dist))
-    for _ in range(SIGMA_STEPS):
-        total = np.exp(-gap / sigma[:, None]).sum(1)
-        big = total > target
-        hi = np.where(big, sigma, hi)
-        lo = np.where(big, lo, sigma)
-        sigma = np.where(np.isinf(hi), sigma * 2.0, (lo + hi) / 2.0)
-    return np.exp(-gap / sigma[:, None])
-
-
-def _weighted_xy(xy: np.ndarray, idx: np.ndarray, dist: np.ndarray) -> np.ndarray:
-    """Membership-weighted mean of the neighbours' coordinates; exact hits (distance 0) take
-    the mean of the coordinates of the rows they equal."""
-    w = membership(dist)
-    hit = dist[:, 0] == 0.0
-    w[hit] = (dist[hit] == 0.0).astype(np.float64)
-    return np.einsum("mk,mkj->mj", w, xy[idx]) / w.sum(1, keepdims=True)
 
 
 # ---------------------------------------------------------------- the job
@@ -186,6 +183,9 @@ def place_rows(ctx: JobContext, store_path: str | os.PathLike, hook: str, layout
     """Job: each run's rows (m_i, d) placed in ``layout`` (a row layout of ``store_path`` at
     ``hook``), as (m_i, 2) float32 coordinates: what the scatter draws as trails."""
     placer = layout_placer(ctx, store_path, hook, layout)
+    if placer.rows is not None:  # umap's kernels: from the persistent cache, not compiled twice
+        configure_numba_cache()
+        await_warming(ctx)
     out = []
     for rows in runs:
         ctx.check_cancelled()

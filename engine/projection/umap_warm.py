@@ -45,17 +45,26 @@ def warm_kernels() -> None:
 def _load_kernels() -> None:
     """Call every numba kernel of a UMAP layout once on a tiny input, which loads it from
     the persistent cache (compiles it there when missing): first the cell kNN's re-ranking
-    kernel (a request needs it first), then, importing umap, the graph's and the SGD's.
+    kernel (a request needs it first), then, importing umap, the graph's and the SGD's, and
+    a trail placement's (umap's ``transform``: the same kernels against a fixed layout).
     It leaves torch's and BLAS's thread counts alone: a request may be running."""
     from engine.projection import knn_kernel
     knn_kernel.warm()
-    from engine.projection.umap_kernels import INT32_MAX, INT32_MIN, UmapSGD, umap_graph
+    from engine.projection.umap_kernels import (
+        INT32_MAX,
+        INT32_MIN,
+        UmapSGD,
+        umap_graph,
+        umap_transform,
+    )
     random_state = np.random.RandomState(0)
     x = random_state.normal(size=(64, 8)).astype(np.float32)
     moments = (x.mean(axis=0), np.cov(x, rowvar=False))  # the exact kNN path: no worker threads
     graph = umap_graph(JobContext(), x, moments, 15, 0.1, 2, random_state)
     xy = random_state.uniform(0, 10, size=(64, 2)).astype(np.float32)
     UmapSGD(xy, graph, random_state.randint(INT32_MIN, INT32_MAX, 3).astype(np.int64)).run_to(2)
+    near = np.argsort(random_state.uniform(size=(4, 64)), axis=1)[:, :15]
+    umap_transform(near, np.sort(random_state.uniform(1, 2, size=(4, 15)), axis=1), xy, 0.1, 6)
 
 
 _warming: subprocess.Popen | None = None  # the first launch's compiling process, if running
