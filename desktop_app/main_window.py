@@ -6,6 +6,7 @@ imports a view."""
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -504,10 +505,12 @@ class MainWindow(Opening, QMainWindow):
             QTimer.singleShot(0, self._size_docks)
 
     def _warm_digests(self, *_: object) -> None:
-        """Hash the active store and SAE on the engine thread as they change, so exports,
-        the Provenance window and session saves (GUI thread) find their hashes memoised."""
-        self.bridge.submit("hashing the inputs", api.warm_digests,
-                           paths=[self.state.store, self.state.sae])
+        """Hash the active store and SAE in a background thread as they change (hashlib works
+        outside the GIL), so exports, the Provenance window and session saves on the GUI
+        thread find their hashes memoised; not an engine job: it never queues before one."""
+        paths = [p for p in (self.state.store, self.state.sae) if p is not None]
+        if paths:
+            threading.Thread(target=_digest_quietly, args=(paths,), name="latentlab-digests", daemon=True).start()
 
     def _size_docks(self) -> None:
         self._size_jobs(self.jobs.expanded())
@@ -573,3 +576,12 @@ class ExportDialog(QDialog):
 
     def values(self) -> tuple[str, int, int, int]:
         return self.view.currentText(), self.width_box.value(), self.height_box.value(), self.dpi_box.value()
+
+
+def _digest_quietly(paths: list[Path]) -> None:
+    """Memoise the hashes of ``paths``; a file that went away is hashed when it is asked for."""
+    for path in paths:
+        try:
+            api.file_digest(path)
+        except (OSError, LatentLabError):
+            pass

@@ -49,7 +49,6 @@ from engine.provenance import (
     record_json,
     resolve_path,
     sae_identity,
-    warm_digests,
 )
 from engine.sae import *  # noqa: F403
 from engine.sources.text import TEXT_SUFFIXES
@@ -195,7 +194,7 @@ __all__ = [
     # provenance: input hashes, portable paths, checks (engine.provenance)
     "ProvenanceError", "check_inputs", "describe_record", "file_digest", "input_problems", "input_record",
     "known_record", "latentlab_version", "portable_path", "provenance_record", "record_json", "resolve_path",
-    "sae_identity", "warm_digests",
+    "sae_identity",
     # typed specs (engine.specs, engine.models.registry) and the recipe's short form
     "CaptureSpec", "ConceptSets", "ModelSpec", "RecipeItem", "Spec", "SpecError", "SpecFile",
     "SteeringRecipe", "TrainSpec", "SHORT_FORMS", "short_form_items",

@@ -46,18 +46,6 @@ def file_digest(path: str | os.PathLike) -> str:
     return _memo[key]
 
 
-def warm_digests(ctx: Any, paths: Iterable[str | os.PathLike | None]) -> int:
-    """Job: hash the files and folders ``paths`` (those that exist) into the memo, so that a
-    record, an export or a session saved later finds their hashes without reading them on
-    the caller's thread. Returns how many were hashed."""
-    todo = [Path(p) for p in paths if p is not None and Path(p).exists()]
-    for i, path in enumerate(todo):
-        ctx.check_cancelled()
-        ctx.progress(i, len(todo), f"hashing {path.name}")
-        file_digest(path)
-    return len(todo)
-
-
 def portable_path(path: str | os.PathLike, root: str | os.PathLike | None) -> str:
     """``path`` relative to ``root`` (as ``./x/y``) when it lies inside it, else absolute:
     what a record stores, so a workspace folder copied elsewhere still resolves."""

@@ -59,6 +59,8 @@ def test_travel_copied_workspace_opens_with_its_session_and_layouts(small_worksp
     win.views["Scatter"].set_projection_name("latents/pca")
     win.views["Scatter"].set_colour_mode("density")
     win.views["Features"].search.setText("class")
+    # the Steering view's "focused latent" row follows the focus through a job: saved with it
+    wait_until(qtbot, lambda: any(i.get("follows_focus") for i in state.steering), 30)
     saved_path = win.save_session()
     assert saved_path == first / "session.json"
     saved = json.loads(saved_path.read_text())
@@ -81,7 +83,8 @@ def test_travel_copied_workspace_opens_with_its_session_and_layouts(small_worksp
         second, second / "stores" / small_workspace.store.name, second / "saes" / small_workspace.sae.name,
         small_workspace.sae_id)
     assert np.array_equal(s.selection.ids, [3, 5, 8, 13]) and s.focus == (7,)
-    assert list(s.steering) == [{**steering[0], "sae": str(s.sae)}]
+    assert len(steering) == 2  # the latent item and the focused-latent row, both with the SAE
+    wait_until(qtbot, lambda: list(s.steering) == [{**i, "sae": str(s.sae)} for i in steering], 30)
     wait_until(qtbot, lambda: other.views["Scatter"].session_state() == views["Scatter"], 30)
     assert other.views["Features"].session_state() == views["Features"]
     assert _pca_files(second) == pca  # the copied layouts were found, not laid out again
