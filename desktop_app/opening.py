@@ -127,7 +127,7 @@ class Opening:
     def choose_sae(self) -> None:
         """File > Open SAE...: a folder dialog starting at the workspace's saes/."""
         start = self.state.workspace / "saes" if self.state.workspace else Path.home()
-        folder = QFileDialog.getExistingDirectory(self, "Open SAE folder (cfg.json + sae_weights.safetensors)",
+        folder = QFileDialog.getExistingDirectory(self, "Open SAE folder (LatentLab, SAELens, sparsify, dictionary_learning or overcomplete)",
                                                   str(start if start.is_dir() else start.parent))
         if folder:
             self.open_sae(folder)

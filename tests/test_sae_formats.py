@@ -244,6 +244,19 @@ def test_peer_sae_reloads_as_latentlab(peers, tmp_path):
         relative_close(again(x).x_hat, sae(x).x_hat)
 
 
+def test_peer_saes_get_latent_layouts_cached_by_their_weights(peers, tmp_path):
+    """A latent layout of a sparsify or dictionary_learning SAE is computed, then found in the
+    cache (keyed on that format's weights file)."""
+    from engine.jobs import JobContext
+    from engine.projection.layouts import project
+    for folder in (peers / "dl" / "jumprelu", peers / "sparsify" / "layers.3"):
+        cache = tmp_path / folder.parent.name
+        first = project(JobContext(), None, "", "pca", what="latents", sae_path=folder, cache_dir=cache)
+        assert len(first.ids) == load_sae(folder).cfg.d_sae and len(list(cache.iterdir())) == 1
+        again = project(JobContext(), None, "", "pca", what="latents", sae_path=folder, cache_dir=cache)
+        assert (again.xy == first.xy).all() and len(list(cache.iterdir())) == 1  # from the cache
+
+
 # ------------------------------------------------------------------ no peer needed
 def test_detection_by_file_names(tmp_path):
     save_sae(random_sae("topk"), tmp_path / "ours")

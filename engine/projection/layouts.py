@@ -246,13 +246,15 @@ def _store_key(store: ActivationStore, hook: str, max_rows: int | None, cache_di
 
 
 def _sae_key(folder: Path, cache_dir: Any = None) -> dict[str, Any]:
-    """What a latent layout depends on: the SAE folder (source) and its weights' hash (state)."""
-    from engine.sae.io import WEIGHTS_FILENAME
-    weights = folder / WEIGHTS_FILENAME
-    if not weights.is_file():
-        raise LatentLabError(f"SAE folder {folder} has no {WEIGHTS_FILENAME}")
+    """What a latent layout depends on: the SAE folder (source) and its weights' hash (state),
+    in whichever library's format it is (``sae_files``: its config files are not weights)."""
+    from engine.sae.formats.detect import sae_files
+    weights = [f for f in sae_files(folder) if f.suffix != ".json"]
+    if not weights or not all(f.is_file() for f in weights):
+        raise LatentLabError(f"SAE folder {folder}: its weights file is missing")
+    digest = file_digest(weights[0]) if len(weights) == 1 else [file_digest(f) for f in weights]
     return {"source": {"sae": _source_path(folder, cache_dir)},
-            "state": {"sha256": file_digest(weights), "version": CACHE_VERSION}}
+            "state": {"sha256": digest, "version": CACHE_VERSION}}
 
 
 def _digest(obj: Any, n: int) -> str:
