@@ -239,3 +239,28 @@ def digits_workspace(tmp_path_factory):
     store.parent.mkdir()
     capture(cpu, model=str(folder), source="digits:test", hooks=["blocks.1.hook_post"], out=store)
     return folder, store
+
+
+def run_main(*args: str, cwd=None):
+    """``main.py ARGS`` run in this process (the same parser and jobs, without the seconds of
+    an interpreter start and torch import per call): a CompletedProcess with its exit code and
+    what it printed. ``cwd``: the folder it runs in."""
+    import contextlib
+    import io
+    import os
+    import subprocess
+
+    import main
+    out, err = io.StringIO(), io.StringIO()
+    here = os.getcwd()
+    try:
+        if cwd is not None:
+            os.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main.main(list(args))
+            except SystemExit as exc:  # argparse's refusals
+                code = exc.code if isinstance(exc.code, int) else 2
+    finally:
+        os.chdir(here)
+    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())

@@ -10,10 +10,18 @@ from pathlib import Path
 import h5py
 import pytest
 
+from tests.conftest import run_main
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """main.py in this process (``real_cli``: in its own, as the capture fixture and the
+    Ctrl-C test run it, for what only a real process shows)."""
+    return run_main(*args, cwd=cwd)
+
+
+def real_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(ROOT / "main.py"), *args], capture_output=True,
                           text=True, cwd=cwd, timeout=300)
 
@@ -31,8 +39,8 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> N
 @pytest.fixture(scope="module")
 def good_store(tiny_llama, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("cli") / "good.h5"
-    proc = cli("capture", "--model", str(tiny_llama), "--source", "demo", "--hooks",
-               "blocks.1.hook_resid_post", "--max-tokens", "600", "--out", str(out), "--device", "cpu")
+    proc = real_cli("capture", "--model", str(tiny_llama), "--source", "demo", "--hooks",
+                    "blocks.1.hook_resid_post", "--max-tokens", "600", "--out", str(out), "--device", "cpu")
     assert proc.returncode == 0, proc.stderr
     assert "600 rows committed" in proc.stdout
     return out

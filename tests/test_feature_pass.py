@@ -7,8 +7,6 @@ run, never for other weights or a damaged file); the CLI."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import h5py
@@ -34,8 +32,8 @@ from engine.models import load_model
 from engine.sae.base import Codes, SAEConfig, build_sae
 from engine.sae.io import save_sae
 from engine.store.activations import ActivationStore
+from tests.conftest import run_main
 
-ROOT = Path(__file__).resolve().parents[1]
 HOOK = "blocks.1.hook_resid_post"
 N_TOKENS = 1500
 CPU = torch.device("cpu")
@@ -408,9 +406,7 @@ def test_sparse_codes_fold_like_their_dense_matrix():
 
 
 # ---------------------------------------------------------------- command line
-def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "main.py"), *args], capture_output=True,
-                          text=True, timeout=300)
+cli = run_main  # main.py in this process
 
 
 def test_cli_runs_the_one_pass_and_names_bad_input(tiny_llama, tmp_path):
