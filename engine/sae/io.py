@@ -34,6 +34,7 @@ from engine.sae.base import (
     architectures,
     load_architectures,
 )
+from engine.sae.formats.common import read_json
 from engine.sae.formats.detect import detect_sae_format
 from engine.sae.formats.dictionary_learning import read_dictionary_learning
 from engine.sae.formats.hub import resolve_sae_path
@@ -123,13 +124,7 @@ def _read_cfg(folder: Path) -> dict[str, Any]:
     path = folder / CFG_FILENAME
     if not path.is_file():
         raise SAEFileError(f"{path} is missing: an SAE folder needs cfg.json and {WEIGHTS_FILENAME}")
-    try:
-        raw = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise SAEFileError(f"{path} is not valid JSON ({exc})") from exc
-    if not isinstance(raw, dict):
-        raise SAEFileError(f"{path} holds a JSON {type(raw).__name__}, not an object of fields")
-    return raw
+    return read_json(path)
 
 
 def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
